@@ -1,0 +1,126 @@
+"""Reasoning in one context: the policy thinks, then answers; `LongCoT-v0` is this env.
+
+The context is append-only: if an action stops before ending (a stop string), the next
+observation is the query plus everything written so far, and the budget is what remains.
+Other task environments subclass `ReasoningEnv` and change only the task or the continuation.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from gymnasium.error import ResetNeeded
+
+from .compute import compare_with_longcot
+from .core import TextEnv, TokenAction
+from .tasks import Problem, Task, Verdict, make_task
+from .tokenizer import THINK_OPEN, TokenizerLike
+
+# Plain strings longer than this many characters per budget token are cut before tokenising, so a
+# 1 MB action costs no more than a long one; no real tokenizer averages 32 characters a token.
+_CHARS_PER_TOKEN_CAP = 32
+
+
+class ReasoningEnv(TextEnv):
+    """A task posed once, answered in one growing context with a total thinking budget."""
+
+    def __init__(
+        self,
+        task: str | Task = "running_sum",
+        task_kwargs: dict[str, Any] | None = None,
+        max_thinking_tokens: int = 24576,
+        tokenizer: TokenizerLike = None,
+        chat_template: bool | str = "auto",
+        format_reward: float = 0.0,
+        stop: tuple[str, ...] | list[str] = (),
+        render_mode: str | None = None,
+    ):
+        super().__init__(tokenizer, render_mode)
+        if not isinstance(max_thinking_tokens, int) or max_thinking_tokens <= 0:
+            raise ValueError(f"max_thinking_tokens must be a positive integer; got {max_thinking_tokens!r}")
+        if chat_template not in (True, False, "auto"):
+            raise ValueError(f"chat_template must be True, False or 'auto'; got {chat_template!r}")
+        self.task = make_task(task, **(task_kwargs or {}))
+        self.max_thinking_tokens = max_thinking_tokens
+        self.use_chat_template = chat_template is True or (chat_template == "auto" and bool(getattr(self.tokenizer, "chat_template", None)))
+        self.format_reward = float(format_reward)
+        self.stop = list(stop)
+        self.problem: Problem | None = None
+        self._done = True
+
+    # -- prompt -----------------------------------------------------------------------------------
+    def format_prompt(self, prompt: str) -> str:
+        """The query text: the task prompt, R1-style chat-templated with a `<think>` opening if asked."""
+        if not self.use_chat_template:
+            return prompt
+        text = self.tokenizer.apply_chat_template([{"role": "user", "content": prompt}], tokenize=False, add_generation_prompt=True)
+        return text if text.rstrip().endswith(THINK_OPEN) else text + THINK_OPEN + "\n"
+
+    # -- episode ----------------------------------------------------------------------------------
+    def reset(self, *, seed: int | None = None, options: dict[str, Any] | None = None) -> tuple[str, dict]:
+        super().reset(seed=seed)
+        options = options or {}
+        problem_seed = int(options["problem_seed"]) if "problem_seed" in options else int(self.np_random.integers(0, 2**31 - 1))
+        self.problem = self.task.sample(problem_seed)
+        self.query_ids = self.encode(self.format_prompt(self.problem.prompt))
+        self.actions: list[list[int]] = []
+        self.segments: list[tuple[int, int]] = []
+        self._done = False
+        self._prompt_ids = list(self.query_ids)
+        self._budget = self.first_budget()
+        return self.observe(self._prompt_ids, self._budget, self.stop, difficulty=dict(self.problem.difficulty))
+
+    def first_budget(self) -> int:
+        return self.max_thinking_tokens
+
+    def step(self, action: Any) -> tuple[str, float, bool, bool, dict]:
+        if self._done:
+            raise ResetNeeded("the episode is over: call reset() before step()")
+        if isinstance(action, str) and not isinstance(action, TokenAction):
+            action = action[: self._budget * _CHARS_PER_TOKEN_CAP]
+        ids, ended, malformed = self.parse_action(action, self._budget)
+        self.actions.append(ids)
+        self.segments.append((len(self._prompt_ids), len(ids)))
+        if ended or malformed:
+            return self.finish(self.answer_text(ids), terminated=True, malformed=malformed)
+        return self.continue_after(ids)
+
+    @property
+    def thinking_tokens(self) -> int:
+        return sum(len(a) for a in self.actions)
+
+    def answer_text(self, last_ids: list[int]) -> str:
+        """The text the answer is read from once the policy ends: here, everything it wrote."""
+        return self.decode([t for a in self.actions for t in a])
+
+    def continue_after(self, ids: list[int]) -> tuple[str, float, bool, bool, dict]:
+        """An action that did not end: append it, or truncate once the budget is spent."""
+        remaining = self.max_thinking_tokens - self.thinking_tokens
+        if remaining <= 0:
+            return self.finish(None, terminated=False)
+        self._prompt_ids = self._prompt_ids + ids
+        self._budget = remaining
+        obs, info = self.observe(self._prompt_ids, remaining, self.stop)
+        return obs, 0.0, False, False, info
+
+    def finish(self, text: str | None, terminated: bool, malformed: bool = False) -> tuple[str, float, bool, bool, dict]:
+        """End the episode: score `text` (None when a budget ran out) and report everything."""
+        self._done = True
+        verdict = Verdict(0.0, None, malformed) if text is None or malformed else self.task.verify(self.problem, text)
+        components = {"correctness": verdict.score}
+        if verdict.format_error:
+            components["format"] = self.format_reward
+        reward = float(sum(components.values()))
+        info = {
+            "correct": verdict.correct,
+            "answer": verdict.answer,
+            "reward_components": components,
+            "format_error": verdict.format_error,
+            "thinking_tokens": self.thinking_tokens,
+            "difficulty": dict(self.problem.difficulty),
+            **self.episode_stats(),
+        }
+        return "", reward, terminated, not terminated, info
+
+    def episode_stats(self) -> dict[str, Any]:
+        return {"compute": compare_with_longcot(self.segments, len(self.query_ids))}

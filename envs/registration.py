@@ -1,0 +1,21 @@
+"""Every environment id, registered with Gymnasium's own registry when thinkgym is imported."""
+
+from __future__ import annotations
+
+import gymnasium as gym
+
+# Demo-sized Delethink: tiny chunks so a tiny model on a CPU thinks across several of them.
+DEMO_DELETHINK = {"chunk_size": 96, "carryover": 48, "head": 16, "max_chunks": 6, "task_kwargs": {"n_terms": 12}}
+
+ENV_SPECS: list[tuple[str, str, dict]] = [
+    ("Delethink-v0", "thinkgym.envs.delethink:DelethinkEnv", {}),
+    ("DelethinkDemo-v0", "thinkgym.envs.delethink:DelethinkEnv", DEMO_DELETHINK),
+    ("LongCoT-v0", "thinkgym.envs.reasoning:ReasoningEnv", {}),
+    # -- more environments register below this line --
+]
+
+
+def register_all() -> None:
+    for env_id, entry_point, kwargs in ENV_SPECS:
+        if env_id not in gym.registry:
+            gym.register(id=env_id, entry_point=entry_point, kwargs=kwargs)

@@ -1,0 +1,36 @@
+"""Tasks by name. `make_task("running_sum", n_terms=20)`; `register_task` adds your own."""
+
+from __future__ import annotations
+
+from typing import Any, Callable
+
+from .base import Problem, Task, Verdict
+from .long_addition import LongAdditionTask
+from .math_dataset import MathDatasetTask
+from .running_sum import RunningSumTask
+
+TASKS: dict[str, Callable[..., Task]] = {}
+
+
+def register_task(name: str, factory: Callable[..., Task]) -> None:
+    TASKS[name] = factory
+
+
+def make_task(task: str | Task, **kwargs: Any) -> Task:
+    """A task instance from a name and its config kwargs, or the instance itself."""
+    if isinstance(task, Task):
+        if kwargs:
+            raise ValueError("task_kwargs cannot be combined with a Task instance")
+        return task
+    if task not in TASKS:
+        raise ValueError(f"task={task!r} is unknown; known tasks: {sorted(TASKS)}")
+    try:
+        return TASKS[task](**kwargs)
+    except TypeError as exc:
+        raise ValueError(f"task={task!r} got bad arguments {sorted(kwargs)}: {exc}") from exc
+
+
+for _cls in (RunningSumTask, LongAdditionTask, MathDatasetTask):
+    register_task(_cls.name, _cls)
+
+__all__ = ["Problem", "Task", "Verdict", "TASKS", "make_task", "register_task"]

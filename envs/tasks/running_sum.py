@@ -1,0 +1,50 @@
+"""Running sum: add a list of digits, one line per step, carrying the state on every line.
+
+Each line is `acc+d=new|rest`: the running total and the digits still to add. So any window that
+holds one whole line holds the full state, which is what a Markovian thinker needs: its
+reasoning length grows linearly with `n_terms`, the difficulty knob.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from .base import Problem, Task, check_positive, finish
+
+
+@dataclass(frozen=True)
+class RunningSumConfig:
+    n_terms: int = 12
+    max_digit: int = 9
+
+    def __post_init__(self) -> None:
+        check_positive("n_terms", self.n_terms, 2)
+        if not 1 <= self.max_digit <= 9:
+            raise ValueError(f"max_digit must be in 1..9; got {self.max_digit!r}")
+
+
+class RunningSumTask(Task):
+    name = "running_sum"
+
+    def __init__(self, **kwargs) -> None:
+        self.config = RunningSumConfig(**kwargs)
+
+    def _digits(self, seed: int) -> list[int]:
+        rng = np.random.default_rng(seed)
+        return [int(d) for d in rng.integers(1, self.config.max_digit + 1, size=self.config.n_terms)]
+
+    def sample(self, seed: int) -> Problem:
+        digits = self._digits(seed)
+        prompt = "Add: " + " ".join(map(str, digits)) + "\n"
+        return Problem(prompt, str(sum(digits)), seed, {"n_terms": self.config.n_terms})
+
+    def demonstration(self, seed: int) -> str:
+        digits = self._digits(seed)
+        acc = digits[0]
+        lines = [f"{acc}|{''.join(map(str, digits[1:]))}"]
+        for i, d in enumerate(digits[1:], start=2):
+            lines.append(f"{acc}+{d}={acc + d}|{''.join(map(str, digits[i:]))}")
+            acc += d
+        return finish("\n".join(lines) + "\n", str(acc))

@@ -1,0 +1,78 @@
+"""Answer extraction and checking for math-style answers, through math-verify.
+
+The answer is the last `\\boxed{...}` in the text after the first `</think>` (as in Delethink's and
+the R1-style reward managers); a missing `</think>` or box is a format error, not a wrong answer.
+"""
+
+from __future__ import annotations
+
+import threading
+
+THINK_CLOSE = "</think>"
+
+
+def after_think(text: str, require_think: bool = True) -> str | None:
+    """The text after the first `</think>`; None if it is missing and required."""
+    idx = text.find(THINK_CLOSE)
+    if idx < 0:
+        return None if require_think else text
+    return text[idx + len(THINK_CLOSE):]
+
+
+def last_boxed(text: str) -> str | None:
+    """Content of the last `\\boxed{...}` (or `\\fbox{...}`), with nested braces balanced."""
+    start = max(text.rfind("\\boxed"), text.rfind("\\fbox"))
+    if start < 0:
+        return None
+    i = text.find("{", start)
+    if i < 0:
+        return None
+    depth = 0
+    for j in range(i, len(text)):
+        if text[j] == "{":
+            depth += 1
+        elif text[j] == "}":
+            depth -= 1
+            if depth == 0:
+                return text[i + 1:j].strip()
+    return None
+
+
+def extract_answer(text: str, require_think: bool = True) -> str | None:
+    """The final answer of a response: the last box after `</think>`."""
+    tail = after_think(text, require_think)
+    return None if tail is None else last_boxed(tail)
+
+
+def _timeout() -> int | None:
+    # math-verify's timeouts use signals, which only work in the main thread.
+    return 5 if threading.current_thread() is threading.main_thread() else None
+
+
+def parse_math(expr: str):
+    """math-verify's parse of an answer string (wrapped in $...$ so LaTeX is recognised)."""
+    from math_verify import parse
+
+    t = _timeout()
+    text = expr if "$" in expr or "\\boxed" in expr else f"${expr}$"
+    return parse(text, parsing_timeout=t) if t else parse(text, parsing_timeout=None)
+
+
+def math_equal(pred: str, gold: str) -> bool:
+    """Whether two answer strings are mathematically equal, by math-verify."""
+    from math_verify import verify
+
+    g, p = parse_math(gold), parse_math(pred)
+    if not g or not p:
+        return False
+    t = _timeout()
+    try:
+        return bool(verify(g, p, timeout_seconds=t) if t else verify(g, p, timeout_seconds=None))
+    except Exception:  # math-verify raises on pathological input; that is simply not equal
+        return False
+
+
+def correctness(text: str, gold: str, require_think: bool = True) -> float:
+    """1.0 if the response's final answer equals `gold` by math-verify, else 0.0."""
+    ans = extract_answer(text, require_think)
+    return float(ans is not None and math_equal(ans, gold))

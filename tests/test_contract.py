@@ -1,0 +1,77 @@
+"""The text-environment contract, for every registered id."""
+
+import subprocess
+import sys
+
+import gymnasium as gym
+import numpy as np
+import pytest
+from gymnasium.utils.env_checker import check_env
+
+import thinkgym
+from thinkgym.envs import LLMText, TokenAction, builtin_tokenizer
+
+
+@pytest.mark.parametrize("env_id", thinkgym.ENV_IDS)
+def test_check_env_passes(env_id):
+    check_env(gym.make(env_id).unwrapped, skip_render_check=True)
+
+
+@pytest.mark.parametrize("env_id", thinkgym.ENV_IDS)
+def test_info_tells_the_agent_how_to_continue(env_id):
+    env = gym.make(env_id)
+    obs, info = env.reset(seed=5)
+    assert isinstance(obs, str) and obs
+    assert info["max_new_tokens"] > 0 and isinstance(info["stop"], list)
+    tok = env.unwrapped.tokenizer
+    assert tok.decode(info["prompt_token_ids"], skip_special_tokens=False) == obs
+
+
+def test_namespaced_make_imports_the_package():
+    code = "import gymnasium as gym; e = gym.make('thinkgym:Delethink-v0'); print(e.reset(seed=0)[1]['max_new_tokens'])"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "8192"
+
+
+def test_make_vec_sync_steps_delethink():
+    vec = gym.make_vec("Delethink-v0", num_envs=3, vectorization_mode="sync")
+    obs, infos = vec.reset(seed=0)
+    assert len(obs) == 3 and len(set(obs)) == 3
+    obs, rew, term, trunc, infos = vec.step(("a", "</think>\\boxed{1}", ""))
+    assert rew.dtype == np.float64 and term.all() and not trunc.any()
+
+
+def test_same_seed_same_observation_in_two_processes():
+    code = "import gymnasium as gym, thinkgym; print(repr(gym.make('{}').reset(seed=42)[0]))"
+    outs = {
+        subprocess.run([sys.executable, "-c", code.format(e)], capture_output=True, text=True, check=True).stdout
+        for e in ("Delethink-v0", "Delethink-v0")
+    }
+    assert len(outs) == 1
+    other = gym.make("Delethink-v0").reset(seed=43)[0]
+    assert repr(other) + "\n" not in outs
+
+
+def test_text_space_accepts_model_text_and_samples():
+    space = LLMText(seed=0)
+    assert space.contains("") and space.contains("∑ α \\frac{1}{2} 你好\n\t")
+    assert not space.contains("bell\x07")
+    assert all(space.contains(space.sample()) for _ in range(50))
+
+
+def test_token_action_is_text_and_survives_pickling():
+    import pickle
+
+    tok = builtin_tokenizer()
+    act = TokenAction.from_ids(tok, tok.encode("12+3"), eos=True)
+    assert act == "12+3" and act.eos
+    back = pickle.loads(pickle.dumps(act))
+    assert isinstance(back, TokenAction) and back.token_ids == act.token_ids and back.eos
+
+
+def test_stepping_a_finished_episode_asks_for_reset():
+    env = gym.make("LongCoT-v0").unwrapped
+    env.reset(seed=0)
+    env.step("done")
+    with pytest.raises(gym.error.ResetNeeded):
+        env.step("again")

@@ -1,0 +1,94 @@
+"""LongCoT-v0, the built-in tasks, the dataset task on the shared math sets, chat formatting."""
+
+import json
+
+import pytest
+
+from thinkgym.envs import ReasoningEnv, TokenAction, make_task
+from thinkgym.envs.tasks.math_dataset import gold_answer
+
+
+@pytest.mark.parametrize("name, knob", [("running_sum", {"n_terms": 5}), ("running_sum", {"n_terms": 30}),
+                                        ("long_addition", {"digits": 3}), ("long_addition", {"digits": 25})])
+def test_builtin_demonstrations_are_correct_and_grow_with_difficulty(name, knob):
+    task = make_task(name, **knob)
+    for seed in range(20):
+        p = task.sample(seed)
+        assert task.sample(seed) == p
+        v = task.verify(p, task.demonstration(seed))
+        assert v.correct and not v.format_error
+        assert not task.verify(p, "</think>\\boxed{" + p.answer + "1}").correct
+
+
+def test_reasoning_length_grows_with_the_knob():
+    lens = [len(make_task("running_sum", n_terms=n).demonstration(0)) for n in (4, 8, 16)]
+    assert lens[0] < lens[1] < lens[2]
+
+
+def test_longcot_truncates_when_the_budget_runs_out_and_is_append_only():
+    env = ReasoningEnv(max_thinking_tokens=50)
+    _, info = env.reset(seed=0)
+    q = info["prompt_token_ids"]
+    act = TokenAction.from_ids(env.tokenizer, env.encode("1+2=3\n"), eos=False)
+    _, _, term, trunc, info = env.step(act)  # stopped early without ending: context grows
+    assert not term and not trunc and info["prompt_token_ids"] == q + list(act.token_ids)
+    assert info["max_new_tokens"] == 50 - len(act.token_ids)
+    _, r, term, trunc, info = env.step("9" * 100)
+    assert trunc and not term and r == 0.0
+
+
+def test_longcot_with_one_chunk_budget_cannot_finish_a_long_problem():
+    env = ReasoningEnv(task_kwargs={"n_terms": 12}, max_thinking_tokens=96)
+    env.reset(seed=3)
+    demo_ids = env.encode(env.task.demonstration(env.problem.seed))
+    assert len(demo_ids) > 96
+    _, r, term, trunc, _ = env.step(TokenAction.from_ids(env.tokenizer, demo_ids, eos=True))
+    assert trunc and r == 0.0
+
+
+MATH_FILES = ["math500.jsonl", "aime24.jsonl", "amc23.jsonl", "gsm8k.jsonl"]
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("fname", MATH_FILES)
+def test_gold_answers_score_one_and_changed_answers_zero(shared_data, fname):
+    task = make_task("math_dataset", path=str(shared_data / "math" / fname))
+    from thinkgym.rewards.math import parse_math
+
+    parsable = scored = 0
+    for seed in range(len(task)):
+        p = task.sample(seed)
+        if not parse_math(p.answer):
+            continue
+        parsable += 1
+        scored += task.verify(p, f"thinking</think>The answer is \\boxed{{{p.answer}}}.").score == 1.0
+        assert task.verify(p, "</think>\\boxed{" + p.answer + "+1}").score == 0.0
+    print(f"{fname}: {parsable}/{len(task)} gold answers parsed by math-verify; {scored} scored 1")
+    assert scored == parsable and parsable >= 0.95 * len(task)
+
+
+def test_dataset_task_field_mapping_and_errors(tmp_path):
+    f = tmp_path / "d.jsonl"
+    f.write_text(json.dumps({"q": "What is 2+2?", "a": "#### 4"}) + "\n")
+    task = make_task("math_dataset", path=str(f), fields={"problem": "q", "answer": "a"})
+    p = task.sample(0)
+    assert p.answer == "4" and p.prompt.startswith("What is 2+2?")
+    assert task.verify(p, "</think>\\boxed{4}").correct
+    with pytest.raises(ValueError, match="problem"):
+        make_task("math_dataset", path=str(f))
+    with pytest.raises(ValueError, match="fields"):
+        make_task("math_dataset", path=str(f), fields={"problem": "nope", "answer": "a"})
+    assert gold_answer("Natalia sold 48 ... #### 1,072") == "1072"
+
+
+def test_chat_template_wraps_the_prompt_with_a_think_opening():
+    from transformers import PreTrainedTokenizerFast
+
+    from thinkgym.envs import builtin_tokenizer
+
+    tok = PreTrainedTokenizerFast(tokenizer_object=builtin_tokenizer().backend_tokenizer, eos_token="<|endoftext|>")
+    tok.chat_template = "{% for m in messages %}<|user|>{{ m['content'] }}{% endfor %}<|assistant|>"
+    env = ReasoningEnv(tokenizer=tok)
+    obs, _ = env.reset(seed=0)
+    assert obs.startswith("<|user|>Add:") and obs.endswith("<|assistant|><think>\n")
+    assert not ReasoningEnv(tokenizer=tok, chat_template=False).reset(seed=0)[0].startswith("<|user|>")
