@@ -8,6 +8,7 @@ from .base import Problem, Task, Verdict
 from .long_addition import LongAdditionTask
 from .math_dataset import MathDatasetTask
 from .running_sum import RunningSumTask
+from .sat import SATTask
 
 TASKS: dict[str, Callable[..., Task]] = {}
 
@@ -30,7 +31,7 @@ def make_task(task: str | Task, **kwargs: Any) -> Task:
         raise ValueError(f"task={task!r} got bad arguments {sorted(kwargs)}: {exc}") from exc
 
 
-for _cls in (RunningSumTask, LongAdditionTask, MathDatasetTask):
+for _cls in (RunningSumTask, LongAdditionTask, MathDatasetTask, SATTask):
     register_task(_cls.name, _cls)
 
 __all__ = ["Problem", "Task", "Verdict", "TASKS", "make_task", "register_task"]
