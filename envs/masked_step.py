@@ -1,0 +1,174 @@
+"""MaskedStep-v0: MR-RLVR's masked-then-fill task (Wang et al., arXiv 2511.17473).
+
+Pieces of a worked solution are hidden behind `[MASK_i]` and the policy restores them. The paper
+publishes neither its masking ratio nor its reward equations; the choices below are ours:
+
+- `mask="number"` (default): hide numbers. Every source has them, a number has one right value, and
+  restoring one requires redoing the calculation around it, which is the skill the process reward
+  is after. `"formula"` hides a calculation (`16 - 3 - 4 = 9` in GSM8K/procedural lines, the content
+  of one `$...$`/`\\[...\\]` in LaTeX). `"step"` hides whole steps.
+- `n_masked=2` (default): a fixed count, not a ratio, so difficulty does not jump with solution
+  length and a curriculum can raise it one by one. Fewer candidates than `n_masked` masks them all
+  (a step mask always leaves one step visible); the count used is in `difficulty["n_masked"]`.
+- Answer format: after `</think>`, one line per piece, `[MASK_1]: 9`. Labelled lines keep pieces
+  apart when one is missing or spans symbols a `\\boxed{}` list would split; the demonstration
+  therefore ends in these lines instead of a box.
+- Reward: the mean over pieces. Numbers and formulas score 1 when their normalised text matches or
+  math-verify finds them equal (a value-equal rewrite such as `13-4` for `16-3-4` counts: it restores
+  the quantity later steps depend on). Steps are text: `text_score="exact"` (default) needs the same
+  tokens after normalisation (case, spacing, `$`, `\\left`/`\\right`); `"f1"` gives token-F1 partial
+  credit for paraphrases. A missing piece scores 0; no `</think>` or no parsable `[MASK_i]:` line is
+  a format error (format reward, `info["format_error"]`).
+
+The difficulty knobs `mask` and `n_masked` are constructor arguments, so a curriculum can drive them.
+"""
+
+from __future__ import annotations
+
+import re
+from collections import Counter
+from dataclasses import dataclass, field
+from typing import Any
+
+from thinkgym.rewards.math import THINK_CLOSE, after_think, math_equal
+
+from .reasoning import ReasoningEnv
+from .solutions import SPLITS, Solution, SolutionSource, SolutionTask, math_spans, solution_rng
+from .tasks import Problem, Verdict
+
+MASKS = ("number", "formula", "step")
+TEXT_SCORES = ("exact", "f1")
+_NUMBER = re.compile(r"(?<![\w.])(?:\d{1,3}(?:,\d{3})+|\d+)(?:\.\d+)?(?!\w)")
+_NUM = r"\$?\d[\d,]*(?:\.\d+)?%?"
+_PLAIN_FORMULA = re.compile(rf"{_NUM}(?:\s*[-+*/×÷]\s*{_NUM})+(?:\s*=\s*{_NUM})?")
+_LATEX_OPERATOR = re.compile(r"[=+\-*/^<>]|\\(?:frac|dfrac|cdot|times|sqrt|div|pm|le|ge)")
+_FILL_LINE = re.compile(r"^\s*\[MASK_(\d+)\]\s*[:=]\s*(.*?)\s*$", re.M)
+_LATEX_NOISE = re.compile(r"\\left|\\right|\\boxed|\\[,;:! ]|[${}]")
+_BOXED = re.compile(r"\\boxed\s*")
+_THOUSANDS = re.compile(r"(?<=\d),(?=\d{3}(?!\d))")
+MAX_FORMULA_CHARS = 160
+
+
+def tokens(text: str) -> list[str]:
+    """Normalised tokens: lower case; `$`, braces, `\\boxed`, `\\left`/`\\right`, LaTeX spacing and a final period dropped."""
+    text = _LATEX_NOISE.sub(" ", text.lower()).replace("\\dfrac", "\\frac").replace("\\tfrac", "\\frac")
+    return re.findall(r"\w+|[^\w\s]", text.strip().rstrip("."))
+
+
+def text_score(pred: str, gold: str, how: str = "exact") -> float:
+    p, g = tokens(pred), tokens(gold)
+    if how == "exact" or not p or not g:
+        return float(p == g)
+    common = sum((Counter(p) & Counter(g)).values())
+    return 0.0 if common == 0 else 2 * common / (len(p) + len(g))
+
+
+def math_score(pred: str, gold: str) -> float:
+    """1.0 when the texts match after normalisation or math-verify finds them equal."""
+    if tokens(pred) == tokens(gold):
+        return 1.0
+    clean = [_THOUSANDS.sub("", _BOXED.sub("", x)).replace("$", "").strip() for x in (pred, gold)]
+    return float(all(clean) and math_equal(clean[0], clean[1]))
+
+
+def candidates(solution: Solution, kind: str) -> list[tuple[int, int, int]]:
+    """Maskable pieces as (step index, start, end), in reading order."""
+    out: list[tuple[int, int, int]] = []
+    for i, step in enumerate(solution.steps):
+        if kind == "step":
+            out.append((i, 0, len(step)))
+        elif kind == "number":
+            out += [(i, m.start(), m.end()) for m in _NUMBER.finditer(step)]
+        elif solution.sep == "\n":
+            out += [(i, m.start(), m.end()) for m in _PLAIN_FORMULA.finditer(step)]
+        else:
+            out += [(i, a, b) for _, a, b, _ in math_spans(step)
+                    if 0 < b - a <= MAX_FORMULA_CHARS and "\n" not in step[a:b] and _LATEX_OPERATOR.search(step[a:b])]
+    return out
+
+
+@dataclass(frozen=True)
+class MaskedStepConfig:
+    source: Any = "running_sum"
+    source_kwargs: dict[str, Any] = field(default_factory=dict)
+    path: str | None = None
+    fields: dict[str, str] = field(default_factory=dict)
+    split: str = "auto"
+    mask: str = "number"
+    n_masked: int = 2
+    text_score: str = "exact"
+
+    def __post_init__(self) -> None:
+        if self.mask not in MASKS:
+            raise ValueError(f"mask must be one of {MASKS}; got {self.mask!r}")
+        if not isinstance(self.n_masked, int) or isinstance(self.n_masked, bool) or self.n_masked < 1:
+            raise ValueError(f"n_masked must be an integer >= 1; got {self.n_masked!r}")
+        if self.text_score not in TEXT_SCORES:
+            raise ValueError(f"text_score must be one of {TEXT_SCORES}; got {self.text_score!r}")
+        if self.split not in SPLITS:
+            raise ValueError(f"split must be one of {SPLITS}; got {self.split!r}")
+
+
+class MaskedStepTask(SolutionTask):
+    name = "masked_step"
+
+    def __init__(self, **kwargs: Any) -> None:
+        self.config = c = MaskedStepConfig(**kwargs)
+        super().__init__(SolutionSource(c.source, c.source_kwargs, c.path, c.fields, c.split))
+
+    def build(self, solution: Solution, seed: int) -> tuple[Problem, str] | None:
+        kind, steps = self.config.mask, list(solution.steps)
+        pool = candidates(solution, kind)
+        n = min(self.config.n_masked, len(pool) - (kind == "step"))
+        if n < 1:
+            return None
+        rng = solution_rng(solution, 1)
+        chosen = sorted(pool[int(j)] for j in rng.choice(len(pool), size=n, replace=False))
+        golds = [" ".join(steps[i][a:b].split()) for i, a, b in chosen]
+        for label, (i, a, b) in reversed(list(enumerate(chosen, start=1))):
+            steps[i] = f"{steps[i][:a]}[MASK_{label}]{steps[i][b:]}"
+        fills = "\n".join(f"[MASK_{k}]: {g}" for k, g in enumerate(golds, start=1))
+        plural = "s" if n > 1 else ""
+        prompt = (
+            f"{solution.problem}\n\nHere is a worked solution with {n} hidden {kind}{plural}, each shown as [MASK_i]:\n\n"
+            f"{solution.sep.join(steps)}\n\nRestore the hidden {kind}{plural}. After your reasoning, write one line "
+            f"per hidden {kind}, in the form\n[MASK_1]: <the hidden {kind}>\n"
+        )
+        difficulty = {**solution.difficulty, "source": self.source.name, "mask": kind, "n_masked": n,
+                      "n_steps": len(steps)}
+        problem = Problem(prompt, fills, seed, difficulty, {"golds": golds, "solution_seed": solution.seed})
+        demo = "The full solution reads:\n" + solution.sep.join(solution.steps) + f"\n{THINK_CLOSE}\n{fills}"
+        return problem, demo
+
+    def verify(self, problem: Problem, text: str) -> Verdict:
+        tail = after_think(text)
+        golds = problem.meta["golds"]
+        fills: dict[int, str] = {}
+        for m in _FILL_LINE.finditer(tail or ""):
+            fills.setdefault(int(m.group(1)), m.group(2))  # the first line for a label counts
+        fills = {k: v for k, v in fills.items() if 1 <= k <= len(golds)}
+        if not fills:
+            return Verdict(0.0, None, True)
+        scores = [self.piece_score(fills[k], g) if k in fills else 0.0 for k, g in enumerate(golds, start=1)]
+        answer = "\n".join(f"[MASK_{k}]: {v}" for k, v in sorted(fills.items()))
+        return Verdict(sum(scores) / len(scores), answer, False)
+
+    def piece_score(self, pred: str, gold: str) -> float:
+        if self.config.mask == "step":
+            return text_score(pred, gold, self.config.text_score)
+        return math_score(pred, gold)
+
+
+class MaskedStepEnv(ReasoningEnv):
+    """Fill the masked pieces of a worked solution; defaults run offline on `running_sum`.
+
+    Task knobs (see `MaskedStepConfig`): source, source_kwargs, path, fields, split, mask,
+    n_masked, text_score. Other keyword arguments go to `ReasoningEnv`.
+    """
+
+    def __init__(self, source: Any = "running_sum", source_kwargs: dict[str, Any] | None = None,
+                 path: str | None = None, fields: dict[str, str] | None = None, split: str = "auto",
+                 mask: str = "number", n_masked: int = 2, text_score: str = "exact", **kwargs: Any):
+        task = MaskedStepTask(source=source, source_kwargs=dict(source_kwargs or {}), path=path,
+                              fields=dict(fields or {}), split=split, mask=mask, n_masked=n_masked, text_score=text_score)
+        super().__init__(task, **kwargs)

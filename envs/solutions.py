@@ -1,0 +1,250 @@
+"""Worked solutions split into steps: the raw material of the MR-RLVR process tasks.
+
+A `SolutionSource` turns a seed into a `Solution` (problem, steps, final answer) and is a pure
+function of (source, seed). Every source is a task from `thinkgym.envs.tasks`, so the steps come
+from `task.demonstration(seed)`: a built-in procedural task (offline, the default), or
+`math_dataset` over any jsonl/parquet file with a solution field (GSM8K, MATH, ...).
+
+How a trace is split into steps (`split`):
+- "lines": one step per non-empty line. Procedural demonstrations and GSM8K write one
+  calculation per line, so a line is the natural step. GSM8K's calculator annotations
+  (`<<16-3-4=9>>`) are removed first: they repeat the result that follows them, so a masked number
+  would otherwise be printed right next to its mask.
+- "sentences": MATH-style LaTeX prose, split at paragraph breaks and at sentence ends (`.`, `!`,
+  `?`, also when the period sits just inside a closing `$`) followed by a non-lowercase character,
+  never inside math (`$..$`, `$$..$$`, `\\[..\\]`, `\\(..\\)`, `\\begin..\\end`). A display block
+  stays inside its sentence so each step reads as a complete statement. `[asy]` figure code is
+  dropped: it is drawing instructions, not reasoning.
+- "auto" (default): "sentences" when the trace has LaTeX commands (`\\frac`, `\\[`, `\\boxed`...)
+  and no calculator annotations, otherwise "lines".
+"""
+
+from __future__ import annotations
+
+import re
+from abc import abstractmethod
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+from thinkgym.rewards.math import THINK_CLOSE, extract_answer
+
+from .tasks import Problem, Task, make_task
+from .tokenizer import THINK_OPEN
+
+SPLITS = ("auto", "lines", "sentences")
+_CALCULATOR = re.compile(r"<<[^<>]*>>")
+_ASY = re.compile(r"\[asy\].*?\[/asy\]", re.S)
+_LATEX_COMMAND = re.compile(r"\\[a-zA-Z\[\(]")
+_BEGIN = re.compile(r"\\begin\{([^}]*)\}")
+_DELIMS = (("$$", "$$"), ("\\[", "\\]"), ("\\(", "\\)"), ("$", "$"))
+_CLOSERS = ("$", "\\]", "\\)", ")", '"', "'")
+
+
+@dataclass(frozen=True)
+class Solution:
+    """A problem, its worked solution as steps, its final answer, and the knobs that made it."""
+
+    problem: str
+    steps: tuple[str, ...]
+    answer: str
+    seed: int
+    difficulty: dict[str, Any] = field(default_factory=dict)
+    sep: str = "\n"
+
+
+def _find_close(text: str, close: str, start: int) -> int:
+    """Index of the next unescaped `close` at or after `start`, or len(text) if unclosed."""
+    j = start
+    while True:
+        j = text.find(close, j)
+        if j < 0:
+            return len(text)
+        if close == "$" and j > 0 and text[j - 1] == "\\":
+            j += 1
+            continue
+        return j
+
+
+def math_spans(text: str) -> list[tuple[int, int, int, int]]:
+    """Top-level math regions as (outer_start, inner_start, inner_end, outer_end).
+
+    Outer bounds include the delimiters; inner bounds are the content. An unclosed region runs to
+    the end of the text. Escaped dollars (`\\$`) are text.
+    """
+    spans, i, n = [], 0, len(text)
+    while i < n:
+        if text.startswith("\\$", i):
+            i += 2
+            continue
+        m = _BEGIN.match(text, i)
+        if m:
+            close = f"\\end{{{m.group(1)}}}"
+            j = _find_close(text, close, m.end())
+            spans.append((i, m.end(), j, min(n, j + len(close))))
+            i = spans[-1][3]
+            continue
+        for op, cl in _DELIMS:
+            if text.startswith(op, i):
+                j = _find_close(text, cl, i + len(op))
+                spans.append((i, i + len(op), j, min(n, j + len(cl))))
+                i = spans[-1][3]
+                break
+        else:
+            i += 1
+    return spans
+
+
+def _ends_sentence(before: str) -> bool:
+    tail = before.rstrip()
+    stripped = True
+    while stripped:
+        stripped = False
+        for c in _CLOSERS:
+            if tail.endswith(c):
+                tail, stripped = tail[: -len(c)].rstrip(), True
+    return tail.endswith((".", "!", "?"))
+
+
+def split_sentences(text: str) -> list[str]:
+    """MATH-style prose split into sentences, never inside math (see the module docstring)."""
+    text = _ASY.sub("", text)
+    spans = math_spans(text)
+    cuts, k = [], 0
+    for m in re.finditer(r"\s+", text):
+        while k < len(spans) and spans[k][3] <= m.start():
+            k += 1
+        if k < len(spans) and spans[k][0] <= m.start():
+            continue  # inside math
+        nxt = text[m.end(): m.end() + 1]
+        paragraph = m.group().count("\n") >= 2
+        if nxt and (paragraph or (not nxt.islower() and _ends_sentence(text[: m.start()]))):
+            cuts.append(m.end())
+    # MATH writes `...\\]Hence` with no space: a display block followed by a capital is a new sentence.
+    cuts += [end for start, _, _, end in spans if text[start] != "$" or text.startswith("$$", start)
+             if text[end: end + 1].isupper()]
+    steps = _pieces(text, cuts)
+    if len(steps) < 2:
+        steps = _pieces(text, _clause_cuts(text, spans))
+    return steps if len(steps) > 1 else _pieces(text, _equation_cuts(text, spans))
+
+
+def _pieces(text: str, cuts: list[int]) -> list[str]:
+    cuts = [0] + sorted(set(cuts)) + [len(text)]
+    return [s for s in (text[a:b].strip() for a, b in zip(cuts, cuts[1:])) if s]
+
+
+def _clause_cuts(text: str, spans: list[tuple[int, int, int, int]]) -> list[int]:
+    """One-sentence fallback: cut after commas outside math."""
+    inside = [False] * len(text)
+    for start, _, _, end in spans:
+        inside[start:end] = [True] * (end - start)
+    return [m.end() for m in re.finditer(r",\s+", text) if not inside[m.start()]]
+
+
+def _equation_cuts(text: str, spans: list[tuple[int, int, int, int]]) -> list[int]:
+    """One-clause fallback (a bare chain of equalities): cut before each `=` (or `&=`) at brace depth 0."""
+    cuts = []
+    for _, inner_start, inner_end, _ in spans:
+        depth = 0
+        for i in range(inner_start, inner_end):
+            ch = text[i]
+            if text[i - 1] == "\\":
+                continue
+            depth += (ch == "{") - (ch == "}")
+            if ch == "=" and depth == 0 and i > inner_start:
+                cuts.append(i - 1 if text[i - 1] == "&" else i)
+    return cuts
+
+
+def split_lines(text: str) -> list[str]:
+    """One step per non-empty line, with GSM8K calculator annotations removed."""
+    return [s for s in (line.strip() for line in _CALCULATOR.sub("", text).splitlines()) if s]
+
+
+def split_steps(trace: str, split: str = "auto") -> tuple[list[str], str]:
+    """The steps of a trace and the style used ("lines" or "sentences")."""
+    if split not in SPLITS:
+        raise ValueError(f"split must be one of {SPLITS}; got {split!r}")
+    if split == "auto":
+        split = "sentences" if _LATEX_COMMAND.search(trace) and not _CALCULATOR.search(trace) else "lines"
+    return (split_sentences(trace) if split == "sentences" else split_lines(trace)), split
+
+
+class SolutionSource:
+    """Seeds to worked solutions, from a task's demonstrations.
+
+    `source` is a task name (default "running_sum", offline) with `source_kwargs`, or a Task.
+    `path` (a .jsonl/.parquet file with a solution field, e.g. GSM8K or MATH-500) selects the
+    `math_dataset` task instead, with `fields` mapping its column names; the math prompt suffix is
+    dropped because the process tasks ask their own question.
+    """
+
+    def __init__(self, source: str | Task = "running_sum", source_kwargs: dict[str, Any] | None = None,
+                 path: str | None = None, fields: dict[str, str] | None = None, split: str = "auto"):
+        if split not in SPLITS:
+            raise ValueError(f"split must be one of {SPLITS}; got {split!r}")
+        if path is not None:
+            if source_kwargs:
+                raise ValueError("source_kwargs cannot be combined with path; use fields to map columns")
+            self.task = make_task("math_dataset", path=str(path), fields=dict(fields or {}), prompt_suffix="")
+        else:
+            if fields:
+                raise ValueError("fields needs path (a dataset file)")
+            self.task = make_task(source, **(source_kwargs or {}))
+        self.split = split
+
+    @property
+    def name(self) -> str:
+        return getattr(self.task, "name", type(self.task).__name__)
+
+    def __len__(self) -> int:
+        """The number of distinct items (datasets), or 0 for an unbounded procedural source."""
+        return len(self.task) if hasattr(self.task, "__len__") else 0
+
+    def solution(self, seed: int) -> Solution:
+        problem = self.task.sample(seed)
+        demo = self.task.demonstration(seed)
+        trace = demo.split(THINK_CLOSE)[0].replace(THINK_OPEN, "")
+        steps, style = split_steps(trace, self.split)
+        answer = extract_answer(demo) or problem.answer
+        return Solution(problem.prompt.strip(), tuple(steps), answer, seed, dict(problem.difficulty),
+                        "\n\n" if style == "sentences" else "\n")
+
+
+class SolutionTask(Task):
+    """A task posed on a worked solution. Subclasses implement `build`.
+
+    An item whose solution cannot make an episode (too few steps, nothing to mask) is skipped:
+    `sample(seed)` takes the first of seed, seed+1, ... that builds, so it stays a pure function
+    of the seed and an episode is always well-formed.
+    """
+
+    max_tries = 64
+
+    def __init__(self, source: SolutionSource):
+        self.source = source
+
+    @abstractmethod
+    def build(self, solution: Solution, seed: int) -> tuple[Problem, str] | None:
+        """The problem and its demonstration for one solution, or None if it cannot make one."""
+
+    def episode(self, seed: int) -> tuple[Problem, str]:
+        for s in range(seed, seed + self.max_tries):
+            built = self.build(self.source.solution(s), seed)
+            if built is not None:
+                return built
+        raise ValueError(f"{self.name}: no item in seeds {seed}..{seed + self.max_tries - 1} of source "
+                         f"{self.source.name!r} can make an episode with these knobs; lower them or change the source")
+
+    def sample(self, seed: int) -> Problem:
+        return self.episode(seed)[0]
+
+    def demonstration(self, seed: int) -> str:
+        return self.episode(seed)[1]
+
+
+def solution_rng(solution: Solution, salt: int) -> np.random.Generator:
+    """The generator for an episode's choices: a function of the item's seed only."""
+    return np.random.default_rng([solution.seed, salt])
