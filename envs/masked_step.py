@@ -33,14 +33,15 @@ from typing import Any
 from thinkgym.rewards.math import THINK_CLOSE, after_think, math_equal
 
 from .reasoning import ReasoningEnv
-from .solutions import SPLITS, Solution, SolutionSource, SolutionTask, math_spans, solution_rng
+from .solutions import NUMBER, SPLITS, Solution, SolutionSource, SolutionTask, math_spans, solution_rng
 from .tasks import Problem, Verdict
 
 MASKS = ("number", "formula", "step")
 TEXT_SCORES = ("exact", "f1")
-_NUMBER = re.compile(r"(?<![\w.])(?:\d{1,3}(?:,\d{3})+|\d+)(?:\.\d+)?(?!\w)")
+_ROW_SEP = re.compile(r"\\\\|\n")  # rows of an align-like environment
+_ROW_LEAD = re.compile(r"(?:\s|&|\\(?:Rightarrow|implies|iff|quad|qquad)(?![a-zA-Z]))*")
 _NUM = r"\$?\d[\d,]*(?:\.\d+)?%?"
-_PLAIN_FORMULA = re.compile(rf"{_NUM}(?:\s*[-+*/×÷]\s*{_NUM})+(?:\s*=\s*{_NUM})?")
+_PLAIN_FORMULA = re.compile(rf"{_NUM}(?:\s*[-+*/×÷–]\s*{_NUM})+(?:\s*=\s*{_NUM})?")
 _LATEX_OPERATOR = re.compile(r"[=+\-*/^<>]|\\(?:frac|dfrac|cdot|times|sqrt|div|pm|le|ge)")
 _FILL_LINE = re.compile(r"^\s*\[MASK_(\d+)\]\s*[:=]\s*(.*?)\s*$", re.M)
 _LATEX_NOISE = re.compile(r"\\left|\\right|\\boxed|\\[,;:! ]|[${}]")
@@ -71,19 +72,49 @@ def math_score(pred: str, gold: str) -> float:
     return float(all(clean) and math_equal(clean[0], clean[1]))
 
 
-def candidates(solution: Solution, kind: str) -> list[tuple[int, int, int]]:
-    """Maskable pieces as (step index, start, end), in reading order."""
-    out: list[tuple[int, int, int]] = []
+def _flat(text: str) -> str:
+    return " ".join(text.split())
+
+
+def _latex_formulas(step: str) -> list[tuple[int, int, str]]:
+    """Math regions with an operator; align-like environments give one formula per row.
+
+    Leading arrows/spacing (`\\Rightarrow \\qquad`) and trailing punctuation stay visible.
+    """
+    out = []
+    for outer, a, b, _ in math_spans(step):
+        rows = [(a, b)]
+        if step.startswith("\\begin", outer):
+            seps = [(a, a)] + [(a + m.start(), a + m.end()) for m in _ROW_SEP.finditer(step[a:b])] + [(b, b)]
+            rows = [(prev[1], nxt[0]) for prev, nxt in zip(seps, seps[1:])]
+        for r0, r1 in rows:
+            r0 += _ROW_LEAD.match(step, r0, r1).end() - r0
+            while r1 > r0 and (step[r1 - 1].isspace() or step[r1 - 1] in ".,;"):
+                r1 -= 1
+            gold = _flat(step[r0:r1].replace("&", ""))
+            if 0 < len(gold) <= MAX_FORMULA_CHARS and _LATEX_OPERATOR.search(gold):
+                out.append((r0, r1, gold))
+    return out
+
+
+def candidates(solution: Solution, kind: str) -> list[tuple[int, int, int, str]]:
+    """Maskable pieces as (step index, start, end, gold fill), in reading order.
+
+    Formulas come from GSM8K's calculator annotations where the solution has them (the gold is the
+    annotation's clean equation), else from arithmetic runs in plain lines or math in LaTeX.
+    """
+    if kind == "formula" and solution.formulas:
+        return list(solution.formulas)
+    out: list[tuple[int, int, int, str]] = []
     for i, step in enumerate(solution.steps):
         if kind == "step":
-            out.append((i, 0, len(step)))
+            out.append((i, 0, len(step), _flat(step)))
         elif kind == "number":
-            out += [(i, m.start(), m.end()) for m in _NUMBER.finditer(step)]
+            out += [(i, m.start(), m.end(), m.group()) for m in NUMBER.finditer(step)]
         elif solution.sep == "\n":
-            out += [(i, m.start(), m.end()) for m in _PLAIN_FORMULA.finditer(step)]
+            out += [(i, m.start(), m.end(), m.group()) for m in _PLAIN_FORMULA.finditer(step)]
         else:
-            out += [(i, a, b) for _, a, b, _ in math_spans(step)
-                    if 0 < b - a <= MAX_FORMULA_CHARS and "\n" not in step[a:b] and _LATEX_OPERATOR.search(step[a:b])]
+            out += [(i, a, b, gold) for a, b, gold in _latex_formulas(step)]
     return out
 
 
@@ -124,8 +155,8 @@ class MaskedStepTask(SolutionTask):
             return None
         rng = solution_rng(solution, 1)
         chosen = sorted(pool[int(j)] for j in rng.choice(len(pool), size=n, replace=False))
-        golds = [" ".join(steps[i][a:b].split()) for i, a, b in chosen]
-        for label, (i, a, b) in reversed(list(enumerate(chosen, start=1))):
+        golds = [gold for *_, gold in chosen]
+        for label, (i, a, b, _) in reversed(list(enumerate(chosen, start=1))):
             steps[i] = f"{steps[i][:a]}[MASK_{label}]{steps[i][b:]}"
         fills = "\n".join(f"[MASK_{k}]: {g}" for k, g in enumerate(golds, start=1))
         plural = "s" if n > 1 else ""

@@ -40,6 +40,8 @@ _LATEX_COMMAND = re.compile(r"\\[a-zA-Z\[\(]")
 _BEGIN = re.compile(r"\\begin\{([^}]*)\}")
 _DELIMS = (("$$", "$$"), ("\\[", "\\]"), ("\\(", "\\)"), ("$", "$"))
 _CLOSERS = ("$", "\\]", "\\)", ")", '"', "'")
+NUMBER = re.compile(r"(?<![\w.])(?:\d{1,3}(?:,\d{3})+|\d+)(?:\.\d+)?(?!\w)")
+_VISIBLE_RESULT = re.compile(r"\s*\$?\s*(?:\d{1,3}(?:,\d{3})+|\d+)(?:\.\d+)?")
 
 
 @dataclass(frozen=True)
@@ -52,6 +54,7 @@ class Solution:
     seed: int
     difficulty: dict[str, Any] = field(default_factory=dict)
     sep: str = "\n"
+    formulas: tuple[tuple[int, int, int, str], ...] = ()  # (step, start, end, equation) from annotations
 
 
 def _find_close(text: str, close: str, start: int) -> int:
@@ -160,7 +163,51 @@ def _equation_cuts(text: str, spans: list[tuple[int, int, int, int]]) -> list[in
 
 def split_lines(text: str) -> list[str]:
     """One step per non-empty line, with GSM8K calculator annotations removed."""
-    return [s for s in (line.strip() for line in _CALCULATOR.sub("", text).splitlines()) if s]
+    return [line for line, _ in calculator_lines(text)]
+
+
+def calculator_lines(text: str) -> list[tuple[str, list[tuple[int, int, str]]]]:
+    """Non-empty lines without calculator annotations, each with the formulas they annotated.
+
+    A formula is (start, end, equation): the visible calculation `2 hours * 500 calories/hour = 1000`
+    located from the annotation `<<2*500=1000>>`, and the annotation's clean equation `2*500=1000`.
+    The visible start is the first operand, found among the numbers before the annotation; an
+    annotation whose calculation cannot be located is dropped.
+    """
+    out = []
+    for raw in text.splitlines():
+        line, spans, pos = "", [], 0
+        for m in _CALCULATOR.finditer(raw):
+            line += raw[pos:m.start()]
+            pos = m.end()
+            equation = m.group()[2:-2].strip()
+            result = _VISIBLE_RESULT.match(raw, pos)
+            start = _operand_start(line, NUMBER.findall(equation.rpartition("=")[0]))
+            if result and "=" in equation and start is not None and start >= (spans[-1][1] if spans else 0):
+                spans.append((start, len(line) + result.end() - pos, equation))
+        line += raw[pos:]
+        lead = len(line) - len(line.lstrip())
+        if line.strip():
+            out.append((line.strip(), [(a - lead, b - lead, eq) for a, b, eq in spans]))
+    return out
+
+
+def _operand_start(prefix: str, operands: list[str]) -> int | None:
+    """Where the visible calculation starts: the n-th last visible number for n operands if it is
+    the first operand (`5 * 5 =`), else the first operand's last visible occurrence."""
+    if not operands:
+        return None
+    first = float(operands[0].replace(",", ""))
+    nums = [(m.start(), float(m.group().replace(",", ""))) for m in NUMBER.finditer(prefix)]
+    n = len(operands)
+    if len(nums) >= n and nums[-n][1] == first:
+        start = nums[-n][0]
+    else:
+        hits = [a for a, v in nums if v == first]
+        if not hits:
+            return None
+        start = hits[-1]
+    return start - 1 if prefix[start - 1: start] == "(" else start
 
 
 def split_steps(trace: str, split: str = "auto") -> tuple[list[str], str]:
@@ -208,9 +255,11 @@ class SolutionSource:
         demo = self.task.demonstration(seed)
         trace = demo.split(THINK_CLOSE)[0].replace(THINK_OPEN, "")
         steps, style = split_steps(trace, self.split)
+        formulas = () if style == "sentences" else tuple(
+            (i, a, b, eq) for i, (_, spans) in enumerate(calculator_lines(trace)) for a, b, eq in spans)
         answer = extract_answer(demo) or problem.answer
         return Solution(problem.prompt.strip(), tuple(steps), answer, seed, dict(problem.difficulty),
-                        "\n\n" if style == "sentences" else "\n")
+                        "\n\n" if style == "sentences" else "\n", formulas)
 
 
 class SolutionTask(Task):
