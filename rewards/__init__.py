@@ -13,7 +13,7 @@ from .laser import LaserD, LaserDE, difficulty_bucket
 from .hapo import Hapo, hapo_length_reward
 from .adaptive import (ADAPTTHINK_FORCED_LOGPROB, AUTOTHINK_ELLIPSIS_PREFIX, NO_THINKING_PREFIX, AdaptThink,
                        AutoThink, adaptthink_correct, adaptthink_prefixes, autothink_base_reward)
-from .schedules import SiriSchedule
+from .schedules import SiriSchedule, delethink_max_chunks
 from .spec import CompositeReward, RewardOutput, parse_reward_spec
 
 __all__ = [
@@ -24,5 +24,5 @@ __all__ = [
     "Hapo", "hapo_length_reward",
     "ADAPTTHINK_FORCED_LOGPROB", "AUTOTHINK_ELLIPSIS_PREFIX", "NO_THINKING_PREFIX", "AdaptThink", "AutoThink",
     "adaptthink_correct", "adaptthink_prefixes", "autothink_base_reward",
-    "SiriSchedule", "CompositeReward", "RewardOutput", "parse_reward_spec",
+    "SiriSchedule", "delethink_max_chunks", "CompositeReward", "RewardOutput", "parse_reward_spec",
 ]

@@ -34,10 +34,12 @@ class Sample:
 
     text: the response (what the policy wrote after the prompt, forced prefixes included).
     num_tokens: its length in tokens (all chunks for a Delethink trace).
-    prompt_id: the prompt it answers; samples with equal ids form a group.
+    prompt_id: the prompt it answers; samples with equal ids form a group. Keep it stable across
+        steps (the problem's seed or dataset index): HAPO's history is keyed by it.
     correct: the verdict if known (e.g. the env's `info["correct"]`); else computed from `gold`.
     gold: the reference answer, checked by math-verify when `correct` is None.
-    finished: it ended by itself (EOS/answer), not by running out of budget.
+    finished: it ended by itself (EOS/answer), not by running out of budget; an unfinished sample
+        is never correct (DeepScaleR/SIRI length capping: whatever was cut off scores 0).
     think_mode: `"think"`/`"nothink"` when known (forced prefix); else detected from the text.
     max_tokens: the length budget it was sampled under (default length scale for some rewards).
     """
@@ -64,6 +66,8 @@ class Sample:
 
     @cached_property
     def is_correct(self) -> bool:
+        if not self.finished:
+            return False
         if self.correct is not None:
             return bool(self.correct)
         if self.gold is None:
@@ -113,8 +117,9 @@ class Reward:
     def __call__(self, samples: Sequence[Sample]) -> list[float]:
         raise NotImplementedError
 
-    def update(self, samples: Sequence[Sample]) -> None:
-        """Called once per training step with that step's samples (after scoring them)."""
+    def update(self, samples: Sequence[Sample], monitor: Sequence[Sample] | None = None) -> None:
+        """Called once per training step, after scoring, with that step's samples; `monitor` holds
+        rollouts of a fixed monitor set when the trainer drew them (LASER-D uses them if given)."""
 
     def state_dict(self) -> dict[str, Any]:
         return {}

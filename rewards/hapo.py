@@ -52,7 +52,7 @@ class Hapo(Reward):
         return [hapo_length_reward(s.num_tokens, self.history.get(s.prompt_id), s.is_correct, self.shape)
                 for s in samples]
 
-    def update(self, samples: Sequence[Sample]) -> None:
+    def update(self, samples: Sequence[Sample], monitor: Sequence[Sample] | None = None) -> None:
         """h ← min(h, shortest correct length of this step), per prompt."""
         for pid, idx in group_indices(samples).items():
             correct = [samples[i].num_tokens for i in idx if samples[i].is_correct]

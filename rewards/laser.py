@@ -73,10 +73,11 @@ class LaserD(Reward):
         """Whether the next `update` recomputes the targets (so the trainer rolls out the monitor set)."""
         return self.steps % self.monitor_every == 0
 
-    def update(self, samples: Sequence[Sample]) -> None:
-        """One training step: on monitor steps, recompute targets from `samples` (the monitor rollouts)."""
+    def update(self, samples: Sequence[Sample], monitor: Sequence[Sample] | None = None) -> None:
+        """One training step: on monitor steps, recompute the targets from the monitor rollouts
+        (the paper's 500 fixed training prompts), or from this step's samples when none are given."""
         if self.monitor_due:
-            self.recompute_targets(samples)
+            self.recompute_targets(samples if monitor is None else monitor)
         self.steps += 1
 
     def _min_correct(self, bucket: str, k: int) -> int:

@@ -59,3 +59,13 @@ class SiriSchedule:
         else:
             value = mid + amp * math.cos(2 * (phi - 3 * math.pi / 4))
         return int(round(value))
+
+
+def delethink_max_chunks(budget: int, chunk_size: int, carryover: int) -> int:
+    """The most chunks I whose thinking budget C + (I − 1)(C − m) fits in `budget` (at least 1),
+    so a scheduled length L(t) can drive Delethink's iteration cap."""
+    for name, value in (("budget", budget), ("chunk_size", chunk_size), ("carryover", carryover)):
+        check_length(name, value)
+    if carryover >= chunk_size:
+        raise ValueError(f"carryover ({carryover}) must be smaller than chunk_size ({chunk_size})")
+    return max(1, 1 + (budget - chunk_size) // (chunk_size - carryover))

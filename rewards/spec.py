@@ -57,9 +57,15 @@ class CompositeReward(Reward):
     def __call__(self, samples: Sequence[Sample]) -> list[float]:
         return self.compute(samples).total
 
-    def update(self, samples: Sequence[Sample]) -> None:
+    @property
+    def monitor_due(self) -> bool:
+        """Whether a component wants monitor-set rollouts passed to this step's `update`."""
+        return any(getattr(r, "monitor_due", False) for _, _, r in self.parts)
+
+    def update(self, samples: Sequence[Sample], monitor: Sequence[Sample] | None = None) -> None:
+        """Once per step, after `compute` (HAPO scores against the history from before this step)."""
         for _, _, r in self.parts:
-            r.update(samples)
+            r.update(samples, monitor)
 
     def state_dict(self) -> dict[str, Any]:
         return {n: r.state_dict() for n, _, r in self.parts if r.stateful}

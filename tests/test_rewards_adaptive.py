@@ -6,7 +6,7 @@ import math
 import pytest
 
 from thinkgym.rewards import (ADAPTTHINK_FORCED_LOGPROB, AUTOTHINK_ELLIPSIS_PREFIX, NO_THINK, THINK, AdaptThink,
-                              Sample, SiriSchedule, adaptthink_prefixes, autothink_base_reward, detect_think_mode,
+                              Sample, SiriSchedule, adaptthink_prefixes, delethink_max_chunks, autothink_base_reward, detect_think_mode,
                               get_reward, parse_reward_spec)
 
 THINK_OK = "Alright, 2+2 is 4.</think>\\boxed{4}"
@@ -106,3 +106,15 @@ def test_siri_schedule_bad_config(kwargs, match):
         SiriSchedule(**kwargs)
     with pytest.raises(ValueError, match="step"):
         SiriSchedule()(-1)
+
+
+def test_scheduled_budget_to_delethink_chunks():
+    # 24K: 8192 + 4 * 4096 = 24576 -> I = 5; a budget between steps rounds down; below C still one chunk
+    assert delethink_max_chunks(24576, 8192, 4096) == 5
+    assert delethink_max_chunks(24575, 8192, 4096) == 4
+    assert delethink_max_chunks(98304, 8192, 4096) == 23
+    assert delethink_max_chunks(4000, 8192, 4096) == 1
+    sched = SiriSchedule(l_min=8192, l_max=16384, period=4, shape="stair")
+    assert [delethink_max_chunks(sched(t), 8192, 4096) for t in range(4)] == [1, 1, 3, 3]
+    with pytest.raises(ValueError, match="carryover"):
+        delethink_max_chunks(10000, 100, 100)

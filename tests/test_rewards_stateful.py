@@ -120,3 +120,21 @@ def test_hapo_state_round_trip_keeps_prompt_id_types():
     assert fresh(probe) == r(probe)
     with pytest.raises(ValueError, match="shape"):
         Hapo(shape="exp")
+
+
+def test_spec_update_sends_monitor_rollouts_to_laser_d_and_the_batch_to_hapo():
+    from thinkgym.rewards import parse_reward_spec
+
+    spec = parse_reward_spec("correctness + 0.5*laser_d(target_length=100, max_length=400, interval=100) + hapo")
+    assert spec.monitor_due
+    batch = group("t", [1, 1], [30, 80])
+    spec.update(batch, monitor=MONITOR)
+    assert spec["laser_d"].targets == {"easy": 200, "medium": 400, "hard": 100}  # from MONITOR, not the batch
+    assert spec["hapo"].history == {"t": 30} and not spec.monitor_due
+
+
+def test_a_cut_off_sample_is_never_correct():
+    cut = Sample("work</think>\\boxed{4}", 100, "p", correct=True, finished=False)
+    assert not cut.is_correct
+    assert get_reward("laser", target_length=500)([cut]) == [0.0]
+    assert not Sample("</think>\\boxed{4}", 5, gold="4", finished=False).is_correct
