@@ -113,7 +113,7 @@ def _number(node: ast.AST) -> float | None:
 def _literal(node: ast.AST, where: str) -> Any:
     try:
         value = ast.literal_eval(node)
-    except ValueError:
+    except (ValueError, TypeError, SyntaxError):
         value = []
     if not isinstance(value, (int, float, str, bool, type(None))):
         raise ValueError(f"arguments of {where} must be number, string, bool or None literals; "
