@@ -381,6 +381,9 @@ class _Worker:
         self.init_pid: int | None = None
         self.ready = False
         self._finalizer = weakref.finalize(self, _kill, self.proc, None, self._to_w, self._from_r, info_r)
+        # At exit, workers die with the process (bwrap --die-with-parent); killing them from an
+        # exit hook would race with a pool thread still starting one.
+        self._finalizer.atexit = False
 
     # -- framing ------------------------------------------------------------------------------
     def _read_exact(self, n: int, deadline: float) -> bytes | None:
@@ -422,6 +425,7 @@ class _Worker:
             self._info_r = -1
             self._finalizer.detach()
             self._finalizer = weakref.finalize(self, _kill, self.proc, self.init_pid, self._to_w, self._from_r, -1)
+            self._finalizer.atexit = False
         self.ready = True
 
     def alive(self) -> bool:
@@ -521,12 +525,18 @@ class WorkerPool:
                 w = _Worker(self.config, self.sandboxed)
                 w.wait_ready()
             except Exception as exc:  # keep serving: acquire() starts workers itself and will raise
+                if self._closed:
+                    return
                 log.warning("sandbox pool could not start a worker: %s", exc)
                 time.sleep(1.0)
                 continue
             with self._cond:
-                self._idle.append(w)
-                self._cond.notify_all()
+                if not self._closed:
+                    self._idle.append(w)
+                    self._cond.notify_all()
+                    continue
+            w.kill()
+            return
 
     def acquire(self) -> _Worker:
         """A started worker: an idle one from the pool, or a new one."""
