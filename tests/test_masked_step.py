@@ -1,7 +1,10 @@
 """MaskedStep-v0 and the solution sources: splitting, masking, fill rewards, robustness, coverage."""
 
+from pathlib import Path
+
 import gymnasium as gym
 import pytest
+import yaml
 from gymnasium.utils.env_checker import check_env
 
 import thinkgym  # noqa: F401
@@ -144,3 +147,12 @@ def test_almost_every_dataset_item_yields_an_episode(shared_data, name):
         for s in range(0, n, max(1, n // 8)):
             problem, demo = task.episode(s)
             assert task.verify(problem, demo).score == 1.0
+
+
+def test_the_two_stage_example_config_builds_every_stage():
+    config = yaml.safe_load((Path(__file__).parents[1] / "examples" / "process_then_outcome.yaml").read_text())
+    envs = [stage["env"] for stage in config["stages"]]
+    assert envs[-1] == "LongCoT-v0" and {"MaskedStep-v0", "StepReorder-v0"} <= set(envs[:-1])
+    for stage in config["stages"]:
+        assert stage["steps"] > 0
+        gym.make(stage["env"], **stage["env_kwargs"]).reset(seed=0)
