@@ -12,6 +12,7 @@ ENV_SPECS: list[tuple[str, str, dict]] = [
     ("DelethinkDemo-v0", "thinkgym.envs.delethink:DelethinkEnv", DEMO_DELETHINK),
     ("LongCoT-v0", "thinkgym.envs.reasoning:ReasoningEnv", {}),
     # -- more environments register below this line --
+    ("CodeInterpreter-v0", "thinkgym.envs.code_interpreter:CodeInterpreterEnv", {}),
     ("MaskedStep-v0", "thinkgym.envs.masked_step:MaskedStepEnv", {}),
     ("StepReorder-v0", "thinkgym.envs.step_reorder:StepReorderEnv", {}),
     ("SAT-v0", "thinkgym.envs.sat:SATEnv", {}),
