@@ -64,10 +64,16 @@ def max_clauses(n: int, k: int) -> int:
     return math.comb(k, n) * (2**n - 1)
 
 
+_LITERAL_TEXT = {sign * v: ("!" if sign < 0 else "") + chr(64 + v) for v in range(1, MAX_VARIABLES + 1) for sign in (1, -1)}
+
+
+def clause_text(clause: Clause) -> str:
+    return "".join(map(_LITERAL_TEXT.__getitem__, clause))
+
+
 def format_formula(clauses: list[Clause]) -> str:
     """SATURN's text: literals side by side, `!` negates, clauses sorted and joined by ' & '."""
-    texts = ["".join(("!" if lit < 0 else "") + chr(64 + abs(lit)) for lit in c) for c in clauses]
-    return " & ".join(sorted(texts))
+    return " & ".join(sorted(map(clause_text, clauses)))
 
 
 def parse_formula(text: str) -> list[Clause]:
@@ -137,7 +143,7 @@ def _draw_clauses(rng: np.random.Generator, n: int, k: int, l: int, planted: lis
         else:
             positive = [bool(mask >> j & 1) for j in range(n)]
         clauses.append(tuple((v + 1) if p else -(v + 1) for v, p in zip(variables, positive)))
-    return sorted(clauses, key=lambda c: format_formula([c]))  # the order the prompt lists them in
+    return sorted(clauses, key=clause_text)  # the order the prompt lists them in
 
 
 @dataclass(frozen=True)
@@ -273,7 +279,7 @@ def _dpll(clauses: list[Clause], assign: dict[int, bool], lines: list[str], dept
                 continue
             free = [x for x in c if abs(x) not in assign]
             if not free:
-                lines.append(f"{pad}  conflict: {format_formula([c])} is false; back up.")
+                lines.append(f"{pad}  conflict: {clause_text(c)} is false; back up.")
                 return None
             if len(free) == 1:
                 unit = (free[0], c)
@@ -281,7 +287,7 @@ def _dpll(clauses: list[Clause], assign: dict[int, bool], lines: list[str], dept
         if unit is None:
             break
         assign[abs(unit[0])] = unit[0] > 0
-        lines.append(f"{pad}  {_name(unit[0])} (only way to satisfy {format_formula([unit[1]])})")
+        lines.append(f"{pad}  {_name(unit[0])} (only way to satisfy {clause_text(unit[1])})")
     open_clause = next((c for c in clauses if not any(assign.get(abs(x)) == (x > 0) for x in c)), None)
     if open_clause is None:
         return assign
