@@ -5,10 +5,12 @@ publishes neither its masking ratio nor its reward equations; the choices below 
 
 - `mask="number"` (default): hide numbers. Every source has them, a number has one right value, and
   restoring one requires redoing the calculation around it, which is the skill the process reward
-  is after. `"formula"` hides a calculation (`16 - 3 - 4 = 9` in GSM8K/procedural lines, the content
-  of one `$...$`/`\\[...\\]` in LaTeX). `"step"` hides whole steps.
+  is after. `"formula"` hides a calculation: in GSM8K the span a calculator annotation marks
+  (`2 hours * 500 calories/hour = 1000`, gold `2*500=1000`), in other plain lines an arithmetic run
+  (`11+3=14`), in LaTeX one `$...$`/`\\[...\\]` or one row of an `align`. `"step"` hides whole steps.
 - `n_masked=2` (default): a fixed count, not a ratio, so difficulty does not jump with solution
-  length and a curriculum can raise it one by one. Fewer candidates than `n_masked` masks them all
+  length and a curriculum can raise it one by one; two rather than one so that a lucky guess earns
+  half the reward, not all of it. Fewer candidates than `n_masked` masks them all
   (a step mask always leaves one step visible); the count used is in `difficulty["n_masked"]`.
 - Answer format: after `</think>`, one line per piece, `[MASK_1]: 9`. Labelled lines keep pieces
   apart when one is missing or spans symbols a `\\boxed{}` list would split; the demonstration
@@ -16,8 +18,8 @@ publishes neither its masking ratio nor its reward equations; the choices below 
 - Reward: the mean over pieces. Numbers and formulas score 1 when their normalised text matches or
   math-verify finds them equal (a value-equal rewrite such as `13-4` for `16-3-4` counts: it restores
   the quantity later steps depend on). Steps are text: `text_score="exact"` (default) needs the same
-  tokens after normalisation (case, spacing, `$`, `\\left`/`\\right`); `"f1"` gives token-F1 partial
-  credit for paraphrases. A missing piece scores 0; no `</think>` or no parsable `[MASK_i]:` line is
+  tokens after normalisation (case, spacing, `$`, `\\left`/`\\right`), since word overlap can be
+  inflated by copying neighbouring steps; `"f1"` gives token-F1 partial credit for paraphrases. A missing piece scores 0; no `</think>` or no parsable `[MASK_i]:` line is
   a format error (format reward, `info["format_error"]`).
 
 The difficulty knobs `mask` and `n_masked` are constructor arguments, so a curriculum can drive them.
@@ -68,6 +70,8 @@ def math_score(pred: str, gold: str) -> float:
     """1.0 when the texts match after normalisation or math-verify finds them equal."""
     if tokens(pred) == tokens(gold):
         return 1.0
+    if len(pred) > 4 * len(gold) + 64:  # far longer than the piece: not a fill, and slow to parse
+        return 0.0
     clean = [_THOUSANDS.sub("", _BOXED.sub("", x)).replace("$", "").strip() for x in (pred, gold)]
     return float(all(clean) and math_equal(clean[0], clean[1]))
 
@@ -164,6 +168,7 @@ class MaskedStepTask(SolutionTask):
             f"{solution.problem}\n\nHere is a worked solution with {n} hidden {kind}{plural}, each shown as [MASK_i]:\n\n"
             f"{solution.sep.join(steps)}\n\nRestore the hidden {kind}{plural}. After your reasoning, write one line "
             f"per hidden {kind}, in the form\n[MASK_1]: <the hidden {kind}>\n"
+            + ("Write a formula as an equation with its result, e.g. 12*3=36.\n" if kind == "formula" else "")
         )
         difficulty = {**solution.difficulty, "source": self.source.name, "mask": kind, "n_masked": n,
                       "n_steps": len(steps)}

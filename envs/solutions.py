@@ -14,7 +14,9 @@ How a trace is split into steps (`split`):
   `?`, also when the period sits just inside a closing `$`) followed by a non-lowercase character,
   never inside math (`$..$`, `$$..$$`, `\\[..\\]`, `\\(..\\)`, `\\begin..\\end`). A display block
   stays inside its sentence so each step reads as a complete statement. `[asy]` figure code is
-  dropped: it is drawing instructions, not reasoning.
+  dropped: it is drawing instructions, not reasoning. A one-sentence solution is split at its
+  commas outside math (clauses); a bare chain of equalities (`$a=b=c$`, one `align`) before each
+  top-level `=`, so it still has steps: "sentences, else clauses, else equations".
 - "auto" (default): "sentences" when the trace has LaTeX commands (`\\frac`, `\\[`, `\\boxed`...)
   and no calculator annotations, otherwise "lines".
 """
@@ -24,6 +26,7 @@ from __future__ import annotations
 import re
 from abc import abstractmethod
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -40,8 +43,9 @@ _LATEX_COMMAND = re.compile(r"\\[a-zA-Z\[\(]")
 _BEGIN = re.compile(r"\\begin\{([^}]*)\}")
 _DELIMS = (("$$", "$$"), ("\\[", "\\]"), ("\\(", "\\)"), ("$", "$"))
 _CLOSERS = ("$", "\\]", "\\)", ")", '"', "'")
-NUMBER = re.compile(r"(?<![\w.])(?:\d{1,3}(?:,\d{3})+|\d+)(?:\.\d+)?(?!\w)")
-_VISIBLE_RESULT = re.compile(r"\s*\$?\s*(?:\d{1,3}(?:,\d{3})+|\d+)(?:\.\d+)?")
+_DIGITS = r"(?:\d{1,3}(?:,\d{3})+|\d+)(?:\.\d+)?"  # 120,000 or 1.5
+NUMBER = re.compile(rf"(?<![\w.]){_DIGITS}(?!\w)")
+_VISIBLE_RESULT = re.compile(rf"\s*\$?\s*{_DIGITS}")
 
 
 @dataclass(frozen=True)
@@ -210,13 +214,19 @@ def _operand_start(prefix: str, operands: list[str]) -> int | None:
     return start - 1 if prefix[start - 1: start] == "(" else start
 
 
-def split_steps(trace: str, split: str = "auto") -> tuple[list[str], str]:
-    """The steps of a trace and the style used ("lines" or "sentences")."""
+def split_style(trace: str, split: str = "auto") -> str:
+    """"lines" or "sentences": `split` itself, or for "auto" the one that suits the trace."""
     if split not in SPLITS:
         raise ValueError(f"split must be one of {SPLITS}; got {split!r}")
     if split == "auto":
-        split = "sentences" if _LATEX_COMMAND.search(trace) and not _CALCULATOR.search(trace) else "lines"
-    return (split_sentences(trace) if split == "sentences" else split_lines(trace)), split
+        return "sentences" if _LATEX_COMMAND.search(trace) and not _CALCULATOR.search(trace) else "lines"
+    return split
+
+
+def split_steps(trace: str, split: str = "auto") -> tuple[list[str], str]:
+    """The steps of a trace and the style used ("lines" or "sentences")."""
+    style = split_style(trace, split)
+    return (split_sentences(trace) if style == "sentences" else split_lines(trace)), style
 
 
 class SolutionSource:
@@ -236,15 +246,13 @@ class SolutionSource:
             if source_kwargs:
                 raise ValueError("source_kwargs cannot be combined with path; use fields to map columns")
             self.task = make_task("math_dataset", path=str(path), fields=dict(fields or {}), prompt_suffix="")
+            self.name = Path(str(path)).stem
         else:
             if fields:
                 raise ValueError("fields needs path (a dataset file)")
             self.task = make_task(source, **(source_kwargs or {}))
+            self.name = getattr(self.task, "name", type(self.task).__name__)
         self.split = split
-
-    @property
-    def name(self) -> str:
-        return getattr(self.task, "name", type(self.task).__name__)
 
     def __len__(self) -> int:
         """The number of distinct items (datasets), or 0 for an unbounded procedural source."""
@@ -254,12 +262,14 @@ class SolutionSource:
         problem = self.task.sample(seed)
         demo = self.task.demonstration(seed)
         trace = demo.split(THINK_CLOSE)[0].replace(THINK_OPEN, "")
-        steps, style = split_steps(trace, self.split)
-        formulas = () if style == "sentences" else tuple(
-            (i, a, b, eq) for i, (_, spans) in enumerate(calculator_lines(trace)) for a, b, eq in spans)
         answer = extract_answer(demo) or problem.answer
-        return Solution(problem.prompt.strip(), tuple(steps), answer, seed, dict(problem.difficulty),
-                        "\n\n" if style == "sentences" else "\n", formulas)
+        if split_style(trace, self.split) == "sentences":
+            return Solution(problem.prompt.strip(), tuple(split_sentences(trace)), answer, seed,
+                            dict(problem.difficulty), "\n\n")
+        lines = calculator_lines(trace)
+        formulas = tuple((i, a, b, eq) for i, (_, spans) in enumerate(lines) for a, b, eq in spans)
+        return Solution(problem.prompt.strip(), tuple(line for line, _ in lines), answer, seed,
+                        dict(problem.difficulty), "\n", formulas)
 
 
 class SolutionTask(Task):
