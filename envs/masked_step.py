@@ -42,7 +42,7 @@ MASKS = ("number", "formula", "step")
 TEXT_SCORES = ("exact", "f1")
 _ROW_SEP = re.compile(r"\\\\|\n")  # rows of an align-like environment
 _ROW_LEAD = re.compile(r"(?:\s|&|\\(?:Rightarrow|implies|iff|quad|qquad)(?![a-zA-Z]))*")
-_NUM = r"\$?\d[\d,]*(?:\.\d+)?%?"
+_NUM = rf"\$?{NUMBER.pattern}%?"
 _PLAIN_FORMULA = re.compile(rf"{_NUM}(?:\s*[-+*/×÷–]\s*{_NUM})+(?:\s*=\s*{_NUM})?")
 _LATEX_OPERATOR = re.compile(r"[=+\-*/^<>]|\\(?:frac|dfrac|cdot|times|sqrt|div|pm|le|ge)")
 _FILL_LINE = re.compile(r"^\s*\[MASK_(\d+)\]\s*[:=]\s*(.*?)\s*$", re.M)

@@ -8,8 +8,8 @@ import yaml
 from gymnasium.utils.env_checker import check_env
 
 import thinkgym  # noqa: F401
-from thinkgym.envs.masked_step import MASKS, MaskedStepEnv, MaskedStepTask, math_score, text_score
-from thinkgym.envs.solutions import SolutionSource, calculator_lines, split_sentences, split_steps
+from thinkgym.envs.masked_step import MASKS, MaskedStepEnv, MaskedStepTask, candidates, math_score, text_score
+from thinkgym.envs.solutions import Solution, SolutionSource, calculator_lines, split_sentences, split_steps
 
 
 def fills(golds):
@@ -83,6 +83,14 @@ def test_math_pieces_use_math_verify_and_text_pieces_normalised_matching():
     assert text_score("So  the TOTAL is $5$.", "so the total is 5", "exact") == 1.0
     assert text_score("so the sum is 5", "so the total is 5", "exact") == 0.0
     assert 0.5 < text_score("so the sum is 5", "so the total is 5", "f1") < 1.0
+
+
+def test_formula_candidates_are_whole_calculations():
+    lines = Solution("Q", ("col 1: 0+7+0=7, write 7, carry 0", "pay 80,000*1.5=120,000 dollars"), "A", seed=0)
+    assert [gold for *_, gold in candidates(lines, "formula")] == ["0+7+0=7", "80,000*1.5=120,000"]
+    latex = Solution("Q", ("So $x+1=2$, and \\begin{align*} a &= 1+1 \\\\ \\Rightarrow b &= 2. \\end{align*}",), "A", seed=0, sep="\n\n")
+    assert [gold for *_, gold in candidates(latex, "formula")] == ["x+1=2", "a = 1+1", "b = 2"]
+    assert [gold for *_, gold in candidates(latex, "number")] == ["1", "2", "1", "1", "2"]
 
 
 def test_step_masks_use_the_chosen_text_score():
