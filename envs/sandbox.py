@@ -4,8 +4,10 @@ Each worker is a Python process inside bubblewrap (`bwrap`) namespaces: no netwo
 namespace (so killing it kills every process it started), a read-only view of nothing but the
 interpreter and its libraries, and a private tmpfs work dir. Inside, it runs as an unprivileged
 uid of its own with rlimits on memory, CPU, processes, open files and file size, and a scrubbed
-environment. State (variables, imports) persists across the calls of one `Sandbox`; a call that
-times out or crashes the worker loses it, and the next call starts a fresh worker.
+environment. State (variables, imports) persists across the calls of one `Sandbox`. A call that
+runs past its limit is interrupted, as a notebook's interrupt does, and the state survives; a call
+stuck in C code past the limit, or one that crashes the worker, loses it (`state_lost`), and the
+next call starts a fresh worker.
 
 Starting a worker costs tens of milliseconds, so a `WorkerPool` keeps a few started in the
 background; a call to a warm worker is a pipe round trip plus the code's own run time.
@@ -44,7 +46,7 @@ log = logging.getLogger(__name__)
 Status = Literal["ok", "error", "timeout", "crashed"]
 WORK_DIR = "/sandbox"
 _SITE_MOUNT = "/opt/site"
-_GRACE_S = 0.5  # wall slack over the CPU limit, for the pipe round trip on a loaded machine
+_GRACE_S = 1.0  # how long past its limit a call may take to stop on its own before it is killed
 _START_TIMEOUT_S = 30.0
 _MAX_MESSAGE = 16 << 20
 # Unprivileged uids for workers when the host runs as root: one uid per worker, so that
@@ -131,11 +133,13 @@ def recv_exact(n):
         buf += chunk
     return buf
 
-class CPUTimeLimitExceeded(TimeoutError):
+class TimeLimitExceeded(BaseException):
+    # Not an Exception, so that the code's own `except Exception` does not swallow it.
     pass
 
-def on_xcpu(signum, frame):
-    raise CPUTimeLimitExceeded("the call used up its CPU time limit")
+def on_limit(signum, frame):
+    kind = "CPU" if signum == signal.SIGXCPU else "wall-clock"
+    raise TimeLimitExceeded("the call ran past its %g s %s limit" % (LIMIT, kind))
 
 if cfg["uid"] and os.getuid() == 0:
     for d in (".", "/tmp"):
@@ -144,7 +148,9 @@ if cfg["uid"] and os.getuid() == 0:
 for name, value in cfg["limits"].items():
     R.setrlimit(getattr(R, name), (value, value))
 signal.signal(signal.SIGXFSZ, signal.SIG_IGN)  # an oversized write fails with EFBIG instead
-signal.signal(signal.SIGXCPU, on_xcpu)
+signal.signal(signal.SIGXCPU, on_limit)
+signal.signal(signal.SIGALRM, on_limit)
+LIMIT = 0.0
 sys.path.extend(cfg["paths"])
 sys.argv = [""]
 for mod in cfg["preload"]:
@@ -209,20 +215,22 @@ while True:
     (size,) = struct.unpack("<I", recv_exact(4))
     req = json.loads(recv_exact(size))
     n += 1
-    used = sum(R.getrusage(R.RUSAGE_SELF)[:2])
+    used, LIMIT = sum(R.getrusage(R.RUSAGE_SELF)[:2]), req["limit"]
     status, tb = "ok", ""
     sys.stdout = open(1, "w", encoding="utf-8", errors="backslashreplace", closefd=False)
     sys.stderr = open(2, "w", encoding="utf-8", errors="backslashreplace", closefd=False)
     try:
-        R.setrlimit(R.RLIMIT_CPU, (int(used + req["cpu"]) + 1, R.RLIM_INFINITY))
+        R.setrlimit(R.RLIMIT_CPU, (int(used + LIMIT) + 1, R.RLIM_INFINITY))
+        signal.setitimer(signal.ITIMER_REAL, LIMIT)
         try:
             run(n, req["code"])
         finally:
+            signal.setitimer(signal.ITIMER_REAL, 0)
             sys.stdout.flush()
     except BaseException as exc:
         if os.getpid() != ME:
             os._exit(1)
-        status = "timeout" if isinstance(exc, CPUTimeLimitExceeded) else "error"
+        status = "timeout" if isinstance(exc, TimeLimitExceeded) else "error"
         tb = user_traceback(exc)
     if os.getpid() != ME:  # a process forked by the code that fell through to here
         os._exit(0)
@@ -433,7 +441,7 @@ class _Worker:
 
     def call(self, code: str, timeout: float) -> ExecResult:
         t0 = time.perf_counter()
-        data = json.dumps({"code": code, "cpu": timeout}).encode()
+        data = json.dumps({"code": code, "limit": timeout}).encode()
         try:
             self._write_all(data)
         except OSError:

@@ -210,3 +210,15 @@ def test_32_concurrent_episodes_in_grpo_groups_do_not_interfere():
         results = list(pool.map(lambda k: _episode(k, seed=100 + k // group), range(32)))
     for k, r, got, answer in results:
         assert got == f"{k} {k} {answer}" and r == 1.0
+
+
+def test_hostile_blocks_come_back_as_output_and_the_episode_goes_on():
+    env = CodeInterpreterEnv(sandbox={"timeout": 1.0})
+    obs, _ = env.reset(seed=6)
+    obs, *_ = env.step(block("x = 5\nwhile True:\n    pass"))
+    assert "TimeLimitExceeded" in last_output(obs)
+    obs, *_ = env.step(block("import ctypes; ctypes.string_at(0)"))
+    assert "SIGSEGV" in last_output(obs) and "variables are lost" in last_output(obs)
+    obs, *_ = env.step(block(f"print({expression(obs)})"))
+    _, r, term, _, info = env.step(f"</think>\\boxed{{{last_output(obs)}}}")
+    assert term and r == 1.0 and (info["code_calls"], info["code_failures"]) == (3, 2)
