@@ -47,7 +47,7 @@ _PLAIN_FORMULA = re.compile(rf"{_NUM}(?:\s*[-+*/×÷–]\s*{_NUM})+(?:\s*=\s*{_N
 _LATEX_OPERATOR = re.compile(r"[=+\-*/^<>]|\\(?:frac|dfrac|cdot|times|sqrt|div|pm|le|ge)")
 _FILL_LINE = re.compile(r"^\s*\[MASK_(\d+)\]\s*[:=]\s*(.*?)\s*$", re.M)
 _LATEX_NOISE = re.compile(r"\\left|\\right|\\boxed|\\[,;:! ]|[${}]")
-_BOXED = re.compile(r"\\boxed\s*")
+_BOXED = re.compile(r"\\boxed\s*\{((?:[^{}]|\{[^{}]*\})*)\}")  # math-verify misreads `x={3}`: unbox to `x=3`
 _THOUSANDS = re.compile(r"(?<=\d),(?=\d{3}(?!\d))")
 MAX_FORMULA_CHARS = 160
 
@@ -72,7 +72,7 @@ def math_score(pred: str, gold: str) -> float:
         return 1.0
     if len(pred) > 4 * len(gold) + 64:  # far longer than the piece: not a fill, and slow to parse
         return 0.0
-    clean = [_THOUSANDS.sub("", _BOXED.sub("", x)).replace("$", "").strip() for x in (pred, gold)]
+    clean = [_THOUSANDS.sub("", _BOXED.sub(r"\1", x)).replace("$", "").strip() for x in (pred, gold)]
     return float(all(clean) and math_equal(clean[0], clean[1]))
 
 

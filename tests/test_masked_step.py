@@ -79,6 +79,7 @@ def test_math_pieces_use_math_verify_and_text_pieces_normalised_matching():
     assert math_score("120000", "120,000") == 1.0 and math_score("\\frac{1}{2}", "0.5") == 1.0
     assert math_score("2*500=1000", "2 * 500 = 1000") == 1.0 and math_score("x=\\boxed{3}", "x = 3") == 1.0
     assert math_score("13-4", "16-3-4") == 1.0  # value-equal rewrites count (documented)
+    assert math_score("x = 100+10", "x = \\boxed{110}") == 1.0 and math_score("x = 111", "x = \\boxed{110}") == 0.0
     assert math_score("10", "9") == 0.0 and math_score("", "9") == 0.0
     assert text_score("So  the TOTAL is $5$.", "so the total is 5", "exact") == 1.0
     assert text_score("so the sum is 5", "so the total is 5", "exact") == 0.0
