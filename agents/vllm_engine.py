@@ -7,8 +7,10 @@ step, with no trip through the disk.
 Log-probabilities follow the `Engine` contract, log softmax(logits / T) of each sampled token
 before top-p truncation: vLLM runs with `logprobs_mode="processed_logprobs"` (temperature applied,
 penalties none), and its top-k/top-p sampler is wrapped so that it reports the log-probabilities
-it received, i.e. before truncation. Forced `prefix_ids` are scored with `prompt_logprobs`, which
-vLLM computes at temperature 1: exact for T in {0, 1}, log softmax(logits) otherwise.
+it received, i.e. before truncation. Forced `prefix_ids` are appended to the prompt and scored
+with `prompt_logprobs`, which vLLM computes at temperature 1: exact for T in {0, 1}, and
+log softmax(logits) rather than log softmax(logits / T) otherwise (a warning says so). A stop
+string that straddles the forced prefix and the sampled text is not detected.
 """
 
 from __future__ import annotations
@@ -103,6 +105,9 @@ class VLLMEngine:
         for req in requests:
             self.policy.check_prompt(len(req.prompt_ids), req.max_new_tokens)
             k, finish = self._forced_prefix(req)
+            if k and req.temperature not in (0, 1):
+                warnings.warn(f"forced prefix tokens are scored at temperature 1, not {req.temperature} "
+                              "(vLLM's prompt log-probabilities ignore the temperature)", stacklevel=2)
             forced.append((k, finish))
             copies = req.n if req.temperature == 0 else 1  # vLLM refuses n > 1 with greedy sampling
             prompts += [TokensPrompt(prompt_token_ids=list(req.prompt_ids) + list(req.prefix_ids[:k]))] * copies

@@ -4,7 +4,9 @@ One `LLM` serves the whole module (start-up is the slow part). The engine runs i
 (VLLM_ENABLE_V1_MULTIPROCESSING=0), so no child process is spawned and no __main__ guard is needed.
 """
 
+import importlib
 import os
+import sys
 
 import numpy as np
 import pytest
@@ -19,7 +21,7 @@ from thinkgym.agents.vllm_engine import VLLMEngine  # noqa: E402
 
 pytestmark = pytest.mark.vllm
 
-# fp32 on both sides; measured max |difference| after a weight update is ~1e-6 (see test output)
+# fp32 on both sides; measured max |difference| is 1e-6 to 3e-6, also after a weight update (pytest -s prints it)
 LOGP_TOL = 1e-4
 
 
@@ -86,6 +88,8 @@ def test_prefix_is_forced_and_scored(engine):
     assert torch.allclose(torch.tensor(c.logprobs), ref, atol=LOGP_TOL)
     (forced_eos,) = engine.generate([GenerationRequest(p, 10, prefix_ids=prefix + [pol.eos_token_id])])[0]
     assert forced_eos.token_ids == prefix and forced_eos.finish_reason == "eos"
+    with pytest.warns(UserWarning, match="scored at temperature 1"):
+        engine.generate([GenerationRequest(p, 4, prefix_ids=prefix, temperature=0.7)])
 
 
 @pytest.mark.parametrize("temperature,top_p", [(1.0, 1.0), (0.7, 1.0), (0.7, 0.8), (0.0, 1.0)])
@@ -123,6 +127,36 @@ def test_sync_weights_updates_vllm_in_place(engine):
         assert torch.allclose(torch.tensor(c.logprobs), trainer_logprobs(pol, prompt, c.token_ids, 0.9), atol=LOGP_TOL)
 
 
+def test_sampled_eos_ends_the_response_and_is_dropped(engine):
+    """Weights that make EOS nearly certain: vLLM's "stop" with no stop string must map to eos."""
+    pol = engine.policy
+    saved = {k: v.clone() for k, v in pol.model.state_dict().items()}
+    last = pol.model.model.layers[-1]
+    with torch.no_grad():  # the last layer writes one large constant vector; EOS's (tied) embedding points along it
+        last.self_attn.v_proj.weight.zero_()
+        last.self_attn.v_proj.bias.fill_(1.0)
+        last.mlp.down_proj.weight.zero_()
+        last.self_attn.o_proj.weight.mul_(1000.0)
+        h = pol.model.model.norm(last.self_attn.o_proj(last.self_attn.v_proj.bias.repeat(2)))
+        pol.model.get_input_embeddings().weight[pol.eos_token_id] = 50 * h / h.norm()
+    engine.sync_weights()
+    try:
+        p = prompt_ids(pol, "hi")
+        ended, ignored = engine.generate([GenerationRequest(p, 8, n=2), GenerationRequest(p, 8, ignore_eos=True)])
+    finally:
+        pol.model.load_state_dict(saved)
+        engine.sync_weights()
+    assert [c.finish_reason for c in ended] == ["eos", "eos"] and all(c.token_ids == [] == c.logprobs for c in ended)
+    assert ignored[0].finish_reason == "length" and ignored[0].token_ids == [pol.eos_token_id] * 8
+
+
 def test_prompt_longer_than_context_is_refused(engine):
     with pytest.raises(ValueError, match="exceeds the model's context"):
         engine.generate([GenerationRequest([1] * engine.policy.max_context, max_new_tokens=8)])
+
+
+def test_missing_vllm_says_how_to_install(monkeypatch):
+    monkeypatch.setitem(sys.modules, "vllm", None)  # what an environment without vllm looks like to import
+    monkeypatch.delitem(sys.modules, "thinkgym.agents.vllm_engine")
+    with pytest.raises(ImportError, match="pip install vllm"):
+        importlib.import_module("thinkgym.agents.vllm_engine")
