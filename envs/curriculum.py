@@ -14,6 +14,16 @@ from collections import deque
 from typing import Any, Sequence
 
 
+def levels_from_attributes(**attributes: Sequence[Any]) -> list[dict[str, Any]]:
+    """Levels from per-attribute value lists, reasoning-gym style: level i takes the i-th value of
+    each attribute (a one-value list holds for every level). E.g. l=[5, 6, 13], n=[3]."""
+    lengths = {len(v) for v in attributes.values() if len(v) != 1}
+    if not attributes or any(len(v) == 0 for v in attributes.values()) or len(lengths) > 1:
+        raise ValueError(f"attributes must be non-empty lists of one common length (or of length 1); got {attributes!r}")
+    count = lengths.pop() if lengths else 1
+    return [{name: values[i if len(values) > 1 else 0] for name, values in attributes.items()} for i in range(count)]
+
+
 class Curriculum:
     def __init__(self, levels: Sequence[dict[str, Any]], promote_above: float = 0.5, check_every: int = 250,
                  window: int | None = None, demote_below: float | None = None, start_level: int = 0):

@@ -6,7 +6,7 @@ import gymnasium as gym
 import pytest
 
 import thinkgym  # noqa: F401
-from thinkgym.envs.curriculum import Curriculum
+from thinkgym.envs.curriculum import Curriculum, levels_from_attributes
 from thinkgym.envs.sat import SATCurriculumEnv
 from thinkgym.envs.tasks.sat import SATURN_STAGES
 
@@ -74,6 +74,12 @@ def test_state_round_trips_through_a_checkpoint():
 def test_bad_arguments_raise(kwargs, match):
     with pytest.raises(ValueError, match=match):
         Curriculum(**{"levels": LEVELS, **kwargs})
+
+
+def test_levels_from_attributes():
+    assert levels_from_attributes(n=[3], k=[5], l=[5, 6, 13]) == [{"n": 3, "k": 5, "l": x} for x in (5, 6, 13)]
+    with pytest.raises(ValueError, match="one common length"):
+        levels_from_attributes(k=[5, 6], l=[5, 6, 13])
 
 
 def solve(env, seed=None, level=None):

@@ -103,11 +103,6 @@ def satisfied_count(clauses: list[Clause], bits: str) -> int:
     return sum(any(true(lit) for lit in c) for c in clauses)
 
 
-def is_satisfiable(clauses: list[Clause]) -> bool:
-    with Solver(name="minisat22", bootstrap_with=[list(c) for c in clauses]) as s:
-        return bool(s.solve())
-
-
 @lru_cache(maxsize=None)
 def _comb(a: int, b: int) -> int:
     return math.comb(a, b)
@@ -252,7 +247,7 @@ class SATTask(Task):
         """
         p = self.sample(seed)
         clauses, k = list(p.meta["clauses"]), p.difficulty["k"]
-        lines: list[str] = [f"{len(clauses)} clauses over {format_variables(k)}. Propagate units, then branch."]
+        lines: list[str] = [f"{len(clauses)} clauses over {_variables(k)}. Propagate units, then branch."]
         model = _dpll(clauses, {}, lines)
         if model is None:
             raise ValueError(f"seed={seed}: the formula is unsatisfiable")
@@ -262,7 +257,7 @@ class SATTask(Task):
         return finish("\n".join(lines) + "\n", bits)
 
 
-def format_variables(k: int) -> str:
+def _variables(k: int) -> str:
     return "A" if k == 1 else f"A..{chr(64 + k)}"
 
 
