@@ -22,8 +22,6 @@ from dataclasses import dataclass
 from functools import lru_cache
 
 import numpy as np
-from pysat.formula import CNF
-from pysat.solvers import Solver
 
 from thinkgym.rewards.math import extract_answer
 
@@ -89,6 +87,8 @@ def parse_formula(text: str) -> list[Clause]:
 
 def to_dimacs(clauses: list[Clause], k: int) -> str:
     """The formula in DIMACS CNF, with all k variables declared (via python-sat)."""
+    from pysat.formula import CNF  # python-sat is the optional `sat` extra; only these paths need it
+
     cnf = CNF(from_clauses=[list(c) for c in clauses])
     cnf.nv = k
     return cnf.to_dimacs()
@@ -191,6 +191,8 @@ class SATTask(Task):
         if c.generator == "planted":
             plant = rng.integers(0, 2, size=c.k).tolist()
             return _draw_clauses(rng, c.n, c.k, c.l, plant), "".join(map(str, plant))
+        from pysat.solvers import Solver
+
         for _ in range(c.max_tries):
             clauses = _draw_clauses(rng, c.n, c.k, c.l, None)
             with Solver(name="minisat22", bootstrap_with=[list(x) for x in clauses]) as s:
