@@ -86,8 +86,9 @@ class SandboxConfig:
             value = getattr(self, name)
             if not isinstance(value, int) or value < low:
                 raise ValueError(f"{name} must be an integer >= {low}; got {value!r}")
-        if not isinstance(self.preload, tuple) or not all(isinstance(m, str) for m in self.preload):
-            raise ValueError(f"preload must be a tuple of module names; got {self.preload!r}")
+        if isinstance(self.preload, str) or not all(isinstance(m, str) for m in self.preload):
+            raise ValueError(f"preload must be a list or tuple of module names; got {self.preload!r}")
+        object.__setattr__(self, "preload", tuple(self.preload))  # hashable: configs key the pools
 
 
 @dataclass
@@ -142,7 +143,7 @@ def on_limit(signum, frame):
     raise TimeLimitExceeded("the call ran past its %g s %s limit" % (LIMIT, kind))
 
 if cfg["uid"] and os.getuid() == 0:
-    for d in (".", "/tmp"):
+    for d in (".", "/tmp", "/dev/shm"):
         os.chown(d, cfg["uid"], cfg["uid"])
     os.setgroups([]); os.setgid(cfg["uid"]); os.setuid(cfg["uid"])
 for name, value in cfg["limits"].items():
@@ -243,7 +244,8 @@ while True:
         reap()
     out, out_cut = grab(1, cfg["cap"])
     err, err_cut = grab(2, cfg["cap"])
-    tb = tb[: cfg["cap"] // 2] + ("\n...\n" + tb[-cfg["cap"] // 2:] if len(tb) > cfg["cap"] else "")
+    if len(tb) > cfg["cap"]:
+        tb = tb[: cfg["cap"] // 2] + "\n...\n" + tb[-cfg["cap"] // 2:]
     send({"status": status, "stdout": out, "stderr": err + tb, "truncated": out_cut or err_cut})
 '''
 
@@ -292,8 +294,8 @@ def _mount_args(config: SandboxConfig) -> tuple[list[str], list[str]]:
             args += _ro_bind(d, paths[-1])
         paths += [d for d in dirs if d.startswith(prefix + os.sep)]
     size = str(config.tmpfs_mb << 20)
-    args += ["--proc", "/proc", "--dev", "/dev", "--size", size, "--tmpfs", "/tmp", "--size", size, "--tmpfs", WORK_DIR,
-             "--remount-ro", "/", "--chdir", WORK_DIR]
+    args += ["--proc", "/proc", "--dev", "/dev", "--size", str(16 << 20), "--tmpfs", "/dev/shm",  # for semaphores
+             "--size", size, "--tmpfs", "/tmp", "--size", size, "--tmpfs", WORK_DIR, "--remount-ro", "/", "--chdir", WORK_DIR]
     for k, v in _SANDBOX_ENV.items():
         args += ["--setenv", k, v]
     return args, paths

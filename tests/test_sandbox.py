@@ -45,6 +45,15 @@ def test_state_persists_and_tracebacks_come_back():
         assert sb.run("open('notes.txt', 'w').write('kept')").ok and sb.run("print(open('notes.txt').read())").stdout == "kept\n"
 
 
+def test_ordinary_maths_code_works():
+    with Sandbox() as sb:
+        r = sb.run("import numpy as np, sympy\nprint(int(np.arange(10).sum()), sympy.factorint(2**32 + 1))")
+        assert r.ok and r.stdout == "45 {641: 1, 6700417: 1}\n"
+        r = sb.run("import multiprocessing as mp\nwith mp.Pool(2) as p:\n    print(p.map(abs, [-1, -2]))")
+        assert r.ok and r.stdout == "[1, 2]\n"
+        assert sb.run("open('/tmp/t', 'w').write('t'); print(open('/tmp/t').read())").stdout == "t\n"
+
+
 def test_warm_calls_take_milliseconds():
     with Sandbox() as sb:
         sb.run("pass")
@@ -203,7 +212,8 @@ def test_bad_config_names_the_argument():
     with pytest.raises(ValueError, match="max_processes"):
         SandboxConfig(max_processes=1)
     with pytest.raises(ValueError, match="preload"):
-        SandboxConfig(preload=["numpy"])
+        SandboxConfig(preload="numpy")
+    assert SandboxConfig(preload=["numpy"]) == SandboxConfig(preload=("numpy",))
 
 
 def test_no_stray_process_after_the_corpus():
