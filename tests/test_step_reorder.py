@@ -1,5 +1,8 @@
 """StepReorder-v0: shuffles, order rewards (position and Kendall), robustness, coverage."""
 
+import subprocess
+import sys
+
 import gymnasium as gym
 import pytest
 from gymnasium.utils.env_checker import check_env
@@ -120,3 +123,10 @@ def test_almost_every_dataset_item_yields_an_episode(shared_data, name):
           f"skipped lines (a single step, nothing to shuffle): {skipped}")
     assert rate >= 0.95
     assert all(task.verify(*b).score == 1.0 for b in built.values() if b is not None)
+
+
+def test_same_seed_same_episode_in_another_process():
+    code = ("import gymnasium as gym, thinkgym; "
+            "print(repr([gym.make(e).reset(seed=9)[0] for e in ('MaskedStep-v0', 'StepReorder-v0')]))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout.strip()
+    assert out == repr([gym.make(e).reset(seed=9)[0] for e in ("MaskedStep-v0", "StepReorder-v0")])
