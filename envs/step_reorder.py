@@ -88,12 +88,11 @@ class StepReorderTask(SolutionTask):
         gold = [perm.index(p) + 1 for p in range(k)]
         shown = [f"[S{j + 1}] {window[p]}" for j, p in enumerate(perm)]
         text = solution.sep.join(steps[:start] + shown + steps[start + k:])
-        example = ",".join(map(str, list(range(2, k + 1)) + [1]))
         prompt = (
             f"{solution.problem}\n\nHere is a worked solution in which {k} consecutive steps, labelled [S1] to [S{k}], "
             f"have been shuffled; the other steps are in their original places:\n\n{text}\n\n"
-            f"Give the original order of the shuffled steps as a permutation of their labels in \\boxed{{}}, "
-            f"e.g. \\boxed{{{example}}} if [S2] came first and [S1] last.\n"
+            f"Give the original order of the shuffled steps as their labels, comma-separated, in \\boxed{{}}: "
+            f"\\boxed{{2,1,...}} would mean that [S2] came first, then [S1].\n"
         )
         answer = ",".join(map(str, gold))
         difficulty = {**solution.difficulty, "source": self.source.name, "k": k, "n_steps": len(steps)}

@@ -72,7 +72,7 @@ def test_steps_with_the_same_text_are_interchangeable():
 
 @pytest.mark.parametrize("action", ["", "\\boxed{2,1,3}", "</think>", "</think>\\boxed{}", "</think>\\boxed{1,1,2}",
                                     "</think>\\boxed{1,2}", "</think>\\boxed{1,2,3,4}", "</think>\\boxed{0,1,2}",
-                                    "</think>\\boxed{first, second, third}", "</think>\\boxed{213}", "</think>\\boxed{2,1,3",
+                                    "</think>\\boxed{first, second, third}", "</think>\\boxed{213}", "</think>\\boxed{2,1,...}", "</think>\\boxed{2,1,3",
                                     "∑ α 你好 </think> \x00", 3.5, None, "</think>\\boxed{" * 500])
 def test_malformed_or_non_permutation_answers_get_the_format_reward(action):
     env = StepReorderEnv(format_reward=-0.5)
