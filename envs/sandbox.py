@@ -51,7 +51,7 @@ _START_TIMEOUT_S = 30.0
 _MAX_MESSAGE = 16 << 20
 # Unprivileged uids for workers when the host runs as root: one uid per worker, so that
 # RLIMIT_NPROC (counted per uid) bounds each worker on its own.
-_UID_BASE, _UID_SPAN = 1_900_000_000, 10_000_000
+_UID_BASE, _UID_SPAN = 1_000_000_000, 1_000_000_000
 _SANDBOX_ENV = {
     "PATH": "/usr/local/bin:/usr/bin:/bin", "HOME": WORK_DIR, "TMPDIR": "/tmp", "LANG": "C.UTF-8",
     "OPENBLAS_NUM_THREADS": "1", "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1", "MPLBACKEND": "Agg",
@@ -388,9 +388,8 @@ class _Worker:
             for fd in fds:
                 os.close(fd)
         self._info_r = info_r
-        self.init_pid: int | None = None
         self.ready = False
-        self._finalizer = weakref.finalize(self, _kill, self.proc, None, self._to_w, self._from_r, info_r)
+        self._finalizer = weakref.finalize(self, _kill, self.proc, -1, self._to_w, self._from_r, info_r)
         # At exit, workers die with the process (bwrap --die-with-parent); killing them from an
         # exit hook would race with a pool thread still starting one.
         self._finalizer.atexit = False
@@ -431,10 +430,14 @@ class _Worker:
             raise RuntimeError(f"the sandbox worker failed to start: {err.strip() or 'no message'}")
         if self._info_r >= 0:
             with os.fdopen(self._info_r, "rb") as f:
-                self.init_pid = int(json.loads(f.read() or b"{}").get("child-pid", 0)) or None
+                init_pid = int(json.loads(f.read() or b"{}").get("child-pid", 0))
             self._info_r = -1
+            try:  # a pidfd, so that killing it later can never hit a recycled pid
+                init_fd = os.pidfd_open(init_pid) if init_pid > 0 else -1
+            except OSError:
+                init_fd = -1
             self._finalizer.detach()
-            self._finalizer = weakref.finalize(self, _kill, self.proc, self.init_pid, self._to_w, self._from_r, -1)
+            self._finalizer = weakref.finalize(self, _kill, self.proc, init_fd, self._to_w, self._from_r, init_fd)
             self._finalizer.atexit = False
         self.ready = True
 
@@ -489,13 +492,15 @@ def _exit_reason(code: int | None) -> str:
     return f"exit status {code}"
 
 
-def _kill(proc: subprocess.Popen, init_pid: int | None, *fds: int) -> None:
-    # Killing the namespace's init makes the kernel kill every process in it before init is
-    # reaped; bwrap (its parent) then exits, so once proc.wait() returns nothing is left.
-    for pid in (init_pid,) if init_pid else ():
+def _kill(proc: subprocess.Popen, init_fd: int, *fds: int) -> None:
+    # The namespace's init exits only once the kernel has killed and reaped every other process
+    # in it; its pidfd turns readable then. So once it has, nothing the code started is left.
+    if init_fd >= 0:
         try:
-            os.kill(pid, signal.SIGKILL)
-        except OSError:
+            signal.pidfd_send_signal(init_fd, signal.SIGKILL)
+            select.select([init_fd], [], [], 10.0)
+            proc.wait(1.0)  # bwrap reaps its init and exits
+        except (OSError, subprocess.TimeoutExpired):
             pass
     try:
         os.killpg(proc.pid, signal.SIGKILL)
@@ -605,7 +610,6 @@ class Sandbox:
 
     config: SandboxConfig = field(default_factory=SandboxConfig)
     _worker: _Worker | None = field(default=None, init=False, repr=False)
-    calls: int = field(default=0, init=False)
 
     def run(self, code: str, timeout: float | None = None) -> ExecResult:
         """Run `code` in the episode's interpreter and return what it printed, or its error."""
@@ -613,7 +617,6 @@ class Sandbox:
             raise TypeError(f"code must be a str; got {type(code).__name__}")
         if self._worker is None or not self._worker.alive():
             self._worker = get_pool(self.config).acquire()
-        self.calls += 1
         result = self._worker.call(code, float(timeout or self.config.timeout))
         if result.state_lost:
             self._worker = None

@@ -191,7 +191,10 @@ def test_background_processes_do_not_survive_the_call():
         r = sb.run("import os; print(sorted(int(p) for p in os.listdir('/proc') if p.isdigit()))")
         assert r.stdout == "[1, 2]\n"
         sb.run("import subprocess; subprocess.Popen(['sleep', '60']); x = 5")
-    # ... and nothing outlives the episode
+        tree = psutil.Process(sb._worker.proc.pid).children(recursive=True)
+        assert len(tree) == 2  # bwrap's init inside the namespace, and the interpreter
+    # ... and nothing outlives the episode: close() returns once all of it is gone
+    assert not [p for p in tree if p.is_running()]
     assert not [p for p in sandbox_uids() if p.name() == "sleep"]
 
 
