@@ -80,6 +80,14 @@ def main() -> None:
         w.kill()
     rows.append(row("worker start (bwrap + interpreter, to ready)", starts))
     starts = []
+    for _ in range(20):
+        t0 = time.perf_counter()
+        w = sbx._Worker(cfg0, False)
+        w.wait_ready()
+        starts.append((time.perf_counter() - t0) * 1e3)
+        w.kill()
+    rows.append(row("worker start without bwrap (reference only)", starts))
+    starts = []
     for _ in range(10):
         t0 = time.perf_counter()
         w = sbx._Worker(pre, True)
