@@ -12,6 +12,10 @@ blocks are not run, and their output says so. Reward, as CoRT's Eq. 3: correctne
 the last `\\boxed{}` after `</think>`) + ω·Rc, with Rc = −1 if no code ran successfully (every run
 failed, or none was written) and ω = `code_reward` = 0.1. "Failed" is the sandbox's status (an
 exception, a timeout, a crash); CoRT's code also counts an empty output as failed, we do not.
+
+Where CoRT re-runs earlier blocks to rebuild state, here one persistent interpreter per episode
+keeps it (envs/sandbox.py). The thinking budget counts the inserted outputs too, as CoRT's
+remaining-length rule does; an output that would not fit ends the episode (truncated).
 """
 
 from __future__ import annotations
