@@ -5,7 +5,7 @@ from __future__ import annotations
 import gymnasium as gym
 
 # Demo-sized Delethink: tiny chunks so a tiny model on a CPU thinks across several of them.
-DEMO_DELETHINK = {"chunk_size": 96, "carryover": 48, "head": 16, "max_chunks": 6, "task_kwargs": {"n_terms": 12}}
+DEMO_DELETHINK = {"chunk_size": 64, "carryover": 32, "head": 8, "max_chunks": 5, "task_kwargs": {"n_terms": 8}}
 
 ENV_SPECS: list[tuple[str, str, dict]] = [
     ("Delethink-v0", "thinkgym.envs.delethink:DelethinkEnv", {}),

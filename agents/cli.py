@@ -1,0 +1,127 @@
+"""The `thinkgym` command: `train`, `sft`, `eval` and `plot`.
+
+`train` takes every `GRPOConfig` field as a flag (`--loss-type dapo`, `--env-kwargs '{"chunk_size": 96}'`)
+or from `--config run.yaml`; flags override the file.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from dataclasses import MISSING, fields
+from typing import Any, Sequence
+
+from .config import GRPOConfig
+
+
+def _parse_value(kind: Any, text: str) -> Any:
+    kind = str(kind)
+    if "dict" in kind or "list" in kind:
+        try:
+            return json.loads(text)
+        except json.JSONDecodeError as exc:
+            raise argparse.ArgumentTypeError(f"expected JSON, got {text!r}: {exc}") from exc
+    if "bool" in kind:
+        if text.lower() not in ("true", "false", "1", "0", "yes", "no"):
+            raise argparse.ArgumentTypeError(f"expected true or false, got {text!r}")
+        return text.lower() in ("true", "1", "yes")
+    if "int" in kind and "float" not in kind:
+        return None if text.lower() == "none" else int(text)
+    if "float" in kind:
+        return float(text)
+    return None if text.lower() == "none" and "None" in kind else text
+
+
+def add_config_flags(parser: argparse.ArgumentParser) -> None:
+    for f in fields(GRPOConfig):
+        parser.add_argument("--" + f.name.replace("_", "-"), dest=f.name, default=None,
+                            type=lambda t, k=f.type: _parse_value(k, t), help=argparse.SUPPRESS if f.name == "resume" else None)
+
+
+def config_from_args(args: argparse.Namespace) -> GRPOConfig:
+    overrides = {f.name: getattr(args, f.name) for f in fields(GRPOConfig) if getattr(args, f.name, None) is not None}
+    return GRPOConfig.from_yaml(args.config, **overrides) if args.config else GRPOConfig.from_dict(overrides)
+
+
+def cmd_train(args: argparse.Namespace) -> None:
+    from .grpo import GRPOTrainer
+
+    cfg = config_from_args(args)
+    last = GRPOTrainer(cfg).train()
+    print(json.dumps({k: round(v, 4) for k, v in last.items() if k.startswith(("reward", "eval/", "accuracy"))}))
+
+
+def cmd_sft(args: argparse.Namespace) -> None:
+    from .policy import Policy
+    from .sft import demonstration_rows, jsonl_rows, train_sft
+
+    policy = Policy.from_pretrained(args.model, device=args.device)
+    rows = jsonl_rows(args.data, policy.tokenizer) if args.data else demonstration_rows(
+        args.env, range(1_000_000, 1_000_000 + args.seeds), policy.tokenizer, json.loads(args.env_kwargs))
+    train_sft(policy, rows, steps=args.steps, lr=args.learning_rate, batch_size=args.batch_size)
+    policy.save_pretrained(args.output_dir)
+    print(f"saved the fine-tuned policy to {args.output_dir}")
+
+
+def cmd_eval(args: argparse.Namespace) -> None:
+    from .evaluate import evaluate
+    from .grpo import make_engine
+    from .policy import Policy
+
+    policy = Policy.from_pretrained(args.model, device=args.device)
+    res = evaluate(make_engine(args.engine, policy, 0), args.env, range(args.seeds), n=args.n, env_kwargs=json.loads(args.env_kwargs),
+                   temperature=args.temperature, ks=sorted({1, args.n}))
+    print(json.dumps(res, indent=1))
+
+
+def cmd_plot(args: argparse.Namespace) -> None:
+    from .plot import plot_run
+
+    print(plot_run(args.run_dir, args.out))
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="thinkgym", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    sub = p.add_subparsers(dest="command", required=True)
+    t = sub.add_parser("train", help="GRPO training (flags = GRPOConfig fields)")
+    t.add_argument("--config", help="YAML file of GRPOConfig fields")
+    t.add_argument("--resume", dest="resume", action="store_const", const=True, default=None, help="continue from output_dir's latest checkpoint")
+    add_config_flags(t)
+    t.set_defaults(func=cmd_train)
+    for name, func in (("sft", cmd_sft), ("eval", cmd_eval)):
+        s = sub.add_parser(name)
+        s.add_argument("--model", default="tiny")
+        s.add_argument("--env", default="DelethinkDemo-v0")
+        s.add_argument("--env-kwargs", default="{}")
+        s.add_argument("--device", default=None)
+        s.set_defaults(func=func)
+    s = sub.choices["sft"]
+    s.add_argument("--data", help="jsonl of prompt/response pairs (default: the env's demonstrations)")
+    s.add_argument("--seeds", type=int, default=400)
+    s.add_argument("--steps", type=int, default=300)
+    s.add_argument("--batch-size", type=int, default=32)
+    s.add_argument("--learning-rate", type=float, default=1e-3)
+    s.add_argument("--output-dir", required=True)
+    e = sub.choices["eval"]
+    e.add_argument("--engine", default="hf")
+    e.add_argument("--seeds", type=int, default=64)
+    e.add_argument("--n", type=int, default=1)
+    e.add_argument("--temperature", type=float, default=0.0)
+    pl = sub.add_parser("plot", help="PNG curves from a run's TensorBoard logs")
+    pl.add_argument("run_dir")
+    pl.add_argument("--out")
+    pl.set_defaults(func=cmd_plot)
+    return p
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+    args = build_parser().parse_args(argv)
+    try:
+        args.func(args)
+    except ValueError as exc:
+        sys.exit(f"thinkgym {args.command}: error: {exc}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,163 @@
+"""The episode collector: runs groups of environments through an engine, token-exactly.
+
+G environments reset with the same seed see the same task (a GRPO group). Every live observation
+is sent to the engine with that env's own `max_new_tokens` and `stop`; finished episodes leave the
+batch. Each step keeps the exact prompt ids the env built and the exact ids the engine sampled,
+so the rows trained on are the rows generated.
+"""
+
+from __future__ import annotations
+
+import time
+from collections import Counter
+from dataclasses import dataclass, field
+from typing import Any, Callable, Sequence
+
+import gymnasium as gym
+
+import thinkgym  # noqa: F401  (registers the environment ids)
+from thinkgym.envs import TokenAction
+
+from .engine import Engine, GenerationRequest
+
+
+@dataclass
+class Step:
+    prompt_ids: list[int]
+    action_ids: list[int]
+    logprobs: list[float]
+    finish_reason: str
+
+
+@dataclass
+class Episode:
+    """One rollout: its steps, final reward and final `info`. `group` is the seed it shares."""
+
+    group: int
+    seed: int
+    steps: list[Step]
+    reward: float = 0.0
+    info: dict[str, Any] = field(default_factory=dict)
+    terminated: bool = False
+    truncated: bool = False
+
+    @property
+    def num_tokens(self) -> int:
+        return sum(len(s.action_ids) for s in self.steps)
+
+
+@dataclass
+class Row:
+    """One training sequence: prompt then completion; the loss sees only masked-in completion tokens."""
+
+    input_ids: list[int]
+    prompt_len: int
+    loss_mask: list[int]
+    old_logprobs: list[float]
+    episode: int
+
+    @property
+    def completion_len(self) -> int:
+        return len(self.input_ids) - self.prompt_len
+
+
+@dataclass
+class Batch:
+    episodes: list[Episode]
+    rows: list[Row]
+    stats: dict[str, float]
+
+
+def episode_rows(ep: Episode, index: int) -> list[Row]:
+    """Rows of an episode. Steps whose prompt extends the previous sequence (append-only, as in
+    tool calls) merge into one row, with the tokens the env inserted masked out; other steps
+    (Delethink chunks) are rows of their own."""
+    rows: list[Row] = []
+    for st in ep.steps:
+        cur = rows[-1] if rows else None
+        if cur is not None and st.prompt_ids[: len(cur.input_ids)] == cur.input_ids and len(st.prompt_ids) >= len(cur.input_ids):
+            inserted = st.prompt_ids[len(cur.input_ids):]
+            cur.input_ids += inserted + st.action_ids
+            cur.loss_mask += [0] * len(inserted) + [1] * len(st.action_ids)
+            cur.old_logprobs += [0.0] * len(inserted) + list(st.logprobs)
+        else:
+            rows.append(Row(list(st.prompt_ids) + list(st.action_ids), len(st.prompt_ids), [1] * len(st.action_ids), list(st.logprobs), index))
+    return [r for r in rows if r.completion_len > 0]
+
+
+class Collector:
+    """Collects groups of episodes from any registered env id with any kwargs."""
+
+    def __init__(self, env_id: str, engine: Engine, env_kwargs: dict[str, Any] | None = None, group_size: int = 8,
+                 temperature: float = 1.0, top_p: float = 1.0, budget_fn: Callable[[int], int] | None = None):
+        if env_id not in gym.registry:
+            raise ValueError(f"env id {env_id!r} is not registered; registered thinkgym ids: {thinkgym.ENV_IDS}")
+        self.env_id, self.engine, self.group_size = env_id, engine, group_size
+        self.env_kwargs = dict(env_kwargs or {})
+        self.env_kwargs.setdefault("tokenizer", engine.policy.tokenizer)
+        self.temperature, self.top_p = temperature, top_p
+        self.budget_fn = budget_fn  # caps max_new_tokens (SIRI's schedule), None for the env's own
+        self._envs: list[gym.Env] = []
+
+    def _pool(self, n: int) -> list[gym.Env]:
+        while len(self._envs) < n:
+            self._envs.append(gym.make(self.env_id, disable_env_checker=True, **self.env_kwargs).unwrapped)
+        return self._envs[:n]
+
+    def collect(self, seeds: Sequence[int], prefixes: Sequence[Sequence[int]] | None = None) -> Batch:
+        """One group of `group_size` episodes per seed. `prefixes[j]` forces the start of sample j's
+        first response (AdaptThink's NoThinking / Thinking openings)."""
+        G = self.group_size
+        if prefixes is not None and len(prefixes) != G:
+            raise ValueError(f"prefixes must have one entry per group member ({G}); got {len(prefixes)}")
+        envs = self._pool(len(seeds) * G)
+        episodes, infos = [], []
+        t_env = time.perf_counter()
+        for k, env in enumerate(envs):
+            _, info = env.reset(seed=int(seeds[k // G]))
+            episodes.append(Episode(k // G, int(seeds[k // G]), []))
+            infos.append(info)
+        env_time, gen_time = time.perf_counter() - t_env, 0.0
+        live = list(range(len(envs)))
+        while live:
+            reqs = []
+            for k in live:
+                budget = infos[k]["max_new_tokens"]
+                if self.budget_fn is not None:
+                    budget = max(1, min(budget, self.budget_fn(budget)))
+                first = not episodes[k].steps
+                prefix = list(prefixes[k % G]) if (prefixes is not None and first) else []
+                reqs.append(GenerationRequest(infos[k]["prompt_token_ids"], budget, infos[k]["stop"], self.temperature,
+                                              self.top_p, 1, prefix))
+            t0 = time.perf_counter()
+            outs = self.engine.generate(reqs)
+            gen_time += time.perf_counter() - t0
+            t0 = time.perf_counter()
+            still = []
+            for k, req, out in zip(live, reqs, outs):
+                c = out[0]
+                episodes[k].steps.append(Step(list(req.prompt_ids), list(c.token_ids), list(c.logprobs), c.finish_reason))
+                _, reward, term, trunc, info = envs[k].step(TokenAction(c.text, c.token_ids, c.finish_reason == "eos"))
+                if term or trunc:
+                    ep = episodes[k]
+                    ep.reward, ep.info, ep.terminated, ep.truncated = float(reward), info, bool(term), bool(trunc)
+                else:
+                    infos[k] = info
+                    still.append(k)
+            env_time += time.perf_counter() - t0
+            live = still
+        rows = [r for i, ep in enumerate(episodes) for r in episode_rows(ep, i)]
+        return Batch(episodes, rows, self._stats(episodes, gen_time, env_time))
+
+    @staticmethod
+    def _stats(episodes: list[Episode], gen_time: float, env_time: float) -> dict[str, float]:
+        tokens = sum(ep.num_tokens for ep in episodes)
+        ends = Counter(ep.steps[-1].finish_reason for ep in episodes if ep.steps)
+        return {
+            "generated_tokens": float(tokens),
+            "rollout_tokens_per_s": tokens / max(gen_time, 1e-9),
+            "env_tokens_per_s": tokens / max(env_time, 1e-9),
+            "time/rollout_s": gen_time,
+            "time/env_s": env_time,
+            **{f"finish/{k}": float(ends.get(k, 0)) for k in ("eos", "stop", "length")},
+        }

@@ -1,0 +1,159 @@
+"""`GRPOConfig`: every flag of `thinkgym train`, each naming the paper it comes from.
+
+Names follow TRL's `GRPOConfig` where TRL has one. A YAML file whose keys are these field names
+(or the same flags on the command line) configures a run.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field, fields
+from typing import Any
+
+import yaml
+
+ENGINES = ("hf", "vllm")
+
+
+@dataclass
+class GRPOConfig:
+    # -- what to train ------------------------------------------------------------------------
+    env: str = "DelethinkDemo-v0"
+    """Registered environment id (any thinkgym id, or your own)."""
+    env_kwargs: dict[str, Any] = field(default_factory=dict)
+    """Keyword arguments for the environment (for example `{"chunk_size": 8192}`)."""
+    model: str = "tiny"
+    """A local folder, a hub id, or `tiny` (the embedded default built from a config)."""
+    engine: str = "hf"
+    """Rollout engine: `hf` (transformers, CPU or GPU) or `vllm` (weights synced in place each step)."""
+    device: str | None = None
+    """`cuda` or `cpu`; by default CUDA in bf16 where there is a GPU, else the CPU in fp32."""
+
+    # -- sampling -----------------------------------------------------------------------------
+    num_generations: int = 8
+    """G, rollouts per prompt; a group shares one `reset(seed)` (DeepSeekMath GRPO)."""
+    prompts_per_step: int = 8
+    """Prompts (groups) per step; a step trains on prompts_per_step × num_generations rollouts."""
+    temperature: float = 1.0
+    """Sampling temperature; log-probabilities are taken under softmax(logits / temperature)."""
+    top_p: float = 1.0
+    """Nucleus sampling threshold."""
+
+    # -- objective ----------------------------------------------------------------------------
+    loss_type: str = "dapo"
+    """Aggregation: `grpo`, `dapo` (token mean over the whole step; DAPO), `dr_grpo` (Dr. GRPO),
+    `delethink` (trace-length normalisation; Markovian Thinker Eq. 3) or `gspo` (sequence ratio; GSPO)."""
+    advantage_estimator: str = "grpo"
+    """`grpo` (group-relative), `rloo` (leave-one-out) or `raw` (the reward is the advantage; AdaptThink)."""
+    scale_rewards: str = "group"
+    """Divide centred rewards by the group std (`group`), the batch std (`batch`, Lite PPO) or not
+    at all (`none`, as Dr. GRPO recommends)."""
+    epsilon: float = 0.2
+    """Lower clip range ε of the ratio (PPO)."""
+    epsilon_high: float = 0.28
+    """Upper clip range (clip-higher, DAPO): keeps low-probability exploratory tokens alive."""
+    beta: float = 0.0
+    """KL coefficient to a frozen reference (k3 estimator). 0 loads no reference model (DAPO, Dr. GRPO)."""
+    entropy_coef: float = 0.0
+    """Entropy bonus coefficient; One-shot RLVR uses 0.001 for post-saturation generalisation."""
+    mgpo_lambda: float = 0.0
+    """λ of MGPO's weight exp(−λ·KL(Bern(p)‖Bern(0.5))) on each group's advantages (VibeThinker); 0 is off."""
+    dynamic_sampling: bool = False
+    """Drop groups whose rewards are all equal and sample more prompts to refill the step (DAPO)."""
+    max_resample_rounds: int = 3
+    """How many extra collection rounds dynamic sampling may use per step."""
+    mask_truncated_completions: bool = False
+    """Exclude rollouts that ran out of budget from the loss (DAPO's overlong filtering)."""
+    tis_cap: float = 2.0
+    """Truncated importance sampling: weight each token by min(π_trainer/π_engine, cap) when the engine
+    is not the trainer (vLLM), correcting their mismatch (Yao et al.; used by Delethink)."""
+    max_completion_length: int | None = None
+    """The constant of `dr_grpo`; by default the env's first `max_new_tokens`."""
+    reward: str = ""
+    """Reward spec, e.g. `correctness + 0.5*laser_d`; empty uses the environment's own reward."""
+    reward_params: dict[str, dict[str, Any]] = field(default_factory=dict)
+    """Keyword arguments per reward name in `reward`."""
+    siri: dict[str, Any] = field(default_factory=dict)
+    """SIRI's length schedule (`l_min`, `l_max`, `period`, `shape`); empty is off. Caps every request's budget."""
+
+    # -- optimisation -------------------------------------------------------------------------
+    steps: int = 50
+    """RL steps (collection + updates)."""
+    learning_rate: float = 1e-6
+    """AdamW learning rate (1e-6 is the R1-Distill-1.5B recipes' value; the tiny demo uses more)."""
+    lr_scheduler: str = "constant"
+    """`constant`, `linear` or `cosine` decay after warm-up."""
+    warmup_steps: int = 0
+    """Linear warm-up, in optimizer steps."""
+    weight_decay: float = 0.0
+    """AdamW weight decay."""
+    num_iterations: int = 1
+    """Passes over each batch of rollouts (μ in GRPO); ratios are always against the old policy."""
+    minibatches: int = 1
+    """Optimizer steps per pass: the rollouts are split into this many mini-batches (Delethink: 2)."""
+    micro_batch_size: int = 16
+    """Rows per forward/backward; gradients accumulate over a mini-batch."""
+    max_grad_norm: float = 1.0
+    """Gradient clipping."""
+    max_nonfinite_steps: int = 5
+    """A NaN/inf loss skips its optimizer step; this many in a row stops the run."""
+    sft_steps: int = 0
+    """Warm-start SFT steps on the task's demonstrations before RL (0 is none)."""
+    sft_learning_rate: float = 1e-3
+    """Learning rate of the warm start."""
+    sft_seeds: int = 400
+    """Demonstrations (seeds) in the warm-start set; they never overlap the RL or eval seeds."""
+
+    # -- bookkeeping --------------------------------------------------------------------------
+    output_dir: str = "runs/latest"
+    """TensorBoard logs, checkpoints and plots go here."""
+    seed: int = 0
+    """Seeds the model init, the sampler and the training prompts."""
+    save_every: int = 10
+    """Checkpoint every N steps (and on SIGINT/SIGTERM, and at the end)."""
+    resume: bool = False
+    """Continue from the latest checkpoint in output_dir."""
+    eval_every: int = 10
+    """Evaluate on held-out seeds every N steps (0 is never)."""
+    eval_prompts: int = 64
+    """Held-out prompts per evaluation."""
+    eval_samples: int = 4
+    """Samples per held-out prompt (for pass@k)."""
+    eval_temperature: float = 0.0
+    """Evaluation temperature (0 is greedy; pass@k above 1 needs sampling)."""
+    log_completions_every: int = 10
+    """Log one sample completion as text every N steps."""
+
+    def __post_init__(self) -> None:
+        from .advantages import get_advantage
+        from .losses import get_policy_loss
+
+        get_policy_loss(self.loss_type)
+        get_advantage(self.advantage_estimator)
+        if self.engine not in ENGINES:
+            raise ValueError(f"engine={self.engine!r} is unknown; valid engines: {list(ENGINES)}")
+        if self.scale_rewards not in ("group", "batch", "none"):
+            raise ValueError(f"scale_rewards must be 'group', 'batch' or 'none'; got {self.scale_rewards!r}")
+        if self.lr_scheduler not in ("constant", "linear", "cosine"):
+            raise ValueError(f"lr_scheduler must be 'constant', 'linear' or 'cosine'; got {self.lr_scheduler!r}")
+        for name in ("num_generations", "prompts_per_step", "steps", "num_iterations", "minibatches", "micro_batch_size"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"{name} must be >= 1; got {getattr(self, name)}")
+        if not 0 <= self.epsilon < 1 or self.epsilon_high < 0:
+            raise ValueError(f"need 0 <= epsilon < 1 and epsilon_high >= 0; got {self.epsilon}, {self.epsilon_high}")
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> "GRPOConfig":
+        known = {f.name for f in fields(cls)}
+        unknown = sorted(set(data) - known)
+        if unknown:
+            raise ValueError(f"unknown config keys {unknown}; valid keys: {sorted(known)}")
+        return cls(**data)
+
+    @classmethod
+    def from_yaml(cls, path: str, **overrides: Any) -> "GRPOConfig":
+        with open(path) as f:
+            data = yaml.safe_load(f) or {}
+        return cls.from_dict({**data, **overrides})
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)

@@ -1,0 +1,59 @@
+"""The rollout-engine interface: token ids in, token ids with log-probabilities out.
+
+Every engine (transformers `hf`, `vllm`, routed R2R) takes a batch of `GenerationRequest`s and
+returns, per request, `n` `Completion`s. Log-probabilities are those of the sampling distribution:
+log softmax(logits / temperature) at each sampled token, before top-p truncation, which is what
+the trainer recomputes for importance ratios (see README, "Log-probabilities").
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Literal, Protocol, Sequence
+
+FinishReason = Literal["eos", "stop", "length"]
+
+
+@dataclass
+class GenerationRequest:
+    """One prompt to continue. `prefix_ids` are forced as the first response tokens (AdaptThink)."""
+
+    prompt_ids: list[int]
+    max_new_tokens: int
+    stop: Sequence[str] = ()
+    temperature: float = 1.0
+    top_p: float = 1.0
+    n: int = 1
+    prefix_ids: list[int] = field(default_factory=list)
+    ignore_eos: bool = False
+
+    def __post_init__(self) -> None:
+        if self.max_new_tokens < 1:
+            raise ValueError(f"max_new_tokens must be >= 1; got {self.max_new_tokens}")
+        if self.temperature < 0 or not 0 < self.top_p <= 1 or self.n < 1:
+            raise ValueError(f"need temperature >= 0, 0 < top_p <= 1 and n >= 1; got {self.temperature}, {self.top_p}, {self.n}")
+
+
+@dataclass
+class Completion:
+    """Generated ids (EOS excluded, stop string included), their text and log-probabilities."""
+
+    token_ids: list[int]
+    text: str
+    logprobs: list[float]
+    finish_reason: FinishReason
+
+
+class Engine(Protocol):
+    """What the collector, evaluation and the learner need from a rollout engine."""
+
+    def generate(self, requests: list[GenerationRequest]) -> list[list[Completion]]: ...
+
+    def sync_weights(self) -> None:
+        """Make generation use the policy's current weights (after an optimizer step)."""
+
+
+def find_stop(text: str, stops: Sequence[str]) -> int | None:
+    """End index (exclusive) of the earliest stop string in `text`, or None."""
+    ends = [text.find(s) + len(s) for s in stops if s and s in text]
+    return min(ends) if ends else None

@@ -1,0 +1,118 @@
+"""Policy losses (a registry, as in verl's core_algos): the surrogate and how it is aggregated.
+
+A loss gives a per-token loss and one weight per row, computed over all rows of the optimizer
+step at once. The step's loss is Σ_rows weight · Σ_tokens loss, so normalisation is global across
+micro-batches and gradient accumulation (and across ranks, given global counts), never per
+micro-batch. `loss_type`:
+- `grpo`: mean over each sequence's tokens, then over sequences (DeepSeekMath).
+- `dapo`: mean over every token of the step (DAPO, arXiv 2503.14476).
+- `dr_grpo`: sum over tokens divided by a constant, sequences × max length (Dr. GRPO, arXiv 2503.20783).
+- `delethink`: sum over all chunks of a trace divided by the trace's total length, then mean over
+  traces (The Markovian Thinker, Eq. 3).
+- `gspo`: a sequence-level ratio exp(mean_t log ρ_t), clipped per sequence (GSPO, arXiv 2507.18071).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Callable, Sequence
+
+import torch
+
+from .collector import Row
+
+
+@dataclass
+class RowStats:
+    """What a loss needs to know about the rows of one optimizer step."""
+
+    lengths: list[int]          # loss-counted tokens per row
+    trace_lengths: list[int]    # loss-counted tokens of each row's whole rollout
+    num_traces: int
+    max_length: int             # the constant of dr_grpo
+
+
+def token_surrogate(logp: torch.Tensor, old: torch.Tensor, adv: torch.Tensor, eps_low: float, eps_high: float) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """−min(ρA, clip(ρ, 1−ε_low, 1+ε_high)A) per token; also the low/high clip indicators."""
+    ratio = torch.exp(logp - old)
+    a = adv.unsqueeze(-1) if adv.dim() == 1 else adv
+    clipped = torch.clamp(ratio, 1 - eps_low, 1 + eps_high)
+    loss = -torch.minimum(ratio * a, clipped * a)
+    return loss, (ratio < 1 - eps_low) & (a < 0), (ratio > 1 + eps_high) & (a > 0)
+
+
+@dataclass
+class PolicyLoss:
+    name: str
+    row_weights: Callable[[RowStats], list[float]]
+    sequence_level: bool = False
+
+
+POLICY_LOSSES: dict[str, PolicyLoss] = {}
+
+
+def register_policy_loss(name: str, sequence_level: bool = False):
+    """Decorate `fn(stats: RowStats) -> list[float]` (one weight per row) to add a `loss_type`."""
+    def deco(fn: Callable[[RowStats], list[float]]):
+        POLICY_LOSSES[name] = PolicyLoss(name, fn, sequence_level)
+        return fn
+    return deco
+
+
+def get_policy_loss(name: str) -> PolicyLoss:
+    if name not in POLICY_LOSSES:
+        raise ValueError(f"loss_type={name!r} is unknown; valid names: {sorted(POLICY_LOSSES)}")
+    return POLICY_LOSSES[name]
+
+
+def _n(x: int) -> float:
+    return float(max(x, 1))
+
+
+@register_policy_loss("grpo")
+def _grpo(s: RowStats) -> list[float]:
+    return [1.0 / (_n(n) * _n(len(s.lengths))) for n in s.lengths]
+
+
+@register_policy_loss("dapo")
+def _dapo(s: RowStats) -> list[float]:
+    total = _n(sum(s.lengths))
+    return [1.0 / total] * len(s.lengths)
+
+
+@register_policy_loss("dr_grpo")
+def _dr_grpo(s: RowStats) -> list[float]:
+    return [1.0 / (_n(len(s.lengths)) * _n(s.max_length))] * len(s.lengths)
+
+
+@register_policy_loss("delethink")
+def _delethink(s: RowStats) -> list[float]:
+    return [1.0 / (_n(t) * _n(s.num_traces)) for t in s.trace_lengths]
+
+
+@register_policy_loss("gspo", sequence_level=True)
+def _gspo(s: RowStats) -> list[float]:
+    # each token carries its sequence's loss, so 1/|o_i| turns the token sum back into it
+    return [1.0 / (_n(n) * _n(len(s.lengths))) for n in s.lengths]
+
+
+def sequence_surrogate(logp: torch.Tensor, old: torch.Tensor, adv: torch.Tensor, mask: torch.Tensor, eps_low: float,
+                       eps_high: float) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """GSPO: s_i = exp(mean_t (log π − log π_old)), clipped per sequence, spread over its tokens."""
+    log_s = ((logp - old) * mask).sum(-1) / mask.sum(-1).clamp(min=1)
+    s = torch.exp(log_s)
+    loss = -torch.minimum(s * adv, torch.clamp(s, 1 - eps_low, 1 + eps_high) * adv)
+    low, high = (s < 1 - eps_low) & (adv < 0), (s > 1 + eps_high) & (adv > 0)
+    expand = lambda x: x.unsqueeze(-1).expand_as(logp)  # noqa: E731
+    return expand(loss), expand(low), expand(high)
+
+
+def k3_kl(logp: torch.Tensor, ref_logp: torch.Tensor) -> torch.Tensor:
+    """Schulman's k3 estimator of KL(π‖π_ref) per token: r − log r − 1 with r = π_ref/π."""
+    d = ref_logp - logp
+    return torch.exp(d) - d - 1
+
+
+def row_stats(rows: Sequence[Row], episode_lengths: dict[int, int], max_length: int) -> RowStats:
+    lengths = [sum(r.loss_mask) for r in rows]
+    return RowStats(lengths, [episode_lengths[r.episode] for r in rows], len({r.episode for r in rows}), max_length)

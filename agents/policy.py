@@ -1,0 +1,93 @@
+"""The policy: any transformers causal LM with its tokenizer, on the right device and dtype.
+
+`Policy.from_pretrained(path_or_id)` is the path for real models. `Policy.tiny()` is the embedded
+default: a small Qwen2-architecture model built from a config with the built-in byte tokenizer,
+so everything runs offline on a CPU.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any
+
+import torch
+from transformers import AutoModelForCausalLM, PreTrainedModel, PreTrainedTokenizerBase, Qwen2Config, Qwen2ForCausalLM
+
+from thinkgym.envs.tokenizer import builtin_tokenizer, resolve_tokenizer
+
+TINY_CONFIG = dict(hidden_size=128, intermediate_size=384, num_hidden_layers=4, num_attention_heads=2,
+                   num_key_value_heads=1, max_position_embeddings=1024, tie_word_embeddings=True,
+                   rope_theta=10000.0, rms_norm_eps=1e-6)
+
+
+def default_device() -> torch.device:
+    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+
+
+def default_dtype(device: torch.device) -> torch.dtype:
+    """bf16 on a GPU, fp32 on the CPU."""
+    return torch.bfloat16 if device.type == "cuda" else torch.float32
+
+
+class Policy:
+    """A causal LM and its tokenizer; the agent's unit of saving, loading and generating."""
+
+    def __init__(self, model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, device: str | torch.device | None = None,
+                 dtype: torch.dtype | str | None = None):
+        self.device = torch.device(device) if device is not None else default_device()
+        dtype = getattr(torch, dtype) if isinstance(dtype, str) else dtype
+        self.dtype = dtype or default_dtype(self.device)
+        vocab = model.get_input_embeddings().num_embeddings
+        if len(tokenizer) > vocab:
+            raise ValueError(f"the tokenizer has {len(tokenizer)} tokens but the model's embedding has only {vocab} rows: "
+                             "they do not belong together (pass the model's own tokenizer)")
+        self.model = model.to(device=self.device, dtype=self.dtype)
+        self.tokenizer = tokenizer
+        if self.tokenizer.pad_token_id is None:
+            self.tokenizer.pad_token = self.tokenizer.eos_token
+
+    @property
+    def max_context(self) -> int:
+        return int(getattr(self.model.config, "max_position_embeddings", 1 << 30))
+
+    @property
+    def eos_token_id(self) -> int:
+        return int(self.tokenizer.eos_token_id)
+
+    @classmethod
+    def tiny(cls, seed: int = 0, device: str | None = None, dtype: torch.dtype | None = None, **overrides: Any) -> "Policy":
+        """The embedded default: a small random Qwen2 model with the built-in tokenizer."""
+        tok = builtin_tokenizer()
+        cfg = Qwen2Config(vocab_size=64 * ((len(tok) + 63) // 64), bos_token_id=tok.eos_token_id,
+                          eos_token_id=tok.eos_token_id, pad_token_id=tok.eos_token_id, **{**TINY_CONFIG, **overrides})
+        torch.manual_seed(seed)
+        return cls(Qwen2ForCausalLM(cfg), tok, device, dtype)
+
+    @classmethod
+    def from_pretrained(cls, name_or_path: str, device: str | None = None, dtype: torch.dtype | str | None = None,
+                        tokenizer: Any = None) -> "Policy":
+        """Load a model and its tokenizer from a local folder or a hub id (`"tiny"` builds the default)."""
+        if name_or_path == "tiny":
+            return cls.tiny(device=device, dtype=dtype)
+        local = Path(name_or_path).expanduser()
+        if not local.exists() and (name_or_path.startswith((".", "/", "~")) or os.sep in name_or_path.strip("/").split("/", 1)[-1]):
+            raise ValueError(f"model path {name_or_path!r} does not exist")
+        try:
+            tok = resolve_tokenizer(tokenizer or name_or_path)
+            model = AutoModelForCausalLM.from_pretrained(name_or_path, torch_dtype=dtype if not isinstance(dtype, str) else getattr(torch, dtype))
+        except (OSError, ValueError) as exc:
+            where = "folder" if local.exists() else "hub id (the hub may be unreachable from here, or the id wrong)"
+            raise ValueError(f"could not load a causal LM from {name_or_path!r} as a {where}: {exc}") from exc
+        return cls(model, tok, device, dtype)
+
+    def save_pretrained(self, path: str | Path) -> None:
+        """Weights as safetensors, the config and the tokenizer, loadable by `from_pretrained`."""
+        self.model.save_pretrained(str(path), safe_serialization=True)
+        self.tokenizer.save_pretrained(str(path))
+
+    def check_prompt(self, prompt_len: int, max_new_tokens: int) -> None:
+        """Refuse a request that would not fit the model's context, instead of truncating it."""
+        if prompt_len + max_new_tokens > self.max_context:
+            raise ValueError(f"a prompt of {prompt_len} tokens plus max_new_tokens={max_new_tokens} exceeds the model's "
+                             f"context of {self.max_context} tokens; shorten the prompt or lower the budget")

@@ -1,0 +1,115 @@
+"""Supervised fine-tuning on worked traces, through the same row format as RL.
+
+Warm start: each task's `demonstration(seed)` is streamed through its environment by a scripted
+agent, so the rows are exactly what the policy will see in RL (Delethink chunks included, each
+with its carried context). The same trainer fine-tunes on any jsonl of (prompt, response) pairs.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any, Iterable, Sequence
+
+import gymnasium as gym
+import torch
+
+import thinkgym  # noqa: F401
+from thinkgym.envs import TokenAction
+from thinkgym.envs.tokenizer import encode
+
+from .collector import Episode, Row, Step, episode_rows
+from .engine import find_stop
+from .logprobs import completion_logprobs, pad_rows
+from .policy import Policy
+
+
+def _split_at_stop(tokenizer, ids: list[int], stop: Sequence[str]) -> list[int]:
+    """The shortest prefix of `ids` whose text contains a stop string (all of it if none)."""
+    if not stop:
+        return ids
+    for k in range(1, len(ids) + 1):
+        if find_stop(tokenizer.decode(ids[max(0, k - 32):k], skip_special_tokens=False), stop) is not None:
+            return ids[:k]
+    return ids
+
+
+def demonstration_episode(env: gym.Env, seed: int) -> Episode:
+    """Play the task's own demonstration through `env` and record it as an episode."""
+    env = env.unwrapped
+    _, info = env.reset(seed=seed)
+    ids = encode(env.tokenizer, env.task.demonstration(env.problem.seed))
+    ep, pos = Episode(seed, seed, []), 0
+    while True:
+        chunk = _split_at_stop(env.tokenizer, ids[pos:pos + info["max_new_tokens"]], info["stop"])
+        pos += len(chunk)
+        ended = pos >= len(ids)
+        ep.steps.append(Step(list(info["prompt_token_ids"]), chunk, [0.0] * len(chunk), "eos" if ended else "length"))
+        _, r, term, trunc, info = env.step(TokenAction.from_ids(env.tokenizer, chunk, ended))
+        if term or trunc:
+            ep.reward, ep.info, ep.terminated, ep.truncated = float(r), info, term, trunc
+            return ep
+
+
+def demonstration_rows(env_id: str, seeds: Iterable[int], tokenizer: Any, env_kwargs: dict | None = None) -> list[Row]:
+    """Training rows from demonstrations, with EOS appended to each final chunk so the policy learns to stop."""
+    env = gym.make(env_id, disable_env_checker=True, **{"tokenizer": tokenizer, **(env_kwargs or {})})
+    rows = []
+    for seed in seeds:
+        ep = demonstration_episode(env, seed)
+        if ep.reward <= 0:
+            raise ValueError(f"the demonstration for seed {seed} does not solve {env_id} (reward {ep.reward}); "
+                             "check the env settings (for example a thinking budget too small for the task)")
+        ep_rows = episode_rows(ep, 0)
+        if ep.terminated:
+            last = ep_rows[-1]
+            last.input_ids.append(tokenizer.eos_token_id)
+            last.loss_mask.append(1)
+            last.old_logprobs.append(0.0)
+        rows += ep_rows
+    return rows
+
+
+def jsonl_rows(path: str | Path, tokenizer: Any, prompt_key: str = "prompt", response_key: str = "response") -> list[Row]:
+    """Rows from a jsonl of (prompt, response) pairs; the response ends with EOS."""
+    rows = []
+    with open(path) as f:
+        for n, line in enumerate(f, 1):
+            if not line.strip():
+                continue
+            rec = json.loads(line)
+            if prompt_key not in rec or response_key not in rec:
+                raise ValueError(f"{path}:{n}: each record needs {prompt_key!r} and {response_key!r}; got {sorted(rec)}")
+            p, r = encode(tokenizer, rec[prompt_key]), encode(tokenizer, rec[response_key]) + [tokenizer.eos_token_id]
+            rows.append(Row(p + r, len(p), [1] * len(r), [0.0] * len(r), n))
+    return rows
+
+
+def train_sft(policy: Policy, rows: list[Row], steps: int = 300, batch_size: int = 32, lr: float = 1e-3,
+              seed: int = 0, log_every: int = 50, writer: Any = None) -> list[float]:
+    """Masked next-token cross-entropy on the rows; returns the loss curve."""
+    if not rows:
+        raise ValueError("no rows to train on")
+    model = policy.model
+    model.train()
+    opt = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=0.0)
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: min(1.0, (s + 1) / max(1, steps // 10)) * max(0.0, 1 - s / steps) + 1e-3)
+    g = torch.Generator().manual_seed(seed)
+    losses = []
+    for step in range(steps):
+        idx = torch.randint(len(rows), (batch_size,), generator=g).tolist()
+        batch = pad_rows([rows[i] for i in idx], policy.tokenizer.pad_token_id, policy.device)
+        logp, _ = completion_logprobs(model, batch)
+        loss = -(logp * batch.loss_mask).sum() / batch.loss_mask.sum().clamp(min=1)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+        opt.step()
+        sched.step()
+        losses.append(loss.item())
+        if writer is not None and step % 10 == 0:
+            writer.add_scalar("sft/loss", losses[-1], step)
+        if log_every and step % log_every == 0:
+            print(f"sft step {step}: loss {losses[-1]:.4f}", flush=True)
+    model.eval()
+    return losses

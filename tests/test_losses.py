@@ -1,0 +1,98 @@
+"""Loss aggregation, advantages, MGPO and KL, checked against hand-computed values."""
+
+import math
+
+import numpy as np
+import pytest
+import torch
+
+from thinkgym.agents.advantages import get_advantage, mgpo_weight
+from thinkgym.agents.collector import Row
+from thinkgym.agents.config import GRPOConfig
+from thinkgym.agents.losses import get_policy_loss, k3_kl, row_stats, sequence_surrogate, token_surrogate
+
+# Two rows of one trace (episode 0: 2 + 1 tokens) and one row of another (episode 1: 3 tokens).
+ROWS = [Row([9, 1, 2], 1, [1, 1], [0.0, 0.0], 0), Row([9, 3], 1, [1], [0.0], 0), Row([9, 4, 5, 6], 1, [1, 1, 1], [0.0] * 3, 1)]
+LOSS = torch.tensor([[1.0, 2.0, 0.0], [3.0, 0.0, 0.0], [4.0, 5.0, 6.0]])  # per-token losses
+MASK = torch.tensor([[1.0, 1, 0], [1, 0, 0], [1, 1, 1]])
+
+
+def aggregate(loss_type, max_length=4):
+    stats = row_stats(ROWS, {0: 3, 1: 3}, max_length)
+    w = torch.tensor(get_policy_loss(loss_type).row_weights(stats)).unsqueeze(1)
+    return float((LOSS * MASK * w).sum())
+
+
+@pytest.mark.parametrize("loss_type, expected", [
+    ("grpo", ((1 + 2) / 2 + 3 / 1 + (4 + 5 + 6) / 3) / 3),      # sequence means, then mean over rows
+    ("dapo", (1 + 2 + 3 + 4 + 5 + 6) / 6),                      # one token mean over the whole step
+    ("dr_grpo", (1 + 2 + 3 + 4 + 5 + 6) / (3 * 4)),             # sum / (rows × max length)
+    ("delethink", ((1 + 2 + 3) / 3 + (4 + 5 + 6) / 3) / 2),     # per-trace token mean, then mean over traces
+])
+def test_aggregation_matches_hand_computation(loss_type, expected):
+    assert aggregate(loss_type) == pytest.approx(expected)
+
+
+def test_dapo_normaliser_spans_micro_batches():
+    """Splitting a step into micro-batches must not change the dapo loss (global token count)."""
+    full = aggregate("dapo")
+    stats = row_stats(ROWS, {0: 3, 1: 3}, 4)
+    w = get_policy_loss("dapo").row_weights(stats)
+    parts = sum(float((LOSS[i] * MASK[i]).sum() * w[i]) for i in range(3))
+    assert parts == pytest.approx(full)
+
+
+def test_clipped_surrogate_values():
+    logp = torch.log(torch.tensor([[1.5, 0.5, 1.1]]))
+    old = torch.zeros(1, 3)
+    pos, low, high = token_surrogate(logp, old, torch.tensor([2.0]), 0.2, 0.28)
+    # ratio 1.5 clipped to 1.28 for A>0; 0.5 stays (min picks the unclipped 0.5·A); 1.1 unclipped
+    assert pos.tolist()[0] == pytest.approx([-1.28 * 2, -0.5 * 2, -1.1 * 2])
+    assert high.tolist() == [[True, False, False]]
+    neg, low, _ = token_surrogate(logp, old, torch.tensor([-1.0]), 0.2, 0.28)
+    # for A<0: min(ρA, clip(ρ)A) -> 1.5 stays, 0.5 clipped up to 0.8
+    assert neg.tolist()[0] == pytest.approx([1.5, 0.8, 1.1])
+    assert low.tolist() == [[False, True, False]]
+
+
+def test_gspo_sequence_ratio():
+    logp = torch.log(torch.tensor([[2.0, 0.5, 1.0]]))
+    old = torch.zeros(1, 3)
+    mask = torch.tensor([[1.0, 1.0, 0.0]])
+    loss, _, high = sequence_surrogate(logp, old, torch.tensor([1.0]), mask, 0.2, 0.28)
+    s = math.exp((math.log(2.0) + math.log(0.5)) / 2)  # = 1.0
+    assert loss[0, 0].item() == pytest.approx(-s) and not high.any()
+    loss, _, high = sequence_surrogate(torch.log(torch.tensor([[2.0, 2.0, 1.0]])), old, torch.tensor([1.0]), mask, 0.2, 0.28)
+    assert loss[0, 0].item() == pytest.approx(-1.28) and high[0, 0]
+
+
+def test_advantages():
+    r = np.array([[1.0, 0.0, 0.0, 1.0], [1.0, 1.0, 1.0, 1.0]])
+    a = get_advantage("grpo")(r, scale_rewards="none")
+    assert a.tolist() == [[0.5, -0.5, -0.5, 0.5], [0, 0, 0, 0]]
+    g = get_advantage("grpo")(r, scale_rewards="group")
+    x = 0.5 / (0.5 + 1e-4)
+    assert g[0] == pytest.approx([x, -x, -x, x])
+    b = get_advantage("grpo")(r, scale_rewards="batch")
+    assert b[0, 0] == pytest.approx(0.5 / (r.std() + 1e-4))
+    loo = get_advantage("rloo")(np.array([[1.0, 0.0, 0.0]]))
+    assert loo[0].tolist() == pytest.approx([1 - 0, 0 - 0.5, 0 - 0.5])
+
+
+def test_mgpo_weight_and_kl_estimator():
+    w = mgpo_weight(np.array([0.5, 0.0, 1.0, 0.25]), lam=2.0)
+    kl = 0.25 * math.log(0.25 / 0.5) + 0.75 * math.log(0.75 / 0.5)
+    assert w.tolist() == pytest.approx([1.0, 2 ** -2, 2 ** -2, math.exp(-2 * kl)])
+    assert mgpo_weight(np.array([0.3]), 0.0)[0] == 1.0
+    logp, ref = torch.log(torch.tensor([0.5])), torch.log(torch.tensor([0.25]))
+    assert k3_kl(logp, ref).item() == pytest.approx(0.5 - math.log(0.5) - 1)
+
+
+@pytest.mark.parametrize("kwargs, name", [({"loss_type": "ppo2"}, "loss_type"), ({"engine": "tgi"}, "engine"),
+                                          ({"advantage_estimator": "gae2"}, "advantage_estimator"),
+                                          ({"scale_rewards": "std"}, "scale_rewards"), ({"steps": 0}, "steps")])
+def test_config_rejects_unknown_names_and_lists_valid_ones(kwargs, name):
+    with pytest.raises(ValueError, match=name) as err:
+        GRPOConfig(**kwargs)
+    if name in ("loss_type", "engine", "advantage_estimator"):
+        assert "valid" in str(err.value)
