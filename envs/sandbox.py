@@ -389,7 +389,7 @@ class _Worker:
                 os.close(fd)
         self._info_r = info_r
         self.ready = False
-        self._finalizer = weakref.finalize(self, _kill, self.proc, -1, self._to_w, self._from_r, info_r)
+        self._finalizer = weakref.finalize(self, _kill, os.getpid(), self.proc, -1, self._to_w, self._from_r, info_r)
         # At exit, workers die with the process (bwrap --die-with-parent); killing them from an
         # exit hook would race with a pool thread still starting one.
         self._finalizer.atexit = False
@@ -437,7 +437,7 @@ class _Worker:
             except OSError:
                 init_fd = -1
             self._finalizer.detach()
-            self._finalizer = weakref.finalize(self, _kill, self.proc, init_fd, self._to_w, self._from_r, init_fd)
+            self._finalizer = weakref.finalize(self, _kill, os.getpid(), self.proc, init_fd, self._to_w, self._from_r, init_fd)
             self._finalizer.atexit = False
         self.ready = True
 
@@ -492,7 +492,9 @@ def _exit_reason(code: int | None) -> str:
     return f"exit status {code}"
 
 
-def _kill(proc: subprocess.Popen, init_fd: int, *fds: int) -> None:
+def _kill(owner: int, proc: subprocess.Popen, init_fd: int, *fds: int) -> None:
+    if os.getpid() != owner:  # a forked copy of the object: the worker is the parent's, not ours
+        return
     # The namespace's init exits only once the kernel has killed and reaped every other process
     # in it; its pidfd turns readable then. So once it has, nothing the code started is left.
     if init_fd >= 0:

@@ -198,6 +198,19 @@ def test_background_processes_do_not_survive_the_call():
     assert not [p for p in sandbox_uids() if p.name() == "sleep"]
 
 
+def test_a_forked_copy_does_not_kill_the_parents_workers():
+    with Sandbox() as sb:
+        sb.run("x = 11")
+        pid = os.fork()
+        if pid == 0:  # the child drops its copies (as a forked vector-env worker would) and exits
+            sb.close()
+            sbx.shutdown_pools()
+            os._exit(0)
+        assert os.waitpid(pid, 0)[1] == 0
+        r = sb.run("print(x)")
+        assert r.stdout == "11\n" and not r.state_lost
+
+
 def test_refuses_without_namespaces_unless_unsafe(monkeypatch):
     monkeypatch.setattr(sbx, "namespaces_available", lambda: (False, "pretend bwrap is missing"))
     with pytest.raises(SandboxUnavailable, match="pretend bwrap is missing"):
