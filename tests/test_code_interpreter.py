@@ -2,9 +2,11 @@
 
 import json
 import re
+import time
 from concurrent.futures import ThreadPoolExecutor
 
 import gymnasium as gym
+import psutil
 import pytest
 
 import thinkgym  # noqa: F401
@@ -210,6 +212,12 @@ def test_32_concurrent_episodes_in_grpo_groups_do_not_interfere():
         results = list(pool.map(lambda k: _episode(k, seed=100 + k // group), range(32)))
     for k, r, got, answer in results:
         assert got == f"{k} {k} {answer}" and r == 1.0
+    sbx.shutdown_pools()  # every episode has ended: once idle pooled workers go, no worker is left
+    deadline = time.time() + 5
+    while (left := [p for p in psutil.process_iter(["uids"])
+                    if sbx._UID_BASE <= p.info["uids"].real < sbx._UID_BASE + sbx._UID_SPAN]) and time.time() < deadline:
+        time.sleep(0.05)
+    assert left == []
 
 
 def test_hostile_blocks_come_back_as_output_and_the_episode_goes_on():
