@@ -215,7 +215,7 @@ def test_32_concurrent_episodes_in_grpo_groups_do_not_interfere():
     sbx.shutdown_pools()  # every episode has ended: once idle pooled workers go, no worker is left
     deadline = time.time() + 5
     while (left := [p for p in psutil.process_iter(["uids"])
-                    if sbx._UID_BASE <= p.info["uids"].real < sbx._UID_BASE + sbx._UID_SPAN]) and time.time() < deadline:
+                    if p.info["uids"] and sbx._UID_BASE <= p.info["uids"].real < sbx._UID_BASE + sbx._UID_SPAN]) and time.time() < deadline:
         time.sleep(0.05)
     assert left == []
 
