@@ -13,6 +13,7 @@ ENV_SPECS: list[tuple[str, str, dict]] = [
     ("LongCoT-v0", "thinkgym.envs.reasoning:ReasoningEnv", {}),
     # -- more environments register below this line --
     ("CodeInterpreter-v0", "thinkgym.envs.code_interpreter:CodeInterpreterEnv", {}),
+    ("Text2SQL-v0", "thinkgym.envs.text2sql:Text2SQLEnv", {}),
     ("MaskedStep-v0", "thinkgym.envs.masked_step:MaskedStepEnv", {}),
     ("StepReorder-v0", "thinkgym.envs.step_reorder:StepReorderEnv", {}),
     ("SAT-v0", "thinkgym.envs.sat:SATEnv", {}),

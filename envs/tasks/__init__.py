@@ -9,6 +9,7 @@ from .long_addition import LongAdditionTask
 from .math_dataset import MathDatasetTask
 from .running_sum import RunningSumTask
 from .sat import SATTask
+from .text2sql import Text2SQLTask
 
 TASKS: dict[str, Callable[..., Task]] = {}
 
@@ -31,7 +32,7 @@ def make_task(task: str | Task, **kwargs: Any) -> Task:
         raise ValueError(f"task={task!r} got bad arguments {sorted(kwargs)}: {exc}") from exc
 
 
-for _cls in (RunningSumTask, LongAdditionTask, MathDatasetTask, SATTask):
+for _cls in (RunningSumTask, LongAdditionTask, MathDatasetTask, SATTask, Text2SQLTask):
     register_task(_cls.name, _cls)
 
 __all__ = ["Problem", "Task", "Verdict", "TASKS", "make_task", "register_task"]
