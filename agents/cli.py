@@ -9,7 +9,7 @@ from __future__ import annotations
 import argparse
 import json
 import sys
-from dataclasses import MISSING, fields
+from dataclasses import fields
 from typing import Any, Sequence
 
 from .config import GRPOConfig
@@ -35,8 +35,8 @@ def _parse_value(kind: Any, text: str) -> Any:
 
 def add_config_flags(parser: argparse.ArgumentParser) -> None:
     for f in fields(GRPOConfig):
-        parser.add_argument("--" + f.name.replace("_", "-"), dest=f.name, default=None,
-                            type=lambda t, k=f.type: _parse_value(k, t), help=argparse.SUPPRESS if f.name == "resume" else None)
+        if f.name != "resume":  # a plain switch, added by the train command
+            parser.add_argument("--" + f.name.replace("_", "-"), dest=f.name, default=None, type=lambda t, k=f.type: _parse_value(k, t))
 
 
 def config_from_args(args: argparse.Namespace) -> GRPOConfig:

@@ -215,7 +215,7 @@ class GRPOTrainer:
                     w = torch.tensor([weights[i] for i in idx], device=logp.device, dtype=logp.dtype).unsqueeze(1)
                     loss = (per_tok * rb.loss_mask * w).sum()
                     loss.backward()
-                    step_loss += float(loss)
+                    step_loss += loss.item()
                     m = rb.loss_mask
                     n_tok += int(m.sum())
                     sums["clip_ratio/low_mean"] += float((low * m).sum())

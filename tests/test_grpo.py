@@ -1,0 +1,133 @@
+"""The GRPO learner end to end on the tiny policy: TensorBoard tags, exact resume, gradient sign,
+non-finite losses, and the CLI's errors."""
+
+import json
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+import torch
+
+from thinkgym.agents.cli import main
+from thinkgym.agents.collector import Row
+from thinkgym.agents.config import GRPOConfig
+from thinkgym.agents.grpo import GRPOTrainer, NonFiniteLossError
+from thinkgym.agents.plot import plot_run, read_scalars
+from thinkgym.rewards import register_reward
+
+
+@register_reward("count_sevens")
+def count_sevens(sample, **_):
+    """A test reward with variance even for an untrained policy: how many 7s it wrote."""
+    return float(sample.text.count("7"))
+
+
+def small_cfg(tmp_path, **kw):
+    base = dict(env="DelethinkDemo-v0", model="tiny", output_dir=str(tmp_path / "run"), steps=2, prompts_per_step=2,
+                num_generations=3, micro_batch_size=4, learning_rate=1e-3, eval_every=1, eval_prompts=2, eval_samples=2,
+                eval_temperature=1.0, log_completions_every=1, save_every=1, reward="count_sevens + correctness")
+    base.update(kw)
+    return GRPOConfig(**base)
+
+
+EXPECTED_TAGS = {"reward", "reward_std", "frac_reward_zero_std", "rewards/count_sevens/mean", "rewards/correctness/mean",
+                 "completions/mean_length", "completions/clipped_ratio", "entropy", "clip_ratio/low_mean", "clip_ratio/high_mean",
+                 "clip_ratio/region_mean", "learning_rate", "grad_norm", "loss", "eval/accuracy", "eval/pass@1", "eval/pass@2",
+                 "delethink/chunks_mean", "delethink/thinking_tokens_mean", "time/rollout_s", "time/train_s",
+                 "rollout_tokens_per_s", "train_tokens_per_s", "success_by_difficulty/n_terms=8"}
+
+
+def test_training_writes_the_expected_tensorboard_tags(tmp_path):
+    cfg = small_cfg(tmp_path, loss_type="grpo", steps=1, beta=0.01, entropy_coef=0.001, mgpo_lambda=1.0)
+    GRPOTrainer(cfg).train()
+    tags = set(read_scalars(cfg.output_dir))
+    missing = (EXPECTED_TAGS | {"kl"}) - tags
+    assert not missing, f"missing tags: {sorted(missing)}"
+    assert plot_run(cfg.output_dir).exists()
+
+
+@pytest.mark.parametrize("loss_type", ["dapo", "dr_grpo", "delethink", "gspo"])
+def test_every_loss_type_trains_a_step(tmp_path, loss_type):
+    trainer = GRPOTrainer(small_cfg(tmp_path, loss_type=loss_type, eval_every=0, prompts_per_step=1))
+    metrics = trainer.train_step()
+    assert np.isfinite(metrics["loss"]) and metrics["grad_norm"] > 0
+
+
+def test_resume_continues_exactly(tmp_path):
+    full = GRPOTrainer(small_cfg(tmp_path / "a", steps=3, eval_every=0))
+    full.train()
+    losses_full = dict(read_scalars(full.cfg.output_dir)["loss"])
+    first = GRPOTrainer(small_cfg(tmp_path / "b", steps=2, eval_every=0))
+    first.train()
+    resumed = GRPOTrainer(small_cfg(tmp_path / "b", steps=3, eval_every=0, resume=True))
+    resumed.train()
+    losses_resumed = dict(read_scalars(resumed.cfg.output_dir)["loss"])
+    assert resumed.step == 3 and losses_full[3] != 0.0
+    assert losses_resumed[3] == pytest.approx(losses_full[3], rel=1e-5, abs=1e-7)
+    for a, b in zip(full.model.parameters(), resumed.model.parameters()):
+        assert torch.allclose(a, b, atol=1e-6)
+
+
+def test_gradient_raises_the_rewarded_sample(tmp_path):
+    trainer = GRPOTrainer(small_cfg(tmp_path, learning_rate=1e-2, loss_type="grpo", reward=""))
+    tok = trainer.policy.tokenizer
+    prompt, good, bad = tok.encode("Add: 1 2\n"), tok.encode("1+2=3"), tok.encode("1+2=9")
+
+    def logp(ids):
+        seq = torch.tensor([prompt + ids])
+        with torch.no_grad():
+            lp = torch.log_softmax(trainer.model(seq).logits[0, len(prompt) - 1:-1].float(), -1)
+        return float(lp.gather(-1, torch.tensor(ids).unsqueeze(-1)).sum())
+
+    before = logp(good), logp(bad)
+    rows = [Row(prompt + ids, len(prompt), [1] * len(ids), [0.0] * len(ids), i) for i, ids in enumerate((good, bad))]
+    for r, ids in zip(rows, (good, bad)):
+        seq = torch.tensor([prompt + ids])
+        with torch.no_grad():
+            lp = torch.log_softmax(trainer.model(seq).logits[0, len(prompt) - 1:-1].float(), -1)
+        r.old_logprobs = lp.gather(-1, torch.tensor(ids).unsqueeze(-1)).squeeze(-1).tolist()
+    trainer.optimize(rows, np.array([1.0, -1.0]), None)
+    after = logp(good), logp(bad)
+    assert after[0] > before[0] and after[1] < before[1]
+
+
+def test_nonfinite_losses_are_skipped_then_stop_the_run(tmp_path, monkeypatch):
+    import thinkgym.agents.grpo as grpo
+
+    def nan_logprobs(*args, **kwargs):
+        logp, ent = real(*args, **kwargs)
+        return logp * float("nan"), ent
+
+    real = grpo.completion_logprobs
+    monkeypatch.setattr(grpo, "completion_logprobs", nan_logprobs)
+    trainer = GRPOTrainer(small_cfg(tmp_path, max_nonfinite_steps=2, eval_every=0))
+    snapshot = [p.detach().clone() for p in trainer.model.parameters()]
+    metrics = trainer.train_step()
+    assert trainer.nonfinite_total == 1 and metrics["nonfinite_skipped"] == 1.0
+    assert all(torch.equal(a, b) for a, b in zip(snapshot, trainer.model.parameters()))
+    with pytest.raises(NonFiniteLossError, match="2 optimizer steps in a row"):
+        trainer.train_step()
+
+
+@pytest.mark.parametrize("args, needle", [(["--loss-type", "ppo9"], "valid names"), (["--env", "Nope-v0"], "not registered"),
+                                          (["--engine", "tgi"], "valid engines"), (["--bogus", "1"], "unrecognized")])
+def test_cli_errors_name_the_valid_choices(tmp_path, capsys, args, needle):
+    with pytest.raises(SystemExit) as exit_:
+        main(["train", "--steps", "1", "--output-dir", str(tmp_path), *args])
+    assert exit_.value.code != 0
+    assert needle in capsys.readouterr().err + str(exit_.value.code)
+
+
+def run_cli(*args):
+    return subprocess.run([sys.executable, "-m", "thinkgym.agents.cli", *args], capture_output=True, text=True)
+
+
+def test_cli_train_with_yaml_and_flags(tmp_path):
+    cfg = tmp_path / "run.yaml"
+    cfg.write_text(f"steps: 1\nprompts_per_step: 1\nnum_generations: 2\neval_every: 0\noutput_dir: {tmp_path / 'out'}\n")
+    out = run_cli("train", "--config", str(cfg), "--loss-type", "dr_grpo", "--env-kwargs", json.dumps({"max_chunks": 2}))
+    assert out.returncode == 0, out.stderr[-2000:]
+    saved = torch.load(tmp_path / "out" / "checkpoint-1" / "trainer_state.pt", weights_only=False)
+    assert saved["config"]["loss_type"] == "dr_grpo" and saved["config"]["env_kwargs"] == {"max_chunks": 2}
+    assert (tmp_path / "out" / "checkpoint-1" / "policy" / "model.safetensors").exists()
