@@ -21,7 +21,7 @@ from typing import Any
 # Authorizer actions a read-only SELECT needs; everything else (INSERT, UPDATE, DELETE, CREATE,
 # DROP, ALTER, ATTACH, DETACH, PRAGMA, TRANSACTION, ...) is denied when the statement is prepared.
 _ALLOWED_ACTIONS = frozenset({sqlite3.SQLITE_SELECT, sqlite3.SQLITE_READ, sqlite3.SQLITE_FUNCTION, sqlite3.SQLITE_RECURSIVE})
-_MAX_VALUE_BYTES = 1_000_000  # no string or blob (e.g. randomblob(1e9)) may grow past this
+_MAX_VALUE_BYTES = 10_000_000  # no string or blob (e.g. randomblob(1e9)) may grow past this
 _PROGRESS_EVERY = 1000  # SQLite VM instructions between checks of the clock
 _MAX_PERMUTED_COLUMNS = 6  # wider results are compared in their own column order (6! = 720 tries)
 
