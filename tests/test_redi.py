@@ -1,0 +1,137 @@
+"""REDI: the objective's value and gradient, pairing counts, the sampling pipeline's resume, the CLI
+and its errors."""
+
+import json
+
+import pytest
+import torch
+
+from thinkgym.agents.cli import main
+from thinkgym.agents.collector import Row
+from thinkgym.agents.hf_engine import HFEngine
+from thinkgym.agents.plot import read_scalars
+from thinkgym.agents.policy import Policy
+from thinkgym.agents.redi import (Trace, build_redi_data, load_traces, record_trace, redi_loss, sequence_logprobs,
+                                  train_redi)
+from thinkgym.agents.sample import sample_traces
+
+ENV, KW = "LongCoT-v0", {"task_kwargs": {"n_terms": 2}, "max_thinking_tokens": 12}
+
+
+@pytest.fixture(scope="module")
+def policy():
+    return Policy.tiny(seed=3, device="cpu")
+
+
+def trace(policy, prompt, response, correct):
+    return record_trace({"prompt": prompt, "response": response, "correct": correct}, policy.tokenizer)
+
+
+def test_loss_matches_hand_computation():
+    # pair 1: -(-2/4) + 0.8 * (-3/2) = -0.7 ; pair 2: -(-6/3) + 0.8 * (-1/5) = 1.84 ; mean 0.57
+    loss = redi_loss(torch.tensor([-2.0, -6.0]), torch.tensor([4.0, 3.0]), torch.tensor([-3.0, -1.0]), torch.tensor([2.0, 5.0]))
+    assert loss.item() == pytest.approx(0.57, abs=1e-6)
+    assert redi_loss(torch.tensor([-2.0]), torch.tensor([0.0]), torch.tensor([-3.0]), torch.tensor([2.0]), alpha=0.0).item() == 2.0
+
+
+def test_sequence_logprobs_sum_over_chunks_match_a_plain_forward(policy):
+    """log π(y|x) of a two-chunk trace is the sum of each chunk's tokens scored in its own context."""
+    tok = policy.tokenizer
+    rec = {"prompt": "Add: 1 2\n", "response": "x", "correct": True,
+           "steps": [{"prompt_ids": tok.encode("Add: 1 2\n"), "response_ids": tok.encode("1+2=3")},
+                     {"prompt_ids": tok.encode("carry 3\n"), "response_ids": tok.encode("</think>\\boxed{3}")}]}
+    t = record_trace(rec, tok)
+    assert len(t.rows) == 2 and t.rows[-1].input_ids[-1] == tok.eos_token_id
+    with torch.no_grad():
+        total, length = sequence_logprobs(policy, [t])
+        want = 0.0
+        for r in t.rows:
+            logits = policy.model(input_ids=torch.tensor([r.input_ids])).logits[0].log_softmax(-1)
+            want += sum(logits[i - 1, r.input_ids[i]].item() for i in range(r.prompt_len, len(r.input_ids)))
+    assert total.item() == pytest.approx(want, rel=1e-5)
+    assert length.item() == t.num_tokens == len(tok.encode("1+2=3")) + len(tok.encode("</think>\\boxed{3}")) + 1
+
+
+def test_gradient_raises_positive_and_lowers_negative(policy):
+    model = Policy.tiny(seed=3, device="cpu")
+    w, l = trace(model, "Add: 4 5\n", "4+5=9\n</think>\\boxed{9}", True), trace(model, "Add: 4 5\n", "4+5=8\n</think>\\boxed{8}", False)
+
+    def mean_logps():
+        with torch.no_grad():
+            s, n = sequence_logprobs(model, [w, l])
+        return (s / n).tolist()
+
+    (w0, l0) = mean_logps()
+    s, n = sequence_logprobs(model, [w, l])
+    redi_loss(s[:1], n[:1], s[1:], n[1:], alpha=0.8).backward()
+    with torch.no_grad():  # one small plain gradient step
+        for p in model.model.parameters():
+            p -= 1e-2 * p.grad
+    (w1, l1) = mean_logps()
+    assert w1 > w0 and l1 < l0
+    # through the trainer (AdamW): the shared prefix "4+5=" may rise in both, but the gap widens
+    hist = train_redi(model, [(w, l)], steps=5, batch_size=1, lr=1e-3)
+    (w2, l2) = mean_logps()
+    assert w2 > w1 and w2 - l2 > w1 - l1 and hist[-1]["loss"] < hist[0]["loss"]
+
+
+def test_pairing_counts_only_positive_and_only_negative_prompts(policy):
+    ts = [trace(policy, "A", "a1", True), trace(policy, "A", "a2", False), trace(policy, "A", "a3", True),
+          trace(policy, "A", "a4", False), trace(policy, "A", "a5", False),
+          trace(policy, "B", "b1", True), trace(policy, "B", "b2", True), trace(policy, "C", "c1", False)]
+    one = build_redi_data(ts)
+    assert one.counts == {"traces": 8, "prompts": 3, "positives": 4, "negatives": 4, "prompts_with_both": 1,
+                          "prompts_only_positive": 1, "prompts_only_negative": 1, "pairs": 1}
+    assert len(one.positives) == 4 and all(t.correct for t in one.positives)
+    every = build_redi_data(ts, pairs_per_prompt=None)
+    assert every.counts["pairs"] == 2
+    assert all(w.correct and not l.correct and w.prompt == l.prompt == "A" for w, l in every.pairs)
+    assert len({id(w) for w, _ in every.pairs}) == 2 and len({id(l) for _, l in every.pairs}) == 2
+
+
+def test_bad_inputs_are_named(tmp_path, policy):
+    bad = tmp_path / "bad.jsonl"
+    bad.write_text(json.dumps({"prompt": "p", "response": "r"}) + "\n")
+    with pytest.raises(ValueError, match=r"bad.jsonl:1.*missing \['correct'\]"):
+        load_traces(bad, policy.tokenizer)
+    bad.write_text(json.dumps({"prompt": "p", "response": "r", "correct": "maybe"}) + "\n")
+    with pytest.raises(ValueError, match="'correct' must be"):
+        load_traces(bad, policy.tokenizer)
+    pair = (trace(policy, "p", "r", True), trace(policy, "p", "s", False))
+    for alpha in (-0.1, 1.5, float("nan")):
+        with pytest.raises(ValueError, match="alpha"):
+            train_redi(policy, [pair], steps=1, alpha=alpha)
+    with pytest.raises(ValueError, match="no .*pairs"):
+        train_redi(policy, [], steps=1)
+    good = tmp_path / "good.jsonl"
+    good.write_text(json.dumps({"prompt": "p", "response": "r", "correct": True}) + "\n")
+    with pytest.raises(SystemExit, match="thinkgym redi: error: alpha must be in \\[0, 1\\]"):
+        main(["redi", "--data", str(good), "--output-dir", str(tmp_path / "o"), "--alpha", "2"])
+
+
+def test_sample_resumes_and_feeds_the_redi_cli(tmp_path, policy):
+    out = tmp_path / "traces.jsonl"
+    engine = HFEngine(policy, seed=0)
+    sample_traces(engine, ENV, range(3), out, n=2, env_kwargs=KW, temperature=1.0, seeds_per_batch=2)
+    lines = out.read_text().splitlines()
+    rec = json.loads(lines[0])
+    assert {"prompt", "response", "prompt_ids", "response_ids", "reward", "correct", "seed", "sample"} <= set(rec)
+    assert policy.tokenizer.decode(rec["prompt_ids"]) == rec["prompt"] and rec["prompt"].startswith("Add:")
+    # an interrupted run: the last seed's second sample is torn
+    out.write_text("\n".join(lines[:5]) + "\n" + lines[5][:20])
+    res = sample_traces(engine, ENV, range(4), out, n=2, env_kwargs=KW, temperature=1.0)
+    assert res["skipped_seeds"] == 2 and res["new_traces"] == 4
+    seeds = [json.loads(x)["seed"] for x in out.read_text().splitlines()]
+    assert sorted(seeds) == [0, 0, 1, 1, 2, 2, 3, 3]
+
+    # a correct and a wrong trace per prompt: the CLI trains, checkpoints and logs like `train`
+    data = tmp_path / "pairs.jsonl"
+    data.write_text("".join(json.dumps({"prompt": f"Add: {a} {b}\n", "response": f"{a}+{b}={s}\n</think>\\boxed{{{s}}}",
+                                        "correct": s == a + b}) + "\n" for a, b in [(1, 2), (3, 4)] for s in (a + b, a + b + 1)))
+    run = tmp_path / "run"
+    main(["redi", "--data", str(data), "--output-dir", str(run), "--env", ENV, "--env-kwargs", json.dumps(KW), "--steps", "2",
+          "--sft-steps", "2", "--eval-every", "1", "--eval-prompts", "2", "--learning-rate", "1e-4"])
+    tags = set(read_scalars(run))
+    assert {"loss", "logps/chosen", "logps/rejected", "eval/accuracy", "sft/loss", "learning_rate"} <= tags
+    again = Policy.from_pretrained(str(run / "checkpoint-2" / "policy"), device="cpu")
+    assert again.model.config.hidden_size == policy.model.config.hidden_size
