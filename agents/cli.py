@@ -81,6 +81,43 @@ def cmd_plot(args: argparse.Namespace) -> None:
     print(plot_run(args.run_dir, args.out))
 
 
+def cmd_sample(args: argparse.Namespace) -> None:
+    from .grpo import make_engine
+    from .policy import Policy
+    from .redi import build_redi_data, load_traces
+    from .sample import sample_traces
+
+    policy = Policy.from_pretrained(args.model, device=args.device)
+    res = sample_traces(make_engine(args.engine, policy, args.seed), args.env, range(args.seed_start, args.seed_start + args.seeds),
+                        args.out, n=args.n, env_kwargs=json.loads(args.env_kwargs), temperature=args.temperature,
+                        top_p=args.top_p, seeds_per_batch=args.seeds_per_batch)
+    print(json.dumps({**res, "file": build_redi_data(load_traces(args.out, policy.tokenizer), None).counts}))
+
+
+def cmd_redi(args: argparse.Namespace) -> None:
+    from torch.utils.tensorboard import SummaryWriter
+
+    from .evaluate import evaluate
+    from .grpo import make_engine
+    from .policy import Policy
+    from .redi import build_redi_data, check_alpha, load_traces, train_redi
+    from .sft import train_sft
+
+    check_alpha(args.alpha)
+    policy = Policy.from_pretrained(args.model, device=args.device)
+    data = build_redi_data(load_traces(args.data, policy.tokenizer), args.pairs_per_prompt or None)
+    print(json.dumps(data.counts))
+    writer = SummaryWriter(args.output_dir)
+    if args.sft_steps:  # stage 1: SFT on the positives
+        train_sft(policy, [r for t in data.positives for r in t.rows], steps=args.sft_steps, lr=args.sft_learning_rate,
+                  batch_size=args.batch_size, seed=args.seed, writer=writer)
+    engine, kw = make_engine(args.engine, policy, args.seed), json.loads(args.env_kwargs)
+    hist = train_redi(policy, data.pairs, steps=args.steps, batch_size=args.batch_size, lr=args.learning_rate, alpha=args.alpha,
+                      seed=args.seed, writer=writer, eval_every=args.eval_every, output_dir=args.output_dir, save_every=args.save_every,
+                      eval_fn=lambda: evaluate(engine, args.env, range(args.eval_prompts), env_kwargs=kw, temperature=0.0))
+    print(json.dumps({k: round(v, 4) for k, v in hist[-1].items()}))
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="thinkgym", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = p.add_subparsers(dest="command", required=True)
@@ -112,6 +149,33 @@ def build_parser() -> argparse.ArgumentParser:
     pl.add_argument("run_dir")
     pl.add_argument("--out")
     pl.set_defaults(func=cmd_plot)
+    for name, func in (("sample", cmd_sample), ("redi", cmd_redi)):
+        s = sub.add_parser(name, help="write a jsonl of sampled traces" if name == "sample" else "REDI on a jsonl of (prompt, response, correct)")
+        for flag, default in (("--model", "tiny"), ("--env", "DelethinkDemo-v0"), ("--env-kwargs", "{}"), ("--device", None), ("--engine", "hf")):
+            s.add_argument(flag, default=default)
+        s.add_argument("--seed", type=int, default=0)
+        s.set_defaults(func=func)
+    s = sub.choices["sample"]
+    s.add_argument("--out", required=True, help="jsonl to write; seeds already in it are skipped (resume)")
+    s.add_argument("--seeds", type=int, default=256)
+    s.add_argument("--seed-start", type=int, default=10_000_000)
+    s.add_argument("--n", type=int, default=4, help="samples per prompt")
+    s.add_argument("--temperature", type=float, default=1.0)
+    s.add_argument("--top-p", type=float, default=1.0)
+    s.add_argument("--seeds-per-batch", type=int, default=32)
+    r = sub.choices["redi"]
+    r.add_argument("--data", required=True, help="jsonl with prompt, response, correct per line")
+    r.add_argument("--output-dir", required=True)
+    r.add_argument("--alpha", type=float, default=0.8)
+    r.add_argument("--steps", type=int, default=100)
+    r.add_argument("--batch-size", type=int, default=8)
+    r.add_argument("--learning-rate", type=float, default=1e-6)
+    r.add_argument("--pairs-per-prompt", type=int, default=1, help="0: every (correct, incorrect) match")
+    r.add_argument("--sft-steps", type=int, default=0, help="stage 1 on the positives first")
+    r.add_argument("--sft-learning-rate", type=float, default=5e-5)
+    r.add_argument("--eval-prompts", type=int, default=64)
+    r.add_argument("--eval-every", type=int, default=50)
+    r.add_argument("--save-every", type=int, default=0)
     return p
 
 
