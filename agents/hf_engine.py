@@ -91,15 +91,18 @@ class HFEngine:
         step = 0
         while live:
             tokens, logps = sample_tokens(logits, temp, top_p, self.generator)
+            forced = [(b, rows[ri].req.prefix_ids[step]) for b, ri in enumerate(live) if step < len(rows[ri].req.prefix_ids)]
+            if forced:  # forced prefix tokens replace the samples and are scored instead
+                fb = torch.tensor([b for b, _ in forced], device=dev)
+                ft = torch.tensor([t for _, t in forced], device=dev)
+                scale = torch.where(temp[fb] > 0, temp[fb], torch.ones_like(temp[fb])).unsqueeze(-1)
+                tokens[fb] = ft
+                logps[fb] = torch.log_softmax(logits[fb].float() / scale, -1).gather(-1, ft.unsqueeze(-1)).squeeze(-1)
+            host_tokens, host_logps = tokens.tolist(), logps.tolist()  # one device sync per step
             keep = []
             for b, ri in enumerate(live):
                 r = rows[ri]
-                if step < len(r.req.prefix_ids):  # forced prefix: score the forced token instead
-                    t = r.req.prefix_ids[step]
-                    lp = float(torch.log_softmax(logits[b].float() / max(r.req.temperature, 1e-6) if r.req.temperature > 0 else logits[b].float(), -1)[t])
-                    tokens[b] = t
-                else:
-                    t, lp = int(tokens[b]), float(logps[b])
+                t, lp = host_tokens[b], host_logps[b]
                 if t == eos and not r.req.ignore_eos:
                     r.finish = "eos"
                     continue

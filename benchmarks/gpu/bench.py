@@ -1,0 +1,194 @@
+"""GPU benchmarks in one invocation: rollout throughput (thinkgym's hf engine vs plain
+`model.generate`, against the memory-bandwidth ceiling), learner fwd+bwd throughput and MFU, and a
+short GRPO run of a ~30M model from the SFT warm start. Prints a table, writes JSON (and a PNG).
+
+    python benchmarks/gpu/bench.py --out DIR [--sections rollout,train,grpo] [--tiny]
+
+Models have the real shapes (Qwen2.5-0.5B, DeepSeek-R1-Distill-Qwen-1.5B) with random weights built
+from the config: nothing is downloaded. Lengths are fixed (EOS ignored) so every side does equal work.
+`--tiny` shrinks everything so the script itself can be checked on a CPU.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import time
+from pathlib import Path
+
+import torch
+from transformers import Qwen2Config, Qwen2ForCausalLM
+
+from thinkgym.agents.collector import Row
+from thinkgym.agents.engine import GenerationRequest
+from thinkgym.agents.hf_engine import HFEngine
+from thinkgym.agents.policy import Policy
+from thinkgym.envs.tokenizer import builtin_tokenizer
+
+SHAPES = {
+    "qwen2.5-0.5b": dict(vocab_size=151936, hidden_size=896, intermediate_size=4864, num_hidden_layers=24, num_attention_heads=14,
+                         num_key_value_heads=2, max_position_embeddings=32768, tie_word_embeddings=True, rope_theta=1e6),
+    "r1-distill-1.5b": dict(vocab_size=151936, hidden_size=1536, intermediate_size=8960, num_hidden_layers=28, num_attention_heads=12,
+                            num_key_value_heads=2, max_position_embeddings=131072, tie_word_embeddings=False, rope_theta=1e4),
+}
+TINY = dict(vocab_size=512, hidden_size=128, intermediate_size=256, num_hidden_layers=2, num_attention_heads=2, num_key_value_heads=1,
+            max_position_embeddings=4096)
+
+
+def sync() -> None:
+    if torch.cuda.is_available():
+        torch.cuda.synchronize()
+
+
+def timed(fn, repeat: int = 1) -> float:
+    fn()  # warm-up
+    sync()
+    t = time.perf_counter()
+    for _ in range(repeat):
+        fn()
+    sync()
+    return (time.perf_counter() - t) / repeat
+
+
+def build(shape: dict, device: str, dtype: torch.dtype) -> Policy:
+    torch.manual_seed(0)
+    model = Qwen2ForCausalLM(Qwen2Config(**shape, attn_implementation="sdpa"))
+    return Policy(model, builtin_tokenizer(), device, dtype)
+
+
+def ceilings(device: str, tiny: bool) -> dict[str, float]:
+    """Measured device-to-device bandwidth (bytes read + written) and bf16 matmul rate."""
+    n = (1 << 24) if tiny else (1 << 30)
+    x = torch.empty(n, dtype=torch.uint8, device=device)
+    y = torch.empty_like(x)
+    bw = 2 * n / timed(lambda: y.copy_(x), 10)
+    k = 512 if tiny else 8192
+    dt = torch.bfloat16 if device == "cuda" else torch.float32
+    a, b = torch.randn(k, k, device=device, dtype=dt), torch.randn(k, k, device=device, dtype=dt)
+    flops = 2 * k ** 3 / timed(lambda: a @ b, 10)
+    return {"bandwidth_Bps": bw, "matmul_flops": flops}
+
+
+def rollout(name: str, shape: dict, device: str, dtype, batches, prompt_len: int, new: int, ceil: dict) -> list[dict]:
+    pol = build(shape, device, dtype)
+    cfg = pol.model.config
+    g = torch.Generator().manual_seed(0)
+    weight_bytes = sum(p.numel() * p.element_size() for p in pol.model.parameters())
+    if cfg.tie_word_embeddings:  # the tied lm_head is read a second time per step
+        weight_bytes += cfg.vocab_size * cfg.hidden_size * 2
+    kv_per_token = 2 * cfg.num_hidden_layers * cfg.num_key_value_heads * (cfg.hidden_size // cfg.num_attention_heads) * 2
+    eng = HFEngine(pol, max_batch_size=max(batches), seed=0)
+    # correctness guard: greedy tokens of the engine equal plain generate's
+    ids = torch.randint(300, cfg.vocab_size, (4, prompt_len), generator=g).to(device)
+    ref = pol.model.generate(ids, attention_mask=torch.ones_like(ids), max_new_tokens=16, min_new_tokens=16, do_sample=False, pad_token_id=0)
+    ours = eng.generate([GenerationRequest(r.tolist(), 16, temperature=0.0, ignore_eos=True) for r in ids])
+    match = sum(int(a == b) for r, o in zip(ref[:, prompt_len:].tolist(), ours) for a, b in zip(r, o[0].token_ids)) / (4 * 16)
+    out = []
+    for B in batches:
+        prompts = torch.randint(300, cfg.vocab_size, (B, prompt_len), generator=g)
+        reqs = [GenerationRequest(p.tolist(), new, temperature=1.0, ignore_eos=True) for p in prompts]
+        t_eng = timed(lambda: eng.generate(reqs))
+        ids = prompts.to(device)
+        t_gen = timed(lambda: pol.model.generate(ids, attention_mask=torch.ones_like(ids), max_new_tokens=new, min_new_tokens=new,
+                                                 do_sample=True, temperature=1.0, top_k=0, pad_token_id=0))
+        mean_ctx = prompt_len + new / 2
+        step_bytes = weight_bytes + B * mean_ctx * kv_per_token
+        ceiling = B / (step_bytes / ceil["bandwidth_Bps"])
+        out.append({"model": name, "batch": B, "prompt": prompt_len, "new_tokens": new, "engine_tok_s": B * new / t_eng,
+                    "generate_tok_s": B * new / t_gen, "speedup": t_gen / t_eng, "bw_ceiling_tok_s": ceiling,
+                    "engine_frac_of_ceiling": B * new / t_eng / ceiling, "greedy_match_vs_generate": match})
+        print(json.dumps(out[-1]), flush=True)
+    del pol, eng
+    torch.cuda.empty_cache() if torch.cuda.is_available() else None
+    return out
+
+
+def train(name: str, shape: dict, device: str, lengths, ceil: dict, tiny: bool) -> list[dict]:
+    """The GRPO learner's own optimize() on rows of fixed length: tokens/s, MFU (6N), peak memory."""
+    from thinkgym.agents.config import GRPOConfig
+    from thinkgym.agents.grpo import GRPOTrainer
+
+    pol = build(shape, device, torch.bfloat16 if device == "cuda" else torch.float32)
+    pol.model.gradient_checkpointing_enable()
+    pol.model.config.use_cache = False
+    cfg = pol.model.config
+    n_params = sum(p.numel() for p in pol.model.parameters()) - cfg.vocab_size * cfg.hidden_size * (0 if cfg.tie_word_embeddings else 1)
+    out = []
+    for L in lengths:
+        tokens_per_step = 8192 if not tiny else 1024
+        n_rows = max(1, tokens_per_step // L)
+        trainer = GRPOTrainer(GRPOConfig(env="DelethinkDemo-v0", micro_batch_size=n_rows, output_dir="/tmp/bench_train", eval_every=0), policy=pol)
+        g = torch.Generator().manual_seed(0)
+        rows = [Row(torch.randint(300, cfg.vocab_size, (L,), generator=g).tolist(), 256, [1] * (L - 256), [-1.0] * (L - 256), i) for i in range(n_rows)]
+        adv = torch.randn(n_rows, generator=g).numpy()
+        if torch.cuda.is_available():
+            torch.cuda.reset_peak_memory_stats()
+        t = timed(lambda: trainer.optimize(rows, adv, None), 3)
+        tok_s = n_rows * L / t
+        res = {"model": name, "row_tokens": L, "rows": n_rows, "step_s": t, "train_tok_s": tok_s,
+               "mfu_6N": 6 * n_params * tok_s / ceil["matmul_flops"], "n_params": n_params,
+               "peak_mem_GB": torch.cuda.max_memory_allocated() / 1e9 if torch.cuda.is_available() else float("nan")}
+        out.append(res)
+        print(json.dumps(res), flush=True)
+    return out
+
+
+def grpo(out_dir: Path, device: str, tiny: bool) -> dict:
+    """A short GRPO run of a ~30M model from the SFT warm start on DelethinkDemo-v0."""
+    from thinkgym.agents.config import GRPOConfig
+    from thinkgym.agents.grpo import GRPOTrainer
+    from thinkgym.agents.plot import plot_run, read_scalars
+
+    size = {} if tiny else dict(hidden_size=512, intermediate_size=1536, num_hidden_layers=8, num_attention_heads=8, num_key_value_heads=2)
+    pol = Policy.tiny(seed=0, device=device, **size)
+    cfg = GRPOConfig(env="DelethinkDemo-v0", output_dir=str(out_dir / "grpo"), sft_steps=10 if tiny else 600, sft_learning_rate=1e-3,
+                     sft_seeds=400, steps=2 if tiny else 30, prompts_per_step=16, num_generations=8, learning_rate=3e-5,
+                     loss_type="delethink", micro_batch_size=128, eval_every=1 if tiny else 10, eval_prompts=128, eval_samples=4,
+                     eval_temperature=1.0, save_every=0)
+    t = time.perf_counter()
+    GRPOTrainer(cfg, policy=pol).train()
+    sc = read_scalars(cfg.output_dir)
+    png = plot_run(cfg.output_dir, out_dir / "grpo_curves.png")
+    steps = [v for _, v in sc.get("time/step_s", [])]
+    return {"params_M": sum(p.numel() for p in pol.model.parameters()) / 1e6, "wall_s": time.perf_counter() - t,
+            "median_step_s": sorted(steps)[len(steps) // 2] if steps else None, "reward": sc.get("reward"),
+            "eval_accuracy": sc.get("eval/accuracy"), "png": str(png)}
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--out", default="bench_out")
+    ap.add_argument("--sections", default="rollout,train,grpo")
+    ap.add_argument("--tiny", action="store_true")
+    ap.add_argument("--new-tokens", type=int, default=256)
+    args = ap.parse_args()
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    device = "cuda" if torch.cuda.is_available() else "cpu"
+    dtype = torch.bfloat16 if device == "cuda" else torch.float32
+    res: dict = {"device": torch.cuda.get_device_name() if device == "cuda" else "cpu", "torch": torch.__version__}
+    res["ceilings"] = ceil = ceilings(device, args.tiny)
+    shapes = {"tiny": TINY} if args.tiny else SHAPES
+    sections = args.sections.split(",")
+    if "rollout" in sections:
+        res["rollout"] = [r for n, s in shapes.items() for r in rollout(n, s, device, dtype, (1, 8) if args.tiny else (1, 64, 256),
+                                                                      32 if args.tiny else 512, 16 if args.tiny else args.new_tokens, ceil)]
+    if "train" in sections:
+        name = "tiny" if args.tiny else "r1-distill-1.5b"
+        res["train"] = train(name, shapes[name], device, (512,) if args.tiny else (2048, 8192), ceil, args.tiny)
+    if "grpo" in sections:
+        res["grpo"] = grpo(out, device, args.tiny)
+    (out / "results.json").write_text(json.dumps(res, indent=1))
+    print(f"\ndevice: {res['device']}  bandwidth {ceil['bandwidth_Bps'] / 1e12:.2f} TB/s  matmul {ceil['matmul_flops'] / 1e12:.0f} TFLOP/s")
+    for r in res.get("rollout", []):
+        print(f"rollout {r['model']:>16} B={r['batch']:<4} engine {r['engine_tok_s']:9.0f} tok/s  generate {r['generate_tok_s']:9.0f}  "
+              f"x{r['speedup']:.2f}  ceiling {r['bw_ceiling_tok_s']:9.0f} ({100 * r['engine_frac_of_ceiling']:.1f}%)  greedy match {r['greedy_match_vs_generate']:.2f}")
+    for r in res.get("train", []):
+        print(f"train   {r['model']:>16} rows of {r['row_tokens']:<5} {r['train_tok_s']:9.0f} tok/s  MFU(6N) {100 * r['mfu_6N']:.1f}%  peak {r['peak_mem_GB']:.1f} GB")
+    if "grpo" in res:
+        g = res["grpo"]
+        print(f"grpo    {g['params_M']:.1f}M params  median step {g['median_step_s']}s  eval/accuracy {g['eval_accuracy']}  wall {g['wall_s']:.0f}s")
+
+
+if __name__ == "__main__":
+    main()
