@@ -227,9 +227,17 @@ class RoutedEngine:
         live, step = list(range(len(rows))), 0
         while live:
             tokens, logps = sample_tokens(logits, temp, top_p, self.generator)
-            forced = torch.tensor([step < len(rows[ri].req.prefix_ids) for ri in live], device=dev)
-            fire = self.router.decide(hidden, small.get_input_embeddings()(tokens), logits).to(dev) & ~forced
-            if bool(fire.any()):  # the large model catches up on the new columns and writes the routed tokens
+            forced = [(b, rows[ri].req.prefix_ids[step]) for b, ri in enumerate(live) if step < len(rows[ri].req.prefix_ids)]
+            fire = self.router.decide(hidden, small.get_input_embeddings()(tokens), logits).to(dev)
+            if forced:  # forced prefix tokens are never routed; they are scored under the small model
+                fb = torch.tensor([b for b, _ in forced], device=dev)
+                ft = torch.tensor([t for _, t in forced], device=dev)
+                scale = torch.where(temp[fb] > 0, temp[fb], torch.ones_like(temp[fb])).unsqueeze(-1)
+                tokens[fb] = ft
+                logps[fb] = torch.log_softmax(logits[fb].float() / scale, -1).gather(-1, ft.unsqueeze(-1)).squeeze(-1)
+                fire[fb] = False
+            host_fire = fire.tolist()
+            if any(host_fire):  # the large model catches up on the new columns and writes the routed tokens
                 lpos = (mask.cumsum(-1) - 1).clamp(min=0)
                 ldev = self.large.device
                 llogits = large(input_ids=seq[:, synced:].to(ldev), attention_mask=mask.to(ldev), position_ids=lpos[:, synced:].to(ldev),
@@ -238,24 +246,19 @@ class RoutedEngine:
                 ltok, llogp = sample_tokens(llogits[fire], temp[fire], top_p[fire], self.generator)
                 tokens[fire], logps[fire] = ltok, llogp
                 self.stats["large_calls"] += 1
+            host_tokens, host_logps = tokens.tolist(), logps.tolist()  # one device sync per step
             keep = []
             for b, ri in enumerate(live):
                 r = rows[ri]
-                if forced[b]:  # forced prefix: score the forced token under the small model
-                    t = r.req.prefix_ids[step]
-                    scale = r.req.temperature if r.req.temperature > 0 else 1.0
-                    lp = float(torch.log_softmax(logits[b].float() / scale, -1)[t])
-                    tokens[b] = t
-                else:
-                    t, lp = int(tokens[b]), float(logps[b])
+                t, lp = host_tokens[b], host_logps[b]
                 if t == eos and not r.req.ignore_eos:
                     r.finish = "eos"
                     continue
                 r.out.append(t)
                 r.logps.append(lp)
-                r.routed.append(bool(fire[b]))
+                r.routed.append(host_fire[b])
                 self.stats["tokens"] += 1
-                self.stats["routed"] += int(fire[b])
+                self.stats["routed"] += host_fire[b]
                 if r.req.stop and find_stop(tok.decode(r.out[-32:], skip_special_tokens=False), r.req.stop) is not None:
                     r.finish = "stop"
                 elif len(r.out) >= r.req.max_new_tokens:
