@@ -2,6 +2,7 @@
 
     .venv/bin/python benchmarks/gpu_r2r.py                 # on a GPU: 0.5B-shaped small, 1.5B-shaped large, bf16
     .venv/bin/python benchmarks/gpu_r2r.py --tiny          # CPU smoke run of the same code (< 1 min)
+    .venv/bin/python benchmarks/gpu_r2r.py --large 7b      # a pair whose cost differs more (0.5B + 7B)
     .venv/bin/python benchmarks/gpu_r2r.py --rates 0.1 0.2 --batch-sizes 1 8 --new-tokens 512
 
 Routing is fixed by rate (each token goes to the large model with probability `rate`), since accuracy is not
@@ -9,7 +10,9 @@ measured here, only cost. The "router only" row runs a random neural router (hid
 that never fires: the small model plus the router's own overhead. Generation ignores EOS so every run
 writes exactly `--new-tokens` per row. At batch size B a large call happens whenever any row routes, so
 large calls become more frequent than `rate` as B grows (they prefill the columns written since the last
-call, for all rows).
+call, for all rows). With eager transformers decoding at small batch sizes a step costs roughly one kernel
+launch per layer, so a 24-layer 0.5B model is not much faster than a 28-layer 1.5B one; the gap (and R2R's
+gain) grows with the large model's size, hence `--large 7b`.
 """
 
 from __future__ import annotations
@@ -27,10 +30,11 @@ from thinkgym.agents.r2r import RoutedEngine, n_params
 from thinkgym.agents.router import RateRouter, Router, RouterConfig
 from thinkgym.envs.tokenizer import builtin_tokenizer
 
-# Qwen2.5-0.5B and -1.5B shapes (their config.json), random weights
+# Qwen2.5-0.5B, -1.5B and -7B shapes (their config.json), random weights
 SHAPES = {
-    "small": dict(hidden_size=896, intermediate_size=4864, num_hidden_layers=24, num_attention_heads=14, num_key_value_heads=2),
-    "large": dict(hidden_size=1536, intermediate_size=8960, num_hidden_layers=28, num_attention_heads=12, num_key_value_heads=2),
+    "0.5b": dict(hidden_size=896, intermediate_size=4864, num_hidden_layers=24, num_attention_heads=14, num_key_value_heads=2),
+    "1.5b": dict(hidden_size=1536, intermediate_size=8960, num_hidden_layers=28, num_attention_heads=12, num_key_value_heads=2),
+    "7b": dict(hidden_size=3584, intermediate_size=18944, num_hidden_layers=28, num_attention_heads=28, num_key_value_heads=4),
 }
 TINY = {
     "small": dict(hidden_size=64, intermediate_size=192, num_hidden_layers=2, num_attention_heads=2, num_key_value_heads=1),
@@ -65,6 +69,7 @@ def timed(engine, reqs, device: torch.device, repeats: int) -> float:
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--tiny", action="store_true", help="tiny shapes, short runs: a CPU check of the script")
+    ap.add_argument("--large", choices=["1.5b", "7b"], default="1.5b", help="the large model's shape (the small one is 0.5B)")
     ap.add_argument("--rates", type=float, nargs="+", default=[0.05, 0.1, 0.2])
     ap.add_argument("--batch-sizes", type=int, nargs="+", default=None)
     ap.add_argument("--prompt-len", type=int, default=None)
@@ -75,7 +80,7 @@ def main() -> None:
         torch.set_num_threads(1)  # tiny shapes on a shared CPU: one thread is faster and steadier
     args.repeats = args.repeats or (1 if args.tiny else 3)
     device = torch.device("cuda" if torch.cuda.is_available() and not args.tiny else "cpu")
-    shapes, vocab = (TINY, 320) if args.tiny else (SHAPES, 151936)
+    shapes, vocab = (TINY, 320) if args.tiny else ({"small": SHAPES["0.5b"], "large": SHAPES[args.large]}, 151936)
     batches = args.batch_sizes or ([1, 4] if args.tiny else [1, 8])
     prompt_len = args.prompt_len or (16 if args.tiny else 256)
     new_tokens = args.new_tokens or (32 if args.tiny else 512)

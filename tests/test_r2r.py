@@ -3,6 +3,10 @@ meets its recall target."""
 
 from __future__ import annotations
 
+import runpy
+import sys
+from pathlib import Path
+
 import numpy as np
 import pytest
 import torch
@@ -144,3 +148,12 @@ def test_bad_arguments():
         RateRouter(1.5)
     with pytest.raises(ValueError, match="top_k"):
         RouterConfig(hidden_size=8, top_k=0)
+
+
+def test_gpu_benchmark_script_runs_tiny(monkeypatch, capsys):
+    """The GPU speedup script is run elsewhere in one go: check here that it works end to end."""
+    bench = Path(__file__).resolve().parents[1] / "benchmarks" / "gpu_r2r.py"
+    monkeypatch.setattr(sys, "argv", [str(bench), "--tiny", "--batch-sizes", "2", "--rates", "0.5", "--new-tokens", "6"])
+    runpy.run_path(str(bench), run_name="__main__")
+    lines = [ln for ln in capsys.readouterr().out.splitlines() if ln.lstrip().startswith("2 |")]
+    assert [ln.split("|")[1].strip() for ln in lines] == ["large", "small", "router only", "routed 50%"]
