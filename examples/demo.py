@@ -7,8 +7,8 @@ Runs on 2 CPU cores in a few minutes; logs to runs/demo (TensorBoard) and writes
 
 from __future__ import annotations
 
+import argparse
 import json
-import sys
 import time
 
 import torch
@@ -19,17 +19,23 @@ from thinkgym.agents.grpo import GRPOTrainer
 from thinkgym.agents.plot import plot_run
 from thinkgym.envs.registration import DEMO_DELETHINK
 
+ap = argparse.ArgumentParser()
+ap.add_argument("--sft-steps", type=int, default=800)
+ap.add_argument("--rl-steps", type=int, default=30)
+ap.add_argument("--learning-rate", type=float, default=3e-4)
+ap.add_argument("--held-out", type=int, default=128)
+ap.add_argument("--out", default="runs/demo")
+args = ap.parse_args()
 torch.set_num_threads(2)
-FAST = "--fast" in sys.argv  # a smoke-test size for CI
 
 cfg = GRPOConfig(
-    env="DelethinkDemo-v0", model="tiny", output_dir="runs/demo", seed=0,
-    sft_steps=40 if FAST else 350, sft_learning_rate=3e-3, sft_seeds=300,
-    steps=2 if FAST else 30, prompts_per_step=8, num_generations=8, temperature=1.0,
-    learning_rate=2e-4, loss_type="delethink", scale_rewards="group", epsilon_high=0.28,
+    env="DelethinkDemo-v0", model="tiny", output_dir=args.out, seed=0,
+    sft_steps=args.sft_steps, sft_learning_rate=3e-3, sft_seeds=400,
+    steps=args.rl_steps, prompts_per_step=8, num_generations=8, temperature=1.0,
+    learning_rate=args.learning_rate, loss_type="delethink", scale_rewards="group", epsilon_high=0.28,
     micro_batch_size=64, eval_every=0, save_every=10, log_completions_every=10,
 )
-HELD_OUT = range(128)
+HELD_OUT = range(args.held_out)
 t0 = time.time()
 trainer = GRPOTrainer(cfg)
 trainer.warm_start()
@@ -53,9 +59,9 @@ longcot = evaluate(trainer.engine, "LongCoT-v0", HELD_OUT, n=1, temperature=0.0,
 png = plot_run(cfg.output_dir)
 
 result = {"before_rl": before, "after_rl": after, "longcot_one_chunk_greedy_accuracy": longcot["accuracy"],
-          "delethink_context_tokens_max": max(DEMO_DELETHINK["chunk_size"], DEMO_DELETHINK["carryover"] + DEMO_DELETHINK["chunk_size"] - DEMO_DELETHINK["carryover"]),
           "seconds": round(time.time() - t0)}
-(trainer.writer.log_dir and open(f"{cfg.output_dir}/demo_result.json", "w").write(json.dumps(result, indent=1)))
+with open(f"{cfg.output_dir}/demo_result.json", "w") as f:
+    json.dump(result, f, indent=1)
 print(f"""
 held-out accuracy on {len(HELD_OUT)} problems ({DEMO_DELETHINK['task_kwargs']['n_terms']}-term running sums, ~{before['mean_chunks']:.1f} chunks of {DEMO_DELETHINK['chunk_size']} tokens):
                               greedy   sampled(T=1)   pass@4
