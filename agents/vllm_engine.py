@@ -5,9 +5,10 @@ hand the training model's tensors to vLLM's worker through `collective_rpc` afte
 step, with no trip through the disk.
 
 Log-probabilities follow the `Engine` contract, log softmax(logits / T) of each sampled token
-before top-p truncation: vLLM runs with `logprobs_mode="processed_logprobs"` (temperature applied,
-penalties none), and its top-k/top-p sampler is wrapped so that it reports the log-probabilities
-it received, i.e. before truncation. Forced `prefix_ids` are appended to the prompt and scored
+before top-p truncation. vLLM's default, "raw_logprobs", ignores the temperature, so the engine
+runs with `logprobs_mode="processed_logprobs"` (after temperature; no penalties are set), and
+wraps vLLM's top-k/top-p sampler so that it reports the log-probabilities it received, i.e.
+before truncation. Forced `prefix_ids` are appended to the prompt and scored
 with `prompt_logprobs`, which vLLM computes at temperature 1: exact for T in {0, 1}, and
 log softmax(logits) rather than log softmax(logits / T) otherwise (a warning says so). A stop
 string that straddles the forced prefix and the sampled text is not detected.
@@ -76,7 +77,10 @@ def _reload_from(weights: list[tuple[str, torch.Tensor]], tied: bool) -> Callabl
 
 
 class VLLMEngine:
-    """Samples with vLLM from a copy of the policy's weights, refreshed by `sync_weights`."""
+    """Samples with vLLM from a copy of the policy's weights, refreshed by `sync_weights`.
+
+    `rng` draws each request's vLLM seed: reproducible runs from `seed`, fresh samples every call.
+    """
 
     def __init__(self, policy: Policy, gpu_memory_utilization: float = 0.4, tensor_parallel_size: int = 1,
                  seed: int | None = None, **llm_kwargs: Any):
