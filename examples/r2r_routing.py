@@ -19,7 +19,7 @@ from thinkgym.agents.evaluate import evaluate
 from thinkgym.agents.hf_engine import HFEngine
 from thinkgym.agents.policy import Policy
 from thinkgym.agents.r2r import DIVERGENT, NEUTRAL, RoutedEngine, label_tokens, save_labels, select_seeds
-from thinkgym.agents.router import binary_metrics, router_probs, train_router
+from thinkgym.agents.router import RateRouter, RouterConfig, binary_metrics, router_probs, train_router
 from thinkgym.agents.sft import demonstration_rows, train_sft
 
 ENV_ID = "LongCoT-v0"
@@ -68,7 +68,9 @@ def main() -> None:
     split = int(0.8 * n_fit)
     train, valid = select_seeds(labels, range(split)), select_seeds(labels, range(split, n_fit))
     test = select_seeds(labels, range(n_fit, n_fit + args.test_seeds))
-    router = train_router(train, valid, target_recall=args.target_recall)
+    # a router about as small as the small policy, so routing pays off in active parameters
+    config = RouterConfig(hidden_size=small.model.config.hidden_size, width=64, n_blocks=2)
+    router = train_router(train, valid, config, target_recall=args.target_recall)
     router.save(out / "router.pt")
     m = binary_metrics(router_probs(router, test["hidden"], test["token_emb"], test["topk_logits"]) >= router.threshold,
                        test["label"].numpy())
@@ -76,15 +78,20 @@ def main() -> None:
           f"recall {m['recall']:.3f} precision {m['precision']:.3f} fpr {m['fpr']:.3f} fires on {m['positive_rate']:.1%}")
 
     seeds = list(range(10_000, 10_000 + args.eval_seeds))
-    routed = RoutedEngine(small, large, router)
-    print(f"\n{'policy':>8} | {'accuracy':>8} | {'routed':>6} | {'avg active params':>17} | {'wall s':>6}")
-    for name, engine in (("small", HFEngine(small)), ("large", HFEngine(large)), ("routed", routed)):
-        res, wall = timed_eval(engine, seeds)
-        rep = routed.report() if engine is routed else None
-        frac = rep["routed_frac"] if rep else (0.0 if name == "small" else 1.0)
-        params = rep["avg_active_params"] if rep else sum(p.numel() for p in engine.policy.model.parameters())
-        print(f"{name:>8} | {res['accuracy']:>8.3f} | {frac:>6.1%} | {params / 1e6:>16.2f}M | {wall:>6.1f}")
+    print(f"\n{'policy':>14} | {'accuracy':>8} | {'routed':>6} | {'avg active params':>17} | {'wall s':>6}")
 
+    def show(name: str, engine) -> dict:
+        res, wall = timed_eval(engine, seeds)
+        rep = engine.report() if hasattr(engine, "report") else {
+            "routed_frac": float(engine.policy is large), "avg_active_params": sum(p.numel() for p in engine.policy.model.parameters())}
+        print(f"{name:>14} | {res['accuracy']:>8.3f} | {rep['routed_frac']:>6.1%} | {rep['avg_active_params'] / 1e6:>16.2f}M | {wall:>6.1f}")
+        return rep
+
+    show("small", HFEngine(small))
+    show("large", HFEngine(large))
+    rep = show("routed", RoutedEngine(small, large, router))
+    # control: the same share of tokens routed at random, to see what the router's choice is worth
+    show("random routing", RoutedEngine(small, large, RateRouter(rep["routed_frac"])))
 
 if __name__ == "__main__":
     main()
