@@ -42,7 +42,7 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--out", default="/tmp/redi_distill")
     ap.add_argument("--teacher-steps", type=int, default=300)
-    ap.add_argument("--prompts", type=int, default=128, help="training prompts the teacher answers")
+    ap.add_argument("--prompts", type=int, default=512, help="training prompts the teacher answers")
     ap.add_argument("--samples", type=int, default=4, help="teacher samples per prompt")
     ap.add_argument("--student-steps", type=int, default=600, help="stage 1 (SFT on positives)")
     ap.add_argument("--stage2-steps", type=int, default=200, help="REDI steps, and the extra SFT steps of the baseline")
