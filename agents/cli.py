@@ -12,6 +12,8 @@ import sys
 from dataclasses import fields
 from typing import Any, Sequence
 
+import yaml
+
 from .config import GRPOConfig
 
 
@@ -39,17 +41,35 @@ def add_config_flags(parser: argparse.ArgumentParser) -> None:
             parser.add_argument("--" + f.name.replace("_", "-"), dest=f.name, default=None, type=lambda t, k=f.type: _parse_value(k, t))
 
 
-def config_from_args(args: argparse.Namespace) -> GRPOConfig:
+def config_stages(args: argparse.Namespace) -> list[GRPOConfig]:
+    """One config, or one per entry of a YAML file's `stages` list (each continues from the last).
+
+    A stage's keys override the file's top-level keys; command-line flags override both, and each
+    stage writes to `<output_dir>/stage<i>-<env>`."""
+    data = {}
+    if args.config:
+        with open(args.config) as f:
+            data = yaml.safe_load(f) or {}
+    stages = data.pop("stages", None)
     overrides = {f.name: getattr(args, f.name) for f in fields(GRPOConfig) if getattr(args, f.name, None) is not None}
-    return GRPOConfig.from_yaml(args.config, **overrides) if args.config else GRPOConfig.from_dict(overrides)
+    if stages is None:
+        return [GRPOConfig.from_dict({**data, **overrides})]
+    if not isinstance(stages, list) or not all(isinstance(s, dict) for s in stages) or not stages:
+        raise ValueError(f"{args.config}: `stages` must be a non-empty list of mappings of config keys")
+    root = overrides.get("output_dir", data.get("output_dir", GRPOConfig.output_dir))
+    return [GRPOConfig.from_dict({**data, **stage, **overrides, "output_dir": f"{root}/stage{i}-{stage.get('env', 'env')}"})
+            for i, stage in enumerate(stages, 1)]
 
 
 def cmd_train(args: argparse.Namespace) -> None:
     from .grpo import GRPOTrainer
 
-    cfg = config_from_args(args)
-    last = GRPOTrainer(cfg).train()
-    print(json.dumps({k: round(v, 4) for k, v in last.items() if k.startswith(("reward", "eval/", "accuracy"))}))
+    policy = None
+    for cfg in config_stages(args):
+        trainer = GRPOTrainer(cfg, policy=policy)
+        last = trainer.train()
+        policy = trainer.policy
+        print(json.dumps({"output_dir": cfg.output_dir, **{k: round(v, 4) for k, v in last.items() if k.startswith(("reward", "eval/", "accuracy"))}}))
 
 
 def cmd_sft(args: argparse.Namespace) -> None:

@@ -131,3 +131,22 @@ def test_cli_train_with_yaml_and_flags(tmp_path):
     saved = torch.load(tmp_path / "out" / "checkpoint-1" / "trainer_state.pt", weights_only=False)
     assert saved["config"]["loss_type"] == "dr_grpo" and saved["config"]["env_kwargs"] == {"max_chunks": 2}
     assert (tmp_path / "out" / "checkpoint-1" / "policy" / "model.safetensors").exists()
+
+
+def test_yaml_stages_run_in_order_and_carry_the_policy(tmp_path):
+    from pathlib import Path
+
+    import yaml
+
+    example = yaml.safe_load((Path(__file__).resolve().parents[1] / "examples" / "process_then_outcome.yaml").read_text())
+    for stage in example["stages"]:  # budgets that fit the tiny model's 1024-token context
+        stage["env_kwargs"]["max_thinking_tokens"] = 200
+    cfg = tmp_path / "stages.yaml"
+    cfg.write_text(yaml.safe_dump(example))
+    out = tmp_path / "stages"
+    main(["train", "--config", str(cfg), "--model", "tiny", "--steps", "1", "--prompts-per-step", "1", "--num-generations", "2",
+          "--eval-every", "0", "--output-dir", str(out)])
+    dirs = sorted(p.name for p in out.iterdir())
+    assert dirs == ["stage1-MaskedStep-v0", "stage2-StepReorder-v0", "stage3-LongCoT-v0"]
+    for d in dirs:
+        assert (out / d / "checkpoint-1" / "policy" / "model.safetensors").exists()
