@@ -82,14 +82,15 @@ def test_a_full_chunk_follows_delethinks_context_reset():
     env = TokenLevelWrapper(gym.make("DelethinkDemo-v0"), vocab=["7"], window=32)
     _, info = env.reset(seed=0)
     query = info["prompt_token_ids"]
-    for _ in range(95):
-        assert env.step(0)[1:4] == (0.0, False, False)
-    obs, r, term, trunc, info = env.step(0)  # the 96th token fills the chunk: Delethink resets the context
     inner = env.unwrapped
+    C, m = inner.chunk_size, inner.carryover
+    for _ in range(C - 1):
+        assert env.step(0)[1:4] == (0.0, False, False)
+    obs, r, term, trunc, info = env.step(0)  # the C-th token fills the chunk: Delethink resets the context
     assert (r, term, trunc, info["chunk"]) == (0.0, False, False, 1)
-    assert info["prompt_token_ids"] == inner._prompt_ids and len(info["prompt_token_ids"]) == len(query) + 48
+    assert info["prompt_token_ids"] == inner._prompt_ids and len(info["prompt_token_ids"]) == len(query) + m
     assert np.array_equal(obs, np.array(inner._prompt_ids[-32:], dtype=np.float32))
-    assert info["max_new_tokens"] == 48
+    assert info["max_new_tokens"] == C - m
 
 
 @pytest.mark.parametrize("kwargs,match", [(dict(vocab=[""]), "vocab entries"), (dict(vocab=[10**9]), "vocab entries"),
