@@ -36,7 +36,7 @@ demo: $(VENV)/.core
 	$(BIN)/python examples/demo.py
 
 test: install
-	$(BIN)/python -m pytest -q -x tests
+	$(BIN)/python -m pytest -q tests
 
 bench: $(VENV)/.core
 	$(BIN)/python benchmarks/env_speed.py
