@@ -7,7 +7,7 @@ sampled token, forced response prefixes, and finished rows leaving the batch.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import torch
 from transformers import DynamicCache
@@ -17,12 +17,27 @@ from .policy import Policy
 
 
 @dataclass
-class _Row:
+class DecodeRow:
+    """One sequence being decoded: what it wrote so far, and why it stopped once it has."""
+
     prompt: list[int]
     req: GenerationRequest
-    out: list[int]
-    logps: list[float]
+    out: list[int] = field(default_factory=list)
+    logps: list[float] = field(default_factory=list)
     finish: str | None = None
+
+    def add(self, token: int, logp: float, eos: int, tokenizer) -> bool:
+        """Record a sampled token (EOS is not kept); return True while the row keeps generating."""
+        if token == eos and not self.req.ignore_eos:
+            self.finish = "eos"
+            return False
+        self.out.append(token)
+        self.logps.append(logp)
+        if self.req.stop and find_stop(tokenizer.decode(self.out[-32:], skip_special_tokens=False), self.req.stop) is not None:
+            self.finish = "stop"
+        elif len(self.out) >= self.req.max_new_tokens:
+            self.finish = "length"
+        return self.finish is None
 
 
 def sample_tokens(logits: torch.Tensor, temperature: torch.Tensor, top_p: torch.Tensor,
@@ -64,7 +79,7 @@ class HFEngine:
         rows = []
         for req in requests:
             self.policy.check_prompt(len(req.prompt_ids), req.max_new_tokens)
-            rows += [_Row(list(req.prompt_ids), req, [], []) for _ in range(req.n)]
+            rows += [DecodeRow(list(req.prompt_ids), req) for _ in range(req.n)]
         for i in range(0, len(rows), self.max_batch_size):
             self._run(rows[i:i + self.max_batch_size])
         tok = self.policy.tokenizer
@@ -72,7 +87,7 @@ class HFEngine:
         return [[Completion(r.out, tok.decode(r.out, skip_special_tokens=False), r.logps, r.finish) for r in
                  (next(done) for _ in range(req.n))] for req in requests]
 
-    def _run(self, rows: list[_Row]) -> None:
+    def _run(self, rows: list[DecodeRow]) -> None:
         model, dev, eos = self.policy.model, self.policy.device, self.policy.eos_token_id
         pad = self.policy.tokenizer.pad_token_id
         width = max(len(r.prompt) for r in rows)
@@ -99,21 +114,8 @@ class HFEngine:
                 tokens[fb] = ft
                 logps[fb] = torch.log_softmax(logits[fb].float() / scale, -1).gather(-1, ft.unsqueeze(-1)).squeeze(-1)
             host_tokens, host_logps = tokens.tolist(), logps.tolist()  # one device sync per step
-            keep = []
-            for b, ri in enumerate(live):
-                r = rows[ri]
-                t, lp = host_tokens[b], host_logps[b]
-                if t == eos and not r.req.ignore_eos:
-                    r.finish = "eos"
-                    continue
-                r.out.append(t)
-                r.logps.append(lp)
-                if r.req.stop and find_stop(self.policy.tokenizer.decode(r.out[-32:], skip_special_tokens=False), r.req.stop) is not None:
-                    r.finish = "stop"
-                elif len(r.out) >= r.req.max_new_tokens:
-                    r.finish = "length"
-                else:
-                    keep.append(b)
+            tok = self.policy.tokenizer
+            keep = [b for b, ri in enumerate(live) if rows[ri].add(host_tokens[b], host_logps[b], eos, tok)]
             step += 1
             if not keep:
                 break

@@ -30,8 +30,8 @@ from transformers import DynamicCache
 import thinkgym  # noqa: F401  (registers the environment ids)
 from thinkgym.envs import TokenAction
 
-from .engine import Completion, GenerationRequest, find_stop
-from .hf_engine import HFEngine, sample_tokens
+from .engine import Completion, GenerationRequest
+from .hf_engine import DecodeRow, HFEngine, sample_tokens
 from .policy import Policy
 from .router import RoutingRule
 
@@ -156,13 +156,8 @@ class RoutedCompletion(Completion):
 
 
 @dataclass
-class _Row:
-    prompt: list[int]
-    req: GenerationRequest
-    out: list[int] = field(default_factory=list)
-    logps: list[float] = field(default_factory=list)
+class _Row(DecodeRow):
     routed: list[bool] = field(default_factory=list)
-    finish: str | None = None
 
 
 class RoutedEngine:
@@ -250,20 +245,12 @@ class RoutedEngine:
             keep = []
             for b, ri in enumerate(live):
                 r = rows[ri]
-                t, lp = host_tokens[b], host_logps[b]
-                if t == eos and not r.req.ignore_eos:
-                    r.finish = "eos"
-                    continue
-                r.out.append(t)
-                r.logps.append(lp)
-                r.routed.append(host_fire[b])
-                self.stats["tokens"] += 1
-                self.stats["routed"] += host_fire[b]
-                if r.req.stop and find_stop(tok.decode(r.out[-32:], skip_special_tokens=False), r.req.stop) is not None:
-                    r.finish = "stop"
-                elif len(r.out) >= r.req.max_new_tokens:
-                    r.finish = "length"
-                else:
+                alive = r.add(host_tokens[b], host_logps[b], eos, tok)
+                if r.finish != "eos":  # the token was kept
+                    r.routed.append(host_fire[b])
+                    self.stats["tokens"] += 1
+                    self.stats["routed"] += host_fire[b]
+                if alive:
                     keep.append(b)
             step += 1
             if not keep:
