@@ -101,8 +101,20 @@ class Collector:
 
     def _pool(self, n: int) -> list[gym.Env]:
         while len(self._envs) < n:
-            self._envs.append(gym.make(self.env_id, disable_env_checker=True, **self.env_kwargs).unwrapped)
+            env = gym.make(self.env_id, disable_env_checker=True, **self.env_kwargs).unwrapped
+            if self._envs and hasattr(env, "curriculum"):  # one curriculum sees every episode's result
+                env.curriculum = self._envs[0].curriculum
+            self._envs.append(env)
         return self._envs[:n]
+
+    def env_state(self) -> dict[str, Any] | None:
+        """Checkpointable environment state (a curriculum), shared by the whole pool."""
+        env = self._pool(1)[0]
+        return env.state_dict() if hasattr(env, "state_dict") else None
+
+    def load_env_state(self, state: dict[str, Any] | None) -> None:
+        if state is not None:
+            self._pool(1)[0].load_state_dict(state)
 
     def collect(self, seeds: Sequence[int], prefixes: Sequence[Sequence[int]] | None = None) -> Batch:
         """One group of `group_size` episodes per seed. `prefixes[j]` forces the start of sample j's

@@ -279,8 +279,8 @@ class GRPOTrainer:
         for ep in eps:
             for knob, value in ep.info.get("difficulty", {}).items():
                 by_level.setdefault(f"success_by_difficulty/{knob}={value}", []).append(float(bool(ep.info.get("correct"))))
-            if "curriculum_level" in ep.info:
-                by_level.setdefault("curriculum/level", []).append(float(ep.info["curriculum_level"]))
+            if "curriculum" in ep.info:
+                by_level.setdefault("curriculum/level", []).append(float(ep.info["curriculum"]["level"]))
         out.update({k: float(np.mean(v)) for k, v in by_level.items()})
         if self.reward is not None:
             out.update({f"rewards/{k}": v for k, v in self.reward.metrics().items()})
@@ -303,7 +303,7 @@ class GRPOTrainer:
     def state(self) -> dict[str, Any]:
         return {"step": self.step, "optimizer": self.opt.state_dict(), "scheduler": self.sched.state_dict(),
                 "rng": rng_state(getattr(self.engine, "generator", None)), "shuffle": self._shuffle.bit_generator.state,
-                "reward": self.reward.state_dict() if self.reward is not None else None,
+                "reward": self.reward.state_dict() if self.reward is not None else None, "env": self.collector.env_state(),
                 "nonfinite": (self.nonfinite_streak, self.nonfinite_total), "config": self.cfg.to_dict()}
 
     def save(self) -> None:
@@ -322,6 +322,7 @@ class GRPOTrainer:
         self._shuffle.bit_generator.state = st["shuffle"]
         if self.reward is not None and st.get("reward") is not None:
             self.reward.load_state_dict(st["reward"])
+        self.collector.load_env_state(st.get("env"))
         self.nonfinite_streak, self.nonfinite_total = st["nonfinite"]
         self.step = st["step"]
         self.engine.sync_weights()

@@ -150,3 +150,19 @@ def test_yaml_stages_run_in_order_and_carry_the_policy(tmp_path):
     assert dirs == ["stage1-MaskedStep-v0", "stage2-StepReorder-v0", "stage3-LongCoT-v0"]
     for d in dirs:
         assert (out / d / "checkpoint-1" / "policy" / "model.safetensors").exists()
+
+
+def test_curriculum_is_shared_logged_and_checkpointed(tmp_path):
+    cfg = small_cfg(tmp_path, env="SATCurriculum-v0", env_kwargs={"check_every": 2, "max_thinking_tokens": 64}, reward="",
+                    eval_every=0, steps=1)
+    trainer = GRPOTrainer(cfg)
+    trainer.train()
+    envs = trainer.collector._envs
+    assert len(envs) == 6 and all(e.curriculum is envs[0].curriculum for e in envs)
+    assert envs[0].curriculum.state_dict()["episodes"] == 6  # every episode's result reached the one curriculum
+    assert "curriculum/level" in read_scalars(cfg.output_dir)
+    envs[0].curriculum.level = 2
+    trainer.save()
+    resumed = GRPOTrainer(small_cfg(tmp_path, env="SATCurriculum-v0", env_kwargs={"check_every": 2, "max_thinking_tokens": 64},
+                                    reward="", eval_every=0, steps=2, resume=True))
+    assert resumed.load() and resumed.collector._envs[0].curriculum.level == 2
