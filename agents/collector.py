@@ -11,7 +11,7 @@ from __future__ import annotations
 import time
 from collections import Counter
 from dataclasses import dataclass, field
-from typing import Any, Callable, Sequence
+from typing import Any, Sequence
 
 import gymnasium as gym
 
@@ -89,14 +89,14 @@ class Collector:
     """Collects groups of episodes from any registered env id with any kwargs."""
 
     def __init__(self, env_id: str, engine: Engine, env_kwargs: dict[str, Any] | None = None, group_size: int = 8,
-                 temperature: float = 1.0, top_p: float = 1.0, budget_fn: Callable[[int], int] | None = None):
+                 temperature: float = 1.0, top_p: float = 1.0):
         if env_id not in gym.registry:
             raise ValueError(f"env id {env_id!r} is not registered; registered thinkgym ids: {thinkgym.ENV_IDS}")
         self.env_id, self.engine, self.group_size = env_id, engine, group_size
         self.env_kwargs = dict(env_kwargs or {})
         self.env_kwargs.setdefault("tokenizer", engine.policy.tokenizer)
         self.temperature, self.top_p = temperature, top_p
-        self.budget_fn = budget_fn  # caps max_new_tokens (SIRI's schedule), None for the env's own
+        self.thinking_budget: int | None = None  # set by SIRI's schedule; None keeps the env's own
         self._envs: list[gym.Env] = []
 
     def _pool(self, n: int) -> list[gym.Env]:
@@ -105,7 +105,17 @@ class Collector:
             if self._envs and hasattr(env, "curriculum"):  # one curriculum sees every episode's result
                 env.curriculum = self._envs[0].curriculum
             self._envs.append(env)
+        if self.thinking_budget is not None:
+            for env in self._envs[:n]:
+                env.set_thinking_budget(self.thinking_budget)
         return self._envs[:n]
+
+    def set_thinking_budget(self, tokens: int) -> None:
+        """Give every environment this thinking budget from the next episode on (SIRI)."""
+        env = self._pool(1)[0]
+        if not hasattr(env, "set_thinking_budget"):
+            raise ValueError(f"{self.env_id} has no thinking budget to schedule (it needs set_thinking_budget)")
+        self.thinking_budget = int(tokens)
 
     def env_state(self) -> dict[str, Any] | None:
         """Checkpointable environment state (a curriculum), shared by the whole pool."""
@@ -134,13 +144,10 @@ class Collector:
         while live:
             reqs = []
             for k in live:
-                budget = infos[k]["max_new_tokens"]
-                if self.budget_fn is not None:
-                    budget = max(1, min(budget, self.budget_fn(budget)))
                 first = not episodes[k].steps
                 prefix = list(prefixes[k % G]) if (prefixes is not None and first) else []
-                reqs.append(GenerationRequest(infos[k]["prompt_token_ids"], budget, infos[k]["stop"], self.temperature,
-                                              self.top_p, 1, prefix))
+                reqs.append(GenerationRequest(infos[k]["prompt_token_ids"], infos[k]["max_new_tokens"], infos[k]["stop"],
+                                              self.temperature, self.top_p, 1, prefix))
             t0 = time.perf_counter()
             outs = self.engine.generate(reqs)
             gen_time += time.perf_counter() - t0

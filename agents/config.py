@@ -73,7 +73,8 @@ class GRPOConfig:
     reward_params: dict[str, dict[str, Any]] = field(default_factory=dict)
     """Keyword arguments per reward name in `reward`."""
     siri: dict[str, Any] = field(default_factory=dict)
-    """SIRI's length schedule (`l_min`, `l_max`, `period`, `shape`); empty is off. Caps every request's budget."""
+    """SIRI's length schedule (`l_min`, `l_max`, `period`, `shape`); empty is off. Each step's length becomes
+    the environments' thinking budget (Delethink: the chunk cap whose budget fits it)."""
 
     # -- optimisation -------------------------------------------------------------------------
     steps: int = 50

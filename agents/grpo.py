@@ -72,8 +72,7 @@ class GRPOTrainer:
             from thinkgym.rewards import SiriSchedule
 
             self.siri = SiriSchedule(**cfg.siri)
-        self.collector = Collector(cfg.env, self.engine, cfg.env_kwargs, cfg.num_generations, cfg.temperature, cfg.top_p,
-                                   budget_fn=self._budget if self.siri else None)
+        self.collector = Collector(cfg.env, self.engine, cfg.env_kwargs, cfg.num_generations, cfg.temperature, cfg.top_p)
         self.writer = SummaryWriter(cfg.output_dir)
         self.step, self.nonfinite_streak, self.nonfinite_total = 0, 0, 0
         self._stop_requested = False
@@ -85,10 +84,6 @@ class GRPOTrainer:
             return (s + 1) / self.cfg.warmup_steps
         frac = (s - self.cfg.warmup_steps) / max(1, total - self.cfg.warmup_steps)
         return {"constant": 1.0, "linear": 1.0 - frac, "cosine": 0.5 * (1 + math.cos(math.pi * frac))}[self.cfg.lr_scheduler]
-
-    def _budget(self, env_budget: int) -> int:
-        """SIRI caps each request's budget at the schedule's length for this step."""
-        return min(env_budget, int(self.siri(self.step)))
 
     def train_seeds(self, step: int, round_: int = 0) -> list[int]:
         P = self.cfg.prompts_per_step
@@ -115,6 +110,8 @@ class GRPOTrainer:
     def collect_step(self) -> tuple[Batch, np.ndarray, dict[str, list[float]], list[Sample], float]:
         """Collect the step's groups; with dynamic sampling keep only groups with reward variance."""
         G, P = self.cfg.num_generations, self.cfg.prompts_per_step
+        if self.siri is not None:  # SIRI: this step's length budget becomes the environments' own
+            self.collector.set_thinking_budget(int(self.siri(self.step)))
         batch = self.collector.collect(self.train_seeds(self.step))
         rewards, comps, samples = self.score(batch)
         if not self.cfg.dynamic_sampling:

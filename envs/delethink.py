@@ -11,6 +11,8 @@ from __future__ import annotations
 
 from typing import Any
 
+from thinkgym.rewards.schedules import delethink_max_chunks
+
 from .reasoning import ReasoningEnv
 
 
@@ -35,6 +37,11 @@ class DelethinkEnv(ReasoningEnv):
 
     def first_budget(self) -> int:
         return self.chunk_size
+
+    def set_thinking_budget(self, tokens: int) -> None:
+        """A budget becomes a chunk cap: the most chunks whose C + (I − 1)(C − m) fits in it."""
+        self.max_chunks = delethink_max_chunks(tokens, self.chunk_size, self.carryover)
+        super().set_thinking_budget(self.chunk_size + (self.max_chunks - 1) * (self.chunk_size - self.carryover))
 
     @property
     def carry_ids(self) -> list[int]:

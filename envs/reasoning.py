@@ -73,6 +73,12 @@ class ReasoningEnv(TextEnv):
     def first_budget(self) -> int:
         return self.max_thinking_tokens
 
+    def set_thinking_budget(self, tokens: int) -> None:
+        """Change the total thinking budget from the next episode on (SIRI's length schedule)."""
+        if not isinstance(tokens, int) or tokens <= 0:
+            raise ValueError(f"the thinking budget must be a positive integer; got {tokens!r}")
+        self.max_thinking_tokens = tokens
+
     def step(self, action: Any) -> tuple[str, float, bool, bool, dict]:
         if self._done:
             raise ResetNeeded("the episode is over: call reset() before step()")

@@ -166,3 +166,23 @@ def test_curriculum_is_shared_logged_and_checkpointed(tmp_path):
     resumed = GRPOTrainer(small_cfg(tmp_path, env="SATCurriculum-v0", env_kwargs={"check_every": 2, "max_thinking_tokens": 64},
                                     reward="", eval_every=0, steps=2, resume=True))
     assert resumed.load() and resumed.collector._envs[0].curriculum.level == 2
+
+
+@pytest.mark.parametrize("env, kwargs", [("LongCoT-v0", {"task_kwargs": {"n_terms": 4}}), ("DelethinkDemo-v0", {})])
+def test_siri_schedule_sets_the_environments_budgets(tmp_path, env, kwargs):
+    from thinkgym.rewards import SiriSchedule
+
+    siri = {"l_min": 64, "l_max": 192, "period": 4, "shape": "stair"}
+    trainer = GRPOTrainer(small_cfg(tmp_path, env=env, env_kwargs=kwargs, siri=siri, reward="", eval_every=0, steps=4))
+    sched = SiriSchedule(**siri)
+    for step in range(4):
+        trainer.step = step
+        trainer.train_step()
+        budget = sched(step)
+        for e in trainer.collector._envs:
+            if env.startswith("Delethink"):
+                assert e.max_chunks == 1 + (budget - 64) // 32 and e.max_thinking_tokens <= budget
+            else:
+                assert e.max_thinking_tokens == budget
+        assert trainer.last_episode.num_tokens <= budget
+    assert len({sched(s) for s in range(4)}) == 2  # the schedule did change the budget
