@@ -18,11 +18,15 @@ from .base import Problem, Task, check_positive, finish
 class RunningSumConfig:
     n_terms: int = 12
     max_digit: int = 9
+    recheck: float = 0.0
+    """Share of demonstrations that needlessly re-check every line (length-shaping experiments)."""
 
     def __post_init__(self) -> None:
         check_positive("n_terms", self.n_terms, 2)
         if not 1 <= self.max_digit <= 9:
             raise ValueError(f"max_digit must be in 1..9; got {self.max_digit!r}")
+        if not 0.0 <= self.recheck <= 1.0:
+            raise ValueError(f"recheck must be in [0, 1]; got {self.recheck!r}")
 
 
 class RunningSumTask(Task):
@@ -42,9 +46,12 @@ class RunningSumTask(Task):
 
     def demonstration(self, seed: int) -> str:
         digits = self._digits(seed)
+        verbose = np.random.default_rng([seed, 1]).random() < self.config.recheck
         acc = digits[0]
         lines = [f"{acc}|{''.join(map(str, digits[1:]))}"]
         for i, d in enumerate(digits[1:], start=2):
             lines.append(f"{acc}+{d}={acc + d}|{''.join(map(str, digits[i:]))}")
+            if verbose:
+                lines.append(f"check {acc}+{d}={acc + d} ok")
             acc += d
         return finish("\n".join(lines) + "\n", str(acc))
