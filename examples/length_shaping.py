@@ -4,7 +4,7 @@ Half of the demonstrations needlessly re-check every line, so after SFT the poli
 short solutions alike. Plain correctness has no reason to prefer either; LASER's bonus for a correct
 answer within `target_length` tokens should shorten the outputs while accuracy holds.
 
-    python examples/length_shaping.py [--steps 20] [--out runs/length_shaping]
+    python examples/length_shaping.py [--steps 30] [--out runs/length_shaping]
 """
 
 from __future__ import annotations
@@ -26,9 +26,10 @@ from thinkgym.agents.policy import Policy  # noqa: E402
 from thinkgym.agents.sft import demonstration_rows, train_sft  # noqa: E402
 
 ap = argparse.ArgumentParser()
-ap.add_argument("--steps", type=int, default=20)
-ap.add_argument("--sft-steps", type=int, default=400)
+ap.add_argument("--steps", type=int, default=30)
+ap.add_argument("--sft-steps", type=int, default=600)
 ap.add_argument("--target-length", type=int, default=64)
+ap.add_argument("--learning-rate", type=float, default=5e-5)
 ap.add_argument("--out", default="runs/length_shaping")
 args = ap.parse_args()
 torch.set_num_threads(2)
@@ -40,7 +41,7 @@ runs = {"correctness": "correctness", "LASER": f"correctness + 0.5*laser(target_
 curves = {}
 for name, spec in runs.items():
     cfg = GRPOConfig(env=ENV, env_kwargs=KW, reward=spec, steps=args.steps, prompts_per_step=8, num_generations=8,
-                     learning_rate=3e-4, loss_type="dapo", eval_every=5, eval_prompts=64, eval_samples=2, eval_temperature=1.0,
+                     learning_rate=args.learning_rate, loss_type="dapo", eval_every=5, eval_prompts=64, eval_samples=2, eval_temperature=1.0,
                      output_dir=f"{args.out}/{name}", save_every=0, seed=0)
     GRPOTrainer(cfg, policy=copy.deepcopy(base)).train()
     sc = read_scalars(cfg.output_dir)
