@@ -161,7 +161,7 @@ class GRPOTrainer:
                 if batch.episodes[r.episode].truncated:
                     r.loss_mask = [0] * len(r.loss_mask)
         t_train = time.perf_counter()
-        metrics = self.optimize(rows, adv, batch)
+        metrics = self.optimize(rows, adv)
         train_time = time.perf_counter() - t_train
         metrics.update(self.episode_metrics(batch, rewards, comps))
         metrics.update({"frac_groups_dropped": dropped, "time/train_s": train_time, "time/step_s": time.perf_counter() - t_step,
@@ -170,7 +170,7 @@ class GRPOTrainer:
         self.engine.sync_weights()
         return metrics
 
-    def optimize(self, rows: list[Row], adv: np.ndarray, batch: Batch) -> dict[str, float]:
+    def optimize(self, rows: list[Row], adv: np.ndarray) -> dict[str, float]:
         cfg = self.cfg
         ep_len: dict[int, int] = {}
         for r in rows:
@@ -193,7 +193,8 @@ class GRPOTrainer:
                     idx = list(range(start, min(start + cfg.micro_batch_size, len(mb_rows))))
                     micro = [mb_rows[i] for i in idx]
                     rb = pad_rows(micro, self.policy.tokenizer.pad_token_id, self.policy.device)
-                    logp, ent = completion_logprobs(self.model, rb, cfg.temperature, with_entropy=True)
+                    logp, ent = completion_logprobs(self.model, rb, cfg.temperature, with_entropy=True,
+                                                    entropy_grad=cfg.entropy_coef > 0)
                     a = torch.tensor([adv[r.episode] for r in micro], device=logp.device, dtype=logp.dtype)
                     surrogate = sequence_surrogate if self.loss.sequence_level else token_surrogate
                     args = (logp, rb.old_logprobs, a, rb.loss_mask, cfg.epsilon, cfg.epsilon_high) if self.loss.sequence_level \

@@ -40,8 +40,10 @@ def pad_rows(rows: list[Row], pad_id: int, device: torch.device) -> RowBatch:
 
 
 def completion_logprobs(model: torch.nn.Module, batch: RowBatch, temperature: float = 1.0,
-                        with_entropy: bool = False) -> tuple[torch.Tensor, torch.Tensor | None]:
-    """log softmax(logits / T) of each completion token, [B, Lc], and optionally the entropy."""
+                        with_entropy: bool = False, entropy_grad: bool = True) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """log softmax(logits / T) of each completion token, [B, Lc], and optionally the entropy.
+
+    With `entropy_grad=False` the entropy is only for logging and keeps no [B, Lc, V] autograd buffer."""
     logits = model(input_ids=batch.input_ids, attention_mask=batch.attention_mask).logits
     B, Lc = batch.targets.shape
     # the logit predicting completion token j of row i sits at position prompt_len_i - 1 + j
@@ -52,5 +54,8 @@ def completion_logprobs(model: torch.nn.Module, batch: RowBatch, temperature: fl
         sel = sel / temperature
     logp_all = torch.log_softmax(sel, dim=-1)
     logp = logp_all.gather(-1, batch.targets.unsqueeze(-1)).squeeze(-1)
-    ent = -(logp_all.exp() * logp_all).sum(-1) if with_entropy else None
+    ent = None
+    if with_entropy:
+        with torch.set_grad_enabled(entropy_grad and torch.is_grad_enabled()):
+            ent = -(logp_all.exp() * logp_all).sum(-1)
     return logp, ent

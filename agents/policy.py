@@ -7,7 +7,6 @@ so everything runs offline on a CPU.
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 from typing import Any
 
@@ -71,7 +70,8 @@ class Policy:
         if name_or_path == "tiny":
             return cls.tiny(device=device, dtype=dtype)
         local = Path(name_or_path).expanduser()
-        if not local.exists() and (name_or_path.startswith((".", "/", "~")) or os.sep in name_or_path.strip("/").split("/", 1)[-1]):
+        looks_local = name_or_path.startswith((".", "/", "~")) or name_or_path.count("/") > 1  # hub ids are "org/name"
+        if not local.exists() and looks_local:
             raise ValueError(f"model path {name_or_path!r} does not exist")
         try:
             tok = resolve_tokenizer(tokenizer or name_or_path)

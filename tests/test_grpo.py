@@ -87,7 +87,7 @@ def test_gradient_raises_the_rewarded_sample(tmp_path):
         with torch.no_grad():
             lp = torch.log_softmax(trainer.model(seq).logits[0, len(prompt) - 1:-1].float(), -1)
         r.old_logprobs = lp.gather(-1, torch.tensor(ids).unsqueeze(-1)).squeeze(-1).tolist()
-    trainer.optimize(rows, np.array([1.0, -1.0]), None)
+    trainer.optimize(rows, np.array([1.0, -1.0]))
     after = logp(good), logp(bad)
     assert after[0] > before[0] and after[1] < before[1]
 

@@ -123,7 +123,7 @@ def train(name: str, shape: dict, device: str, lengths, ceil: dict, tiny: bool) 
         adv = torch.randn(n_rows, generator=g).numpy()
         if torch.cuda.is_available():
             torch.cuda.reset_peak_memory_stats()
-        t = timed(lambda: trainer.optimize(rows, adv, None), 3)
+        t = timed(lambda: trainer.optimize(rows, adv), 3)
         tok_s = n_rows * L / t
         res = {"model": name, "row_tokens": L, "rows": n_rows, "step_s": t, "train_tok_s": tok_s,
                "mfu_6N": 6 * n_params * tok_s / ceil["matmul_flops"], "n_params": n_params,
