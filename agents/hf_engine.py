@@ -1,8 +1,11 @@
 """The `hf` rollout engine: batched sampling with a KV cache on any transformers causal LM.
 
-It is a plain decode loop rather than `model.generate` because rollouts need what `generate`
+It is its own decode loop rather than `model.generate` because rollouts need what `generate`
 does not give together: a budget and stop strings per request, the log-probability of each
 sampled token, forced response prefixes, and finished rows leaving the batch.
+
+Models whose attention is pluggable decode over a preallocated cache (`static_decode`), with each
+step replayed as a CUDA graph on a GPU; any other causal LM uses transformers' `DynamicCache`.
 """
 
 from __future__ import annotations
@@ -14,6 +17,7 @@ from transformers import DynamicCache
 
 from .engine import Completion, GenerationRequest, find_stop
 from .policy import Policy
+from .static_decode import ATTENTION, SLOT_BUCKET, SlotCache, StaticDecoder, supports_static
 
 
 @dataclass
@@ -62,17 +66,38 @@ def sample_tokens(logits: torch.Tensor, temperature: torch.Tensor, top_p: torch.
 
 
 class HFEngine:
-    """Generates with the policy's own model, so its weights are always current."""
+    """Generates with the policy's own model, so its weights are always current.
 
-    def __init__(self, policy: Policy, max_batch_size: int = 256, seed: int | None = None):
+    `static_cache` (default: when the model supports it) decodes over a preallocated cache of at most
+    `kv_cache_gb` (default: a quarter of the GPU, or 4 GB on the CPU), which also bounds how many rows
+    decode at once; `cuda_graphs` (default: on a GPU) replays its decode steps as CUDA graphs. The
+    cache and graphs are kept between calls, and read the weights in place after optimizer steps."""
+
+    def __init__(self, policy: Policy, max_batch_size: int = 256, seed: int | None = None,
+                 static_cache: bool | None = None, cuda_graphs: bool | None = None, kv_cache_gb: float | None = None):
         self.policy = policy
         self.max_batch_size = max_batch_size
         self.generator = torch.Generator(device=policy.device)
         if seed is not None:
             self.generator.manual_seed(seed)
+        cuda = policy.device.type == "cuda"
+        self.static_cache = supports_static(policy.model) if static_cache is None else static_cache
+        self.cuda_graphs = (cuda and self.static_cache) if cuda_graphs is None else cuda_graphs
+        if self.cuda_graphs and not (cuda and self.static_cache):
+            raise ValueError("cuda_graphs=True needs a CUDA device and static_cache=True")
+        if kv_cache_gb is None:
+            kv_cache_gb = torch.cuda.get_device_properties(policy.device).total_memory / 4e9 if cuda else 4.0
+        self.kv_cache_bytes = int(kv_cache_gb * 1e9)
+        self._decoder: StaticDecoder | None = None
 
     def sync_weights(self) -> None:
         """Nothing to do: the engine reads the training model's parameters directly."""
+
+    def release(self) -> None:
+        """Free the static cache and its graphs (they are rebuilt on the next call)."""
+        self._decoder = None
+        if self.policy.device.type == "cuda":
+            torch.cuda.empty_cache()
 
     @torch.no_grad()
     def generate(self, requests: list[GenerationRequest]) -> list[list[Completion]]:
@@ -80,47 +105,110 @@ class HFEngine:
         for req in requests:
             self.policy.check_prompt(len(req.prompt_ids), req.max_new_tokens)
             rows += [DecodeRow(list(req.prompt_ids), req) for _ in range(req.n)]
-        for i in range(0, len(rows), self.max_batch_size):
-            self._run(rows[i:i + self.max_batch_size])
+        if rows and self.static_cache:
+            self._run_all_static(rows)
+        else:
+            for i in range(0, len(rows), self.max_batch_size):
+                self._run_dynamic(rows[i:i + self.max_batch_size])
         tok = self.policy.tokenizer
         done = iter(rows)
         return [[Completion(r.out, tok.decode(r.out, skip_special_tokens=False), r.logps, r.finish) for r in
                  (next(done) for _ in range(req.n))] for req in requests]
 
-    def _run(self, rows: list[DecodeRow]) -> None:
-        model, dev, eos = self.policy.model, self.policy.device, self.policy.eos_token_id
-        pad = self.policy.tokenizer.pad_token_id
+    def _advance(self, rows: list[DecodeRow], live: list[int], logits: torch.Tensor, temp: torch.Tensor,
+                 top_p: torch.Tensor, step: int) -> tuple[list[int], torch.Tensor]:
+        """Sample (or force) the next token of each live row and record it.
+
+        Returns the indices into `live` of the rows that keep generating, and all the tokens."""
+        tokens, logps = sample_tokens(logits, temp, top_p, self.generator)
+        forced = [(b, rows[ri].req.prefix_ids[step]) for b, ri in enumerate(live) if step < len(rows[ri].req.prefix_ids)]
+        if forced:  # forced prefix tokens replace the samples and are scored instead
+            dev = logits.device
+            fb = torch.tensor([b for b, _ in forced], device=dev)
+            ft = torch.tensor([t for _, t in forced], device=dev)
+            scale = torch.where(temp[fb] > 0, temp[fb], torch.ones_like(temp[fb])).unsqueeze(-1)
+            tokens[fb] = ft
+            logps[fb] = torch.log_softmax(logits[fb].float() / scale, -1).gather(-1, ft.unsqueeze(-1)).squeeze(-1)
+        host_tokens, host_logps = tokens.tolist(), logps.tolist()  # one device sync per step
+        eos, tok = self.policy.eos_token_id, self.policy.tokenizer
+        return [b for b, ri in enumerate(live) if rows[ri].add(host_tokens[b], host_logps[b], eos, tok)], tokens
+
+    def _left_pad(self, rows: list[DecodeRow]) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Prompts left-padded, so every row's last token is in the last column; with temperatures and top-p."""
+        dev, pad = self.policy.device, self.policy.tokenizer.pad_token_id
         width = max(len(r.prompt) for r in rows)
         ids = torch.full((len(rows), width), pad, dtype=torch.long)
         mask = torch.zeros((len(rows), width), dtype=torch.long)
-        for i, r in enumerate(rows):  # left padding keeps every row's last token in the last column
+        for i, r in enumerate(rows):
             ids[i, width - len(r.prompt):] = torch.tensor(r.prompt)
             mask[i, width - len(r.prompt):] = 1
-        ids, mask = ids.to(dev), mask.to(dev)
         temp = torch.tensor([r.req.temperature for r in rows], device=dev, dtype=torch.float)
         top_p = torch.tensor([r.req.top_p for r in rows], device=dev, dtype=torch.float)
-        pos = (mask.cumsum(-1) - 1).clamp(min=0)
-        cache = DynamicCache()
-        logits = model(input_ids=ids, attention_mask=mask, position_ids=pos, past_key_values=cache, use_cache=True).logits[:, -1]
-        live = list(range(len(rows)))  # batch position -> row index
+        return ids.to(dev), mask.to(dev), temp, top_p
+
+    def _run_all_static(self, rows: list[DecodeRow]) -> None:
+        model = self.policy.model
+        slots = max(len(r.prompt) for r in rows) + max(r.req.max_new_tokens for r in rows)
+        per_row = slots * SlotCache.bytes_per_slot(model)
+        batch = max(1, min(self.max_batch_size, len(rows), self.kv_cache_bytes // per_row))
+        previous = model.config._attn_implementation
+        model.set_attn_implementation(ATTENTION)
+        try:
+            for i in range(0, len(rows), batch):
+                self._run_static(rows[i:i + batch])
+        finally:
+            model.set_attn_implementation(previous)
+
+    def _static_decoder(self, n_rows: int, slots: int) -> StaticDecoder:
+        """The kept decoder if it is big enough, else a new one (rows and slots rounded up, for reuse)."""
+        rows = 1 << (n_rows - 1).bit_length() if self.cuda_graphs else n_rows
+        if self._decoder is None or not self._decoder.fits(rows, slots):
+            self.release()
+            self._decoder = StaticDecoder(self.policy.model, rows, -(-slots // SLOT_BUCKET) * SLOT_BUCKET, self.cuda_graphs)
+        return self._decoder
+
+    def _run_static(self, rows: list[DecodeRow]) -> None:
+        ids, mask, temp, top_p = self._left_pad(rows)
+        width = ids.shape[1]
+        dec = self._static_decoder(len(rows), width + max(r.req.max_new_tokens for r in rows))
+        logits = dec.prefill(ids, mask)
+        live = list(range(len(rows)))    # row index of each live row
+        where = torch.arange(len(rows), device=ids.device)  # its batch position in the decoder
+        batch = dec.bucket_rows(len(rows))
         step = 0
-        while live:
-            tokens, logps = sample_tokens(logits, temp, top_p, self.generator)
-            forced = [(b, rows[ri].req.prefix_ids[step]) for b, ri in enumerate(live) if step < len(rows[ri].req.prefix_ids)]
-            if forced:  # forced prefix tokens replace the samples and are scored instead
-                fb = torch.tensor([b for b, _ in forced], device=dev)
-                ft = torch.tensor([t for _, t in forced], device=dev)
-                scale = torch.where(temp[fb] > 0, temp[fb], torch.ones_like(temp[fb])).unsqueeze(-1)
-                tokens[fb] = ft
-                logps[fb] = torch.log_softmax(logits[fb].float() / scale, -1).gather(-1, ft.unsqueeze(-1)).squeeze(-1)
-            host_tokens, host_logps = tokens.tolist(), logps.tolist()  # one device sync per step
-            tok = self.policy.tokenizer
-            keep = [b for b, ri in enumerate(live) if rows[ri].add(host_tokens[b], host_logps[b], eos, tok)]
+        while True:
+            keep, tokens = self._advance(rows, live, logits, temp, top_p, step)
             step += 1
             if not keep:
-                break
+                return
+            if len(keep) < len(live):
+                sel = torch.tensor(keep, device=ids.device)
+                tokens, temp, top_p, where = tokens[sel], temp[sel], top_p[sel], where[sel]
+                live = [live[b] for b in keep]
+                if dec.bucket_rows(len(live)) < batch:  # pack the live rows and step down to a smaller graph
+                    dec.pack(where)
+                    where = torch.arange(len(live), device=ids.device)
+                    batch = dec.bucket_rows(len(live))
+            dec.ids[where, 0] = tokens
+            logits = dec.step(batch, width + step - 1)
+            logits = logits[where] if len(live) < batch else logits
+
+    def _run_dynamic(self, rows: list[DecodeRow]) -> None:
+        model = self.policy.model
+        ids, mask, temp, top_p = self._left_pad(rows)
+        pos = (mask.cumsum(-1) - 1).clamp(min=0)
+        cache = DynamicCache()
+        logits = model(input_ids=ids, attention_mask=mask, position_ids=pos, past_key_values=cache, use_cache=True,
+                       logits_to_keep=1).logits[:, -1]
+        live = list(range(len(rows)))  # batch position -> row index
+        step = 0
+        while True:
+            keep, tokens = self._advance(rows, live, logits, temp, top_p, step)
+            step += 1
+            if not keep:
+                return
             if len(keep) < len(live):  # finished rows leave the batch
-                sel = torch.tensor(keep, device=dev)
+                sel = torch.tensor(keep, device=ids.device)
                 cache.batch_select_indices(sel)
                 tokens, mask, pos, temp, top_p = tokens[sel], mask[sel], pos[sel], temp[sel], top_p[sel]
                 live = [live[b] for b in keep]

@@ -1,8 +1,14 @@
-"""GPU benchmarks in one invocation: rollout throughput (thinkgym's hf engine vs plain
-`model.generate`, against the memory-bandwidth ceiling), learner fwd+bwd throughput and MFU, and a
-short GRPO run of a ~30M model from the SFT warm start. Prints a table, writes JSON (and a PNG).
+"""GPU benchmarks in one invocation, each section side by side on one machine:
 
-    python benchmarks/gpu/bench.py --out DIR [--sections rollout,train,grpo] [--tiny]
+- rollout: thinkgym's hf engine vs plain `model.generate`, against the memory-bandwidth ceiling;
+- train: the GRPO learner's fwd+bwd throughput, MFU and peak memory;
+- delethink: Delethink vs LongCoT traces with the same engine (time, KV memory, FLOPs);
+- step: an end-to-end GRPO step, and TRL's GRPOTrainer on equal settings;
+- grpo: a short learning run of a ~30M model from the SFT warm start.
+
+Prints a table, writes JSON (and PNGs).
+
+    python benchmarks/gpu/bench.py --out DIR [--sections rollout,train,delethink,step,grpo] [--tiny]
 
 Models have the real shapes (Qwen2.5-0.5B, DeepSeek-R1-Distill-Qwen-1.5B) with random weights built
 from the config: nothing is downloaded. Lengths are fixed (EOS ignored) so every side does equal work.
@@ -23,7 +29,6 @@ from thinkgym.agents.collector import Row
 from thinkgym.agents.engine import GenerationRequest
 from thinkgym.agents.hf_engine import HFEngine
 from thinkgym.agents.policy import Policy
-from thinkgym.envs.tokenizer import builtin_tokenizer
 
 SHAPES = {
     "qwen2.5-0.5b": dict(vocab_size=151936, hidden_size=896, intermediate_size=4864, num_hidden_layers=24, num_attention_heads=14,
@@ -50,12 +55,6 @@ def timed(fn, repeat: int = 1) -> float:
     return (time.perf_counter() - t) / repeat
 
 
-def build(shape: dict, device: str, dtype: torch.dtype) -> Policy:
-    torch.manual_seed(0)
-    model = Qwen2ForCausalLM(Qwen2Config(**shape, attn_implementation="sdpa"))
-    return Policy(model, builtin_tokenizer(), device, dtype)
-
-
 def ceilings(device: str, tiny: bool) -> dict[str, float]:
     """Measured device-to-device bandwidth (bytes read + written) and bf16 matmul rate."""
     n = (1 << 24) if tiny else (1 << 30)
@@ -69,34 +68,66 @@ def ceilings(device: str, tiny: bool) -> dict[str, float]:
     return {"bandwidth_Bps": bw, "matmul_flops": flops}
 
 
+def word_tokenizer(vocab_size: int):
+    """A tokenizer with one word per id ("<i>"), so that a random-weight model of a real vocabulary
+    decodes to text, for thinkgym and TRL alike. Built locally; nothing is downloaded."""
+    from tokenizers import Tokenizer, models, pre_tokenizers
+    from transformers import PreTrainedTokenizerFast
+
+    core = Tokenizer(models.WordLevel({f"<{i}>": i for i in range(vocab_size)}, unk_token="<0>"))
+    core.pre_tokenizer = pre_tokenizers.WhitespaceSplit()
+    return PreTrainedTokenizerFast(tokenizer_object=core, eos_token="<1>", pad_token="<0>")
+
+
+def build(shape: dict, device: str, dtype: torch.dtype) -> Policy:
+    torch.manual_seed(0)
+    model = Qwen2ForCausalLM(Qwen2Config(**shape, attn_implementation="sdpa"))
+    return Policy(model, word_tokenizer(shape["vocab_size"]), device, dtype)
+
+
+def model_bytes(cfg) -> tuple[int, int]:
+    """Bytes of weights read per decode step and of K/V per token, in bf16. The lm_head is read in
+    full; the embedding only in the rows looked up, which is left out."""
+    params = cfg.vocab_size * cfg.hidden_size
+    layer = 4 * cfg.hidden_size ** 2 * (1 + cfg.num_key_value_heads / cfg.num_attention_heads) / 2 + 3 * cfg.hidden_size * cfg.intermediate_size
+    params += cfg.num_hidden_layers * layer
+    return int(2 * params), 2 * cfg.num_hidden_layers * cfg.num_key_value_heads * (cfg.hidden_size // cfg.num_attention_heads) * 2
+
+
 def rollout(name: str, shape: dict, device: str, dtype, batches, prompt_len: int, new: int, ceil: dict) -> list[dict]:
     pol = build(shape, device, dtype)
     cfg = pol.model.config
     g = torch.Generator().manual_seed(0)
-    weight_bytes = sum(p.numel() * p.element_size() for p in pol.model.parameters())
-    if cfg.tie_word_embeddings:  # the tied lm_head is read a second time per step
-        weight_bytes += cfg.vocab_size * cfg.hidden_size * 2
-    kv_per_token = 2 * cfg.num_hidden_layers * cfg.num_key_value_heads * (cfg.hidden_size // cfg.num_attention_heads) * 2
+    weight_bytes, kv_per_token = model_bytes(cfg)
     eng = HFEngine(pol, max_batch_size=max(batches), seed=0)
-    # correctness guard: greedy tokens of the engine equal plain generate's
-    ids = torch.randint(300, cfg.vocab_size, (4, prompt_len), generator=g).to(device)
-    ref = pol.model.generate(ids, attention_mask=torch.ones_like(ids), max_new_tokens=16, min_new_tokens=16, do_sample=False, pad_token_id=0)
-    ours = eng.generate([GenerationRequest(r.tolist(), 16, temperature=0.0, ignore_eos=True) for r in ids])
-    match = sum(int(a == b) for r, o in zip(ref[:, prompt_len:].tolist(), ours) for a, b in zip(r, o[0].token_ids)) / (4 * 16)
+    # correctness guards: the graph path's greedy tokens against plain generate's and the dynamic-cache path's
+    ids = torch.randint(300, cfg.vocab_size, (8, prompt_len), generator=g).to(device)
+    ref = pol.model.generate(ids, attention_mask=torch.ones_like(ids), max_new_tokens=32, min_new_tokens=32, do_sample=False, pad_token_id=0)
+    reqs = [GenerationRequest(r.tolist(), 32, temperature=0.0, ignore_eos=True) for r in ids]
+    ours = eng.generate(reqs)
+    dyn = HFEngine(pol, static_cache=False).generate(reqs)
+    match_gen = sum(int(a == b) for r, o in zip(ref[:, prompt_len:].tolist(), ours) for a, b in zip(r, o[0].token_ids)) / (8 * 32)
+    match_dyn = sum(int(a == b) for d, o in zip(dyn, ours) for a, b in zip(d[0].token_ids, o[0].token_ids)) / (8 * 32)
+    logp_gap = max(abs(a - b) for d, o in zip(dyn, ours) for a, b in zip(d[0].logprobs, o[0].logprobs))
     out = []
     for B in batches:
         prompts = torch.randint(300, cfg.vocab_size, (B, prompt_len), generator=g)
         reqs = [GenerationRequest(p.tolist(), new, temperature=1.0, ignore_eos=True) for p in prompts]
-        t_eng = timed(lambda: eng.generate(reqs))
+        t_eng = timed(lambda: eng.generate(reqs))  # the untimed first call captures the graphs
         ids = prompts.to(device)
-        t_gen = timed(lambda: pol.model.generate(ids, attention_mask=torch.ones_like(ids), max_new_tokens=new, min_new_tokens=new,
-                                                 do_sample=True, temperature=1.0, top_k=0, pad_token_id=0))
+        gen = dict(attention_mask=torch.ones_like(ids), do_sample=True, temperature=1.0, top_k=0, pad_token_id=0)
+        pol.model.generate(ids, max_new_tokens=8, **gen)  # a short warm-up: the full length takes minutes
+        sync()
+        t0 = time.perf_counter()
+        pol.model.generate(ids, max_new_tokens=new, min_new_tokens=new, **gen)
+        sync()
+        t_gen = time.perf_counter() - t0
         mean_ctx = prompt_len + new / 2
-        step_bytes = weight_bytes + B * mean_ctx * kv_per_token
-        ceiling = B / (step_bytes / ceil["bandwidth_Bps"])
+        ceiling = B / ((weight_bytes + B * mean_ctx * kv_per_token) / ceil["bandwidth_Bps"])
         out.append({"model": name, "batch": B, "prompt": prompt_len, "new_tokens": new, "engine_tok_s": B * new / t_eng,
                     "generate_tok_s": B * new / t_gen, "speedup": t_gen / t_eng, "bw_ceiling_tok_s": ceiling,
-                    "engine_frac_of_ceiling": B * new / t_eng / ceiling, "greedy_match_vs_generate": match})
+                    "engine_frac_of_ceiling": B * new / t_eng / ceiling, "greedy_match_vs_generate": match_gen,
+                    "greedy_match_vs_dynamic": match_dyn, "logprob_gap_vs_dynamic": logp_gap})
         print(json.dumps(out[-1]), flush=True)
     del pol, eng
     torch.cuda.empty_cache() if torch.cuda.is_available() else None
@@ -160,7 +191,7 @@ def main() -> None:
     ap.add_argument("--out", default="bench_out")
     ap.add_argument("--sections", default="rollout,train,grpo")
     ap.add_argument("--tiny", action="store_true")
-    ap.add_argument("--new-tokens", type=int, default=256)
+    ap.add_argument("--new-tokens", type=int, default=1024)
     args = ap.parse_args()
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
@@ -182,7 +213,8 @@ def main() -> None:
     print(f"\ndevice: {res['device']}  bandwidth {ceil['bandwidth_Bps'] / 1e12:.2f} TB/s  matmul {ceil['matmul_flops'] / 1e12:.0f} TFLOP/s")
     for r in res.get("rollout", []):
         print(f"rollout {r['model']:>16} B={r['batch']:<4} engine {r['engine_tok_s']:9.0f} tok/s  generate {r['generate_tok_s']:9.0f}  "
-              f"x{r['speedup']:.2f}  ceiling {r['bw_ceiling_tok_s']:9.0f} ({100 * r['engine_frac_of_ceiling']:.1f}%)  greedy match {r['greedy_match_vs_generate']:.2f}")
+              f"x{r['speedup']:.1f}  ceiling {r['bw_ceiling_tok_s']:9.0f} ({100 * r['engine_frac_of_ceiling']:.1f}%)  "
+              f"greedy match: generate {r['greedy_match_vs_generate']:.2f}, dynamic cache {r['greedy_match_vs_dynamic']:.2f}")
     for r in res.get("train", []):
         print(f"train   {r['model']:>16} rows of {r['row_tokens']:<5} {r['train_tok_s']:9.0f} tok/s  MFU(6N) {100 * r['mfu_6N']:.1f}%  peak {r['peak_mem_GB']:.1f} GB")
     if "grpo" in res:

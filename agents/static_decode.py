@@ -1,0 +1,194 @@
+"""Static-cache decoding, replayed as CUDA graphs on a GPU: the fast path of the `hf` engine.
+
+A decode step of a 0.5B–1.5B model is a few hundred small kernels, so launching them from Python
+costs more than running them (`../shared/specs/performance_anchors.md` §1.3: plain `generate` is
+30–45x below a CUDA-graph loop). A CUDA graph needs fixed shapes and addresses, so:
+
+- the K/V cache is preallocated once (`SlotCache`): row r, slot s holds the token at column s of
+  the left-padded batch, and every row writes its next token to the same slot;
+- attention is `slot_attention`, registered with transformers' `AttentionInterface`. It reads only
+  the first `mask.shape[-1]` slots, so one graph per (rows, slots) bucket serves a range of
+  lengths, and it handles grouped-query heads with two batched matmuls instead of copying K/V per
+  query head, as `sdpa` with a mask does;
+- finished rows stay in place until at most half the batch is live; the live rows are then packed
+  to the front and the next smaller graph takes over.
+
+Any causal LM whose attention goes through `AttentionInterface` (Llama, Qwen2/3, Mistral, ...)
+and which has no sliding-window layers can use it; `supports_static` says whether one does.
+"""
+
+from __future__ import annotations
+
+import warnings
+
+import torch
+import torch.nn.functional as F
+from transformers import AttentionInterface, PreTrainedModel
+
+ATTENTION = "thinkgym_slots"
+SLOT_BUCKET = 256        # the finest step between the cache lengths that graphs are captured for
+PREFILL_MASK_ELEMS = 1 << 28  # rows x width^2 per prefill chunk, to bound the mask and scores
+
+
+def slot_attention(module: torch.nn.Module, query: torch.Tensor, key: torch.Tensor, value: torch.Tensor,
+                   attention_mask: torch.Tensor, scaling: float | None = None, dropout: float = 0.0,
+                   **kwargs) -> tuple[torch.Tensor, None]:
+    """Attention over the cache's first `attention_mask.shape[-1]` slots (additive mask)."""
+    slots = attention_mask.shape[-1]
+    key, value = key[:, :, :slots], value[:, :, :slots]
+    B, Hq, T, D = query.shape
+    groups = Hq // key.shape[1]
+    if T > 1:  # prefill: the memory-efficient kernel takes any mask, once K/V have one head per query head
+        key, value = key.repeat_interleave(groups, 1), value.repeat_interleave(groups, 1)
+        out = F.scaled_dot_product_attention(query, key, value, attn_mask=attention_mask.to(query.dtype), scale=scaling)
+        return out.transpose(1, 2), None
+    q = query.reshape(B, key.shape[1], groups, D)  # query head h uses K/V head h // groups
+    scores = torch.matmul(q, key.transpose(-1, -2)).float() * (scaling or D ** -0.5) + attention_mask
+    out = torch.matmul(torch.softmax(scores, -1).to(value.dtype), value)
+    return out.reshape(B, 1, Hq, D), None
+
+
+AttentionInterface.register(ATTENTION, slot_attention)
+
+
+def supports_static(model: PreTrainedModel) -> bool:
+    """Whether the model's attention is pluggable and full (no sliding-window layers)."""
+    cfg = model.config.get_text_config()
+    full = all(t == "full_attention" for t in (getattr(cfg, "layer_types", None) or ["full_attention"]))
+    return full and model._can_set_attn_implementation()
+
+
+class SlotCache:
+    """K/V for `rows x slots`, allocated once; a forward writes slots `write` of rows `rows`.
+
+    It implements the one cache method the model calls, `update`, so its tensors keep their
+    addresses for CUDA graphs."""
+
+    def __init__(self, model: PreTrainedModel, rows: int, slots: int):
+        cfg = model.config.get_text_config()
+        head_dim = getattr(cfg, "head_dim", None) or cfg.hidden_size // cfg.num_attention_heads
+        p = next(model.parameters())
+        shape = (rows, cfg.num_key_value_heads, slots, head_dim)
+        self.k = [torch.zeros(shape, dtype=p.dtype, device=p.device) for _ in range(cfg.num_hidden_layers)]
+        self.v = [torch.zeros_like(k) for k in self.k]
+        self.n_rows, self.n_slots = rows, slots
+        self.rows = slice(0, rows)
+        self.step_slot = torch.zeros(1, dtype=torch.long, device=p.device)  # a fixed address for CUDA graphs
+        self.write = self.step_slot
+
+    @staticmethod
+    def bytes_per_slot(model: PreTrainedModel) -> int:
+        cfg = model.config.get_text_config()
+        head_dim = getattr(cfg, "head_dim", None) or cfg.hidden_size // cfg.num_attention_heads
+        return 2 * cfg.num_hidden_layers * cfg.num_key_value_heads * head_dim * next(model.parameters()).element_size()
+
+    def update(self, key: torch.Tensor, value: torch.Tensor, layer_idx: int, *args, **kwargs) -> tuple[torch.Tensor, torch.Tensor]:
+        k, v = self.k[layer_idx][self.rows], self.v[layer_idx][self.rows]
+        k.index_copy_(2, self.write, key)
+        v.index_copy_(2, self.write, value)
+        return k, v
+
+    def get_seq_length(self, layer_idx: int = 0) -> int:
+        return 0  # positions are always passed explicitly
+
+    def pack(self, src: torch.Tensor) -> None:
+        """Move rows `src` to the front, in order."""
+        for t in self.k + self.v:
+            t[:len(src)] = t.index_select(0, src)
+
+
+class StaticDecoder:
+    """Prefill and decode steps over a `SlotCache`; decode steps are CUDA graphs when `graphs`."""
+
+    def __init__(self, model: PreTrainedModel, rows: int, slots: int, graphs: bool):
+        self.model, self.graphs = model, graphs
+        self.cache = SlotCache(model, rows, slots)
+        dev = self.cache.write.device
+        self.ids = torch.zeros((rows, 1), dtype=torch.long, device=dev)
+        self.pos = torch.zeros((rows, 1), dtype=torch.long, device=dev)
+        self.bias = torch.zeros((rows, slots), dtype=torch.float, device=dev)  # 0 where a row may attend, else -max
+        self._graphs: dict[tuple[int, int], tuple[torch.cuda.CUDAGraph, torch.Tensor]] = {}
+        self._pool = torch.cuda.graph_pool_handle() if graphs else None
+
+    def fits(self, rows: int, slots: int) -> bool:
+        return rows <= self.cache.n_rows and slots <= self.cache.n_slots
+
+    def bucket_rows(self, n: int) -> int:
+        """The batch a decode step runs at with `n` live rows."""
+        return min(1 << (n - 1).bit_length(), self.cache.n_rows) if self.graphs else n
+
+    def bucket_slots(self, n: int) -> int:
+        """The cache length a step attends over: `n` rounded up by at most 1/8 (at least SLOT_BUCKET
+        slots), so a trace of any length needs about 8 graphs per doubling and reads <= 12.5% extra."""
+        if not self.graphs:
+            return n
+        step = max(SLOT_BUCKET, (1 << (n.bit_length() - 1)) // 8)
+        return min(-(-n // step) * step, self.cache.n_slots)
+
+    def prefill(self, ids: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        """Left-padded prompts [B, W] with their 0/1 mask -> last-position logits [B, V]."""
+        B, W = ids.shape
+        self.bias[:B].fill_(torch.finfo(torch.float).min)
+        self.bias[:B, :W].masked_fill_(mask.bool(), 0.0)
+        self.pos[:B, 0] = mask.sum(-1)
+        pos = (mask.cumsum(-1) - 1).clamp(min=0)
+        causal = torch.ones(W, W, dtype=torch.bool, device=ids.device).tril()
+        eye = torch.eye(W, dtype=torch.bool, device=ids.device)  # pad queries see themselves, so no row is all -inf
+        self.cache.write = torch.arange(W, device=ids.device)
+        chunk = max(1, PREFILL_MASK_ELEMS // (W * W))
+        out = []
+        for a in range(0, B, chunk):
+            b = min(B, a + chunk)
+            allowed = (causal & mask[a:b, None, None, :].bool()) | eye
+            dtype = self.cache.k[0].dtype
+            m4 = torch.zeros(allowed.shape, dtype=dtype, device=ids.device).masked_fill_(~allowed, torch.finfo(dtype).min)
+            self.cache.rows = slice(a, b)
+            out.append(self.model(input_ids=ids[a:b], position_ids=pos[a:b], attention_mask=m4, past_key_values=self.cache,
+                                  use_cache=True, logits_to_keep=1).logits[:, -1])
+        self.cache.write = self.cache.step_slot
+        return torch.cat(out)
+
+    def step(self, rows: int, slot: int) -> torch.Tensor:
+        """One decode step of the first `rows` rows, whose tokens are in `ids`, writing `slot`."""
+        self.cache.step_slot.fill_(slot)
+        self.bias[:, slot] = 0.0
+        key = (rows, self.bucket_slots(slot + 1))
+        if key in self._graphs:
+            graph, logits = self._graphs[key]
+            graph.replay()
+            out = logits
+        elif self.graphs:
+            out = self._capture(key)
+        else:
+            out = self._forward(*key)
+        self.pos[:rows] += 1
+        return out
+
+    def pack(self, src: torch.Tensor) -> None:
+        self.cache.pack(src)
+        n = len(src)
+        self.bias[:n] = self.bias.index_select(0, src)
+        self.pos[:n] = self.pos.index_select(0, src)
+
+    def _forward(self, rows: int, slots: int) -> torch.Tensor:
+        self.cache.rows = slice(0, rows)
+        return self.model(input_ids=self.ids[:rows], position_ids=self.pos[:rows], past_key_values=self.cache, use_cache=True,
+                          attention_mask=self.bias[:rows, None, None, :slots], logits_to_keep=1).logits[:, -1]
+
+    def _capture(self, key: tuple[int, int]) -> torch.Tensor:
+        """Run this step eagerly on a side stream (which also warms up), then record it as a graph."""
+        side = torch.cuda.Stream()
+        side.wait_stream(torch.cuda.current_stream())
+        with torch.cuda.stream(side):
+            out = self._forward(*key)
+        torch.cuda.current_stream().wait_stream(side)
+        graph = torch.cuda.CUDAGraph()
+        try:
+            with torch.cuda.graph(graph, pool=self._pool):
+                logits = self._forward(*key)  # recorded, not run: it rewrites the K/V just written
+        except RuntimeError as e:
+            warnings.warn(f"CUDA graph capture failed ({e}); decoding without graphs", stacklevel=2)
+            self.graphs = False
+            return out
+        self._graphs[key] = (graph, logits)
+        return out

@@ -1,0 +1,121 @@
+"""The static-cache decode path gives what the DynamicCache path gives, token for token."""
+
+import pytest
+import torch
+from transformers import LlamaConfig, LlamaForCausalLM, Qwen2Config, Qwen2ForCausalLM
+
+from thinkgym.agents import static_decode
+from thinkgym.agents.engine import GenerationRequest
+from thinkgym.agents.hf_engine import HFEngine
+from thinkgym.agents.policy import Policy
+from thinkgym.envs.tokenizer import builtin_tokenizer
+
+DEVICES = ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
+
+
+def _requests(seed: int = 0, n: int = 10, temperature: float = 0.0) -> list[GenerationRequest]:
+    g = torch.Generator().manual_seed(seed)
+    reqs = []
+    for i in range(n):
+        prompt = torch.randint(0, 250, (int(torch.randint(2, 50, (1,), generator=g)),), generator=g).tolist()
+        reqs.append(GenerationRequest(prompt, int(torch.randint(1, 70, (1,), generator=g)), temperature=temperature,
+                                      ignore_eos=i % 3 == 0, prefix_ids=[104, 105] if i % 5 == 2 else []))
+    return reqs
+
+
+def _with_stops(policy: Policy, reqs: list[GenerationRequest]) -> list[GenerationRequest]:
+    """Give every other request a stop string that its greedy output contains, so rows end at varied steps."""
+    out = HFEngine(policy, static_cache=False).generate(reqs)
+    for i, (r, c) in enumerate(zip(reqs, out)):
+        if i % 2 and len(c[0].text) > 3:
+            r.stop = (c[0].text[len(c[0].text) // 2],)
+    return reqs
+
+
+def _compare(policy: Policy, reqs: list[GenerationRequest], **static_kwargs) -> float:
+    """Assert equal tokens and finish reasons; return the largest log-probability difference."""
+    fast = HFEngine(policy, static_cache=True, **static_kwargs).generate(reqs)
+    slow = HFEngine(policy, static_cache=False).generate(reqs)
+    worst = 0.0
+    for a, b in zip(fast, slow):
+        assert a[0].token_ids == b[0].token_ids and a[0].finish_reason == b[0].finish_reason
+        worst = max([worst] + [abs(x - y) for x, y in zip(a[0].logprobs, b[0].logprobs)])
+    return worst
+
+
+@pytest.mark.parametrize("device", DEVICES)
+def test_static_matches_dynamic_on_mixed_rows(device):
+    policy = Policy.tiny(seed=0, device=device, dtype=torch.float32)
+    reqs = _with_stops(policy, _requests())
+    fast = HFEngine(policy, static_cache=True).generate(reqs)
+    assert {c[0].finish_reason for c in fast} >= {"length", "stop"}  # rows leave at different steps
+    assert _compare(policy, reqs) < 1e-4
+
+
+def test_llama_architecture_and_small_prefill_chunks(monkeypatch):
+    cfg = LlamaConfig(vocab_size=259, hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=4,
+                      num_key_value_heads=2, head_dim=32, max_position_embeddings=512)
+    torch.manual_seed(0)
+    policy = Policy(LlamaForCausalLM(cfg), builtin_tokenizer(), "cpu", torch.float32)
+    monkeypatch.setattr(static_decode, "PREFILL_MASK_ELEMS", 2000)  # forces one or two rows per prefill chunk
+    assert _compare(policy, _requests(seed=1)) < 1e-4
+
+
+def test_cache_is_reused_and_reads_updated_weights():
+    policy = Policy.tiny(seed=0, dtype=torch.float32)
+    engine = HFEngine(policy, static_cache=True)
+    reqs = _requests(seed=2, n=4)
+    engine.generate(reqs)
+    decoder = engine._decoder
+    with torch.no_grad():
+        for p in policy.model.parameters():
+            p.add_(0.05 * torch.randn_like(p))
+    fast = engine.generate(reqs)
+    assert engine._decoder is decoder
+    slow = HFEngine(policy, static_cache=False).generate(reqs)
+    assert [c[0].token_ids for c in fast] == [c[0].token_ids for c in slow]
+
+
+def test_kv_budget_bounds_rows_per_batch():
+    policy = Policy.tiny(seed=0, dtype=torch.float32)
+    reqs = _requests(seed=3, n=6)
+    per_row = (max(len(r.prompt_ids) for r in reqs) + max(r.max_new_tokens for r in reqs)) * \
+        static_decode.SlotCache.bytes_per_slot(policy.model)
+    engine = HFEngine(policy, static_cache=True, kv_cache_gb=2.5 * per_row / 1e9)
+    fast = engine.generate(reqs)
+    assert engine._decoder.cache.n_rows == 2
+    slow = HFEngine(policy, static_cache=False).generate(reqs)
+    assert [c[0].token_ids for c in fast] == [c[0].token_ids for c in slow]
+
+
+def test_sampling_uses_the_same_stream_as_the_dynamic_path():
+    policy = Policy.tiny(seed=0, dtype=torch.float32)
+    reqs = [GenerationRequest(r.prompt_ids, 30, temperature=1.0, n=3, ignore_eos=True) for r in _requests(seed=4, n=3)]
+    fast = HFEngine(policy, seed=7, static_cache=True).generate(reqs)
+    slow = HFEngine(policy, seed=7, static_cache=False).generate(reqs)
+    assert [[c.token_ids for c in g] for g in fast] == [[c.token_ids for c in g] for g in slow]
+
+
+def test_sliding_window_models_fall_back_to_the_dynamic_cache():
+    cfg = Qwen2Config(vocab_size=259, hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=2,
+                      num_key_value_heads=1, use_sliding_window=True, sliding_window=16, max_window_layers=1)
+    model = Qwen2ForCausalLM(cfg)
+    assert not static_decode.supports_static(model)
+    assert HFEngine(Policy(model, builtin_tokenizer(), "cpu", torch.float32)).static_cache is False
+    assert static_decode.supports_static(Policy.tiny().model)
+
+
+def test_cuda_graphs_need_a_gpu_and_the_static_cache():
+    with pytest.raises(ValueError, match="cuda_graphs"):
+        HFEngine(Policy.tiny(), cuda_graphs=True, static_cache=False)
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="CUDA graphs need a GPU")
+def test_cuda_graph_decoding_matches_eager_static_decoding():
+    policy = Policy.tiny(seed=0, device="cuda", dtype=torch.float32)
+    reqs = _requests(seed=5, n=40)
+    graphs = HFEngine(policy, cuda_graphs=True)
+    out = graphs.generate(reqs)
+    assert graphs.cuda_graphs and graphs._decoder._graphs  # graphs were captured and kept
+    eager = HFEngine(policy, cuda_graphs=False).generate(reqs)
+    assert [c[0].token_ids for c in out] == [c[0].token_ids for c in eager]
