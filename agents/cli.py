@@ -1,7 +1,8 @@
 """The `thinkgym` command: `train`, `sft`, `eval` and `plot`.
 
 `train` takes every `GRPOConfig` field as a flag (`--loss-type dapo`, `--env-kwargs '{"chunk_size": 96}'`)
-or from `--config run.yaml`; flags override the file.
+or from `--config run.yaml`; flags override the file. On several GPUs, the same command runs under
+`torchrun --nproc-per-node N -m thinkgym.agents.cli train ...` (README, "Several GPUs").
 """
 
 from __future__ import annotations
@@ -62,14 +63,21 @@ def config_stages(args: argparse.Namespace) -> list[GRPOConfig]:
 
 
 def cmd_train(args: argparse.Namespace) -> None:
+    """Train every stage; under `torchrun` this runs on every rank (see `distributed.py`) and rank 0 reports."""
+    from . import distributed
     from .grpo import GRPOTrainer
 
     policy = None
-    for cfg in config_stages(args):
-        trainer = GRPOTrainer(cfg, policy=policy)
-        last = trainer.train()
-        policy = trainer.policy
-        print(json.dumps({"output_dir": cfg.output_dir, **{k: round(v, 4) for k, v in last.items() if k.startswith(("reward", "eval/", "accuracy"))}}))
+    try:
+        for cfg in config_stages(args):
+            trainer = GRPOTrainer(cfg, policy=policy)
+            last = trainer.train()
+            policy = trainer.policy
+            if distributed.is_main():
+                print(json.dumps({"output_dir": cfg.output_dir,
+                                  **{k: round(v, 4) for k, v in last.items() if k.startswith(("reward", "eval/", "accuracy"))}}))
+    finally:
+        distributed.shutdown()
 
 
 def cmd_sft(args: argparse.Namespace) -> None:

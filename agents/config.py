@@ -26,7 +26,11 @@ class GRPOConfig:
     engine: str = "hf"
     """Rollout engine: `hf` (transformers, CPU or GPU) or `vllm` (weights synced in place each step)."""
     device: str | None = None
-    """`cuda` or `cpu`; by default CUDA in bf16 where there is a GPU, else the CPU in fp32."""
+    """`cuda` or `cpu`; by default CUDA in bf16 where there is a GPU, else the CPU in fp32. Under torchrun
+    each rank takes cuda:LOCAL_RANK."""
+    vllm_tensor_parallel_size: int = 1
+    """GPUs that the `vllm` engine shards its copy of the model over (vLLM's tensor parallelism), for
+    models too big for one GPU's rollouts."""
 
     # -- sampling -----------------------------------------------------------------------------
     num_generations: int = 8
@@ -136,7 +140,8 @@ class GRPOConfig:
             raise ValueError(f"scale_rewards must be 'group', 'batch' or 'none'; got {self.scale_rewards!r}")
         if self.lr_scheduler not in ("constant", "linear", "cosine"):
             raise ValueError(f"lr_scheduler must be 'constant', 'linear' or 'cosine'; got {self.lr_scheduler!r}")
-        for name in ("num_generations", "prompts_per_step", "steps", "num_iterations", "minibatches", "micro_batch_size"):
+        for name in ("num_generations", "prompts_per_step", "steps", "num_iterations", "minibatches", "micro_batch_size",
+                     "vllm_tensor_parallel_size"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be >= 1; got {getattr(self, name)}")
         if not 0 <= self.epsilon < 1 or self.epsilon_high < 0:

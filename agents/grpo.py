@@ -4,6 +4,10 @@ One step is: sample `prompts_per_step` seeds, run `num_generations` episodes of 
 environment (`Collector`), turn rewards into group-relative advantages that every row of a
 rollout shares, then take `num_iterations × minibatches` clipped-surrogate optimizer steps whose
 normalisation (`loss_type`) spans the whole optimizer step. Read `train_step` top to bottom.
+
+Under `torchrun` each rank collects its share of the step's prompts; counts, advantages and logged
+means are global and DDP sums the gradients (`distributed.py`). With one process every collective
+is the identity.
 """
 
 from __future__ import annotations
@@ -12,6 +16,7 @@ import copy
 import math
 import signal
 import time
+import warnings
 from typing import Any
 
 import numpy as np
@@ -21,9 +26,10 @@ from tqdm import tqdm
 
 from thinkgym.rewards import Sample, parse_reward_spec
 
+from . import distributed
 from .advantages import get_advantage, mgpo_weight
 from .checkpoint import latest_checkpoint, load_trainer_state, rng_state, save_checkpoint, set_rng_state
-from .collector import Batch, Collector, Row
+from .collector import Batch, Collector, Episode, Row
 from .config import GRPOConfig
 from .evaluate import evaluate
 from .logprobs import completion_logprobs, pad_rows
@@ -34,8 +40,8 @@ from .sft import demonstration_rows, train_sft
 TRAIN_SEED_BASE, SFT_SEED_BASE = 10_000_000, 1_000_000  # eval uses seeds 0..eval_prompts-1
 
 
-def make_engine(name: str, policy: Policy, seed: int):
-    """A rollout engine by name."""
+def make_engine(name: str, policy: Policy, seed: int, tensor_parallel_size: int = 1):
+    """A rollout engine by name; `tensor_parallel_size` shards vLLM's copy of the model over GPUs."""
     if name == "hf":
         from .hf_engine import HFEngine
 
@@ -43,7 +49,7 @@ def make_engine(name: str, policy: Policy, seed: int):
     if name == "vllm":
         from .vllm_engine import VLLMEngine
 
-        return VLLMEngine(policy, seed=seed)
+        return VLLMEngine(policy, seed=seed, tensor_parallel_size=tensor_parallel_size)
     raise ValueError(f"engine={name!r} is unknown; valid engines: ['hf', 'vllm']")
 
 
@@ -54,11 +60,17 @@ class NonFiniteLossError(RuntimeError):
 class GRPOTrainer:
     def __init__(self, cfg: GRPOConfig, policy: Policy | None = None):
         self.cfg = cfg
+        self.world = distributed.world()
+        device = distributed.setup(cfg.device)
+        if cfg.prompts_per_step < self.world.size:
+            raise ValueError(f"prompts_per_step={cfg.prompts_per_step} is split over {self.world.size} processes: "
+                             "it must be at least the number of processes")
         torch.manual_seed(cfg.seed)
         np.random.seed(cfg.seed)
-        self.policy = policy or Policy.from_pretrained(cfg.model, device=cfg.device)
-        self.engine = make_engine(cfg.engine, self.policy, cfg.seed)
+        self.policy = policy or Policy.from_pretrained(cfg.model, device=device)
+        self.engine = make_engine(cfg.engine, self.policy, distributed.rank_seed(cfg.seed), cfg.vllm_tensor_parallel_size)
         self.model = self.policy.model
+        self.train_model = distributed.wrap(self.model)  # forward/backward go through DDP under torchrun
         self.ref_model = copy.deepcopy(self.model).eval().requires_grad_(False) if cfg.beta > 0 else None
         fused = self.policy.device.type == "cuda"
         self.opt = torch.optim.AdamW(self.model.parameters(), lr=cfg.learning_rate, weight_decay=cfg.weight_decay, fused=fused)
@@ -73,8 +85,9 @@ class GRPOTrainer:
 
             self.siri = SiriSchedule(**cfg.siri)
         self.collector = Collector(cfg.env, self.engine, cfg.env_kwargs, cfg.num_generations, cfg.temperature, cfg.top_p)
-        self.writer = SummaryWriter(cfg.output_dir)
+        self.writer = SummaryWriter(cfg.output_dir) if self.world.is_main else None
         self.step, self.nonfinite_streak, self.nonfinite_total = 0, 0, 0
+        self.last_episode: Episode | None = None
         self._stop_requested = False
         self._shuffle = np.random.default_rng(cfg.seed)
 
@@ -86,13 +99,15 @@ class GRPOTrainer:
         return {"constant": 1.0, "linear": 1.0 - frac, "cosine": 0.5 * (1 + math.cos(math.pi * frac))}[self.cfg.lr_scheduler]
 
     def train_seeds(self, step: int, round_: int = 0) -> list[int]:
+        """This rank's seeds: its contiguous share of the step's `prompts_per_step` seeds."""
         P = self.cfg.prompts_per_step
         base = TRAIN_SEED_BASE + (step * (self.cfg.max_resample_rounds + 1) + round_) * P
-        return list(range(base, base + P))
+        return distributed.shard(range(base, base + P))
 
     # -- one step ---------------------------------------------------------------------------------
     def score(self, batch: Batch) -> tuple[np.ndarray, dict[str, list[float]], list[Sample]]:
-        """Rewards per episode: the env's own, or the configured reward spec over the episodes."""
+        """Rewards per episode: the env's own, or the configured reward spec. The spec scores every
+        rank's samples together (a reward may look at the whole batch), then keeps this rank's."""
         eps = batch.episodes
         if self.reward is None:
             comps: dict[str, list[float]] = {}
@@ -104,27 +119,32 @@ class GRPOTrainer:
         samples = [Sample(text=tok.decode([t for s in ep.steps for t in s.action_ids], skip_special_tokens=False),
                           num_tokens=ep.num_tokens, prompt_id=ep.seed, correct=ep.info.get("correct"),
                           finished=ep.terminated) for ep in eps]
-        out = self.reward.compute(samples)
-        return np.array(out.total, dtype=float), out.components, samples
+        parts = distributed.gather(samples)
+        mine = slice(sum(len(p) for p in parts[:self.world.rank]), sum(len(p) for p in parts[:self.world.rank + 1]))
+        out = self.reward.compute([x for p in parts for x in p])
+        return np.array(out.total[mine], dtype=float), {k: v[mine] for k, v in out.components.items()}, samples
 
     def collect_step(self) -> tuple[Batch, np.ndarray, dict[str, list[float]], list[Sample], float]:
-        """Collect the step's groups; with dynamic sampling keep only groups with reward variance."""
-        G, P = self.cfg.num_generations, self.cfg.prompts_per_step
+        """Collect this rank's groups. Dynamic sampling keeps groups with reward variance, up to this
+        rank's share of `prompts_per_step`; every rank takes part in a round until all are full."""
+        G = self.cfg.num_generations
         if self.siri is not None:  # SIRI: this step's length budget becomes the environments' own
             self.collector.set_thinking_budget(int(self.siri(self.step)))
-        batch = self.collector.collect(self.train_seeds(self.step))
+        seeds = self.train_seeds(self.step)
+        batch = self.collector.collect(seeds)
         rewards, comps, samples = self.score(batch)
         if not self.cfg.dynamic_sampling:
             return batch, rewards, comps, samples, 0.0
+        quota = len(seeds)
         kept: list[int] = []
         pool_eps, pool_rows, pool_r, pool_s, pool_c = [], [], [], [], {}
         for round_ in range(self.cfg.max_resample_rounds + 1):
             if round_:
-                batch = self.collector.collect(self.train_seeds(self.step, round_))
+                batch = self.collector.collect(self.train_seeds(self.step, round_) if len(kept) < quota else [])
                 rewards, comps, samples = self.score(batch)
             grouped = rewards.reshape(-1, G)
             for g in np.flatnonzero(grouped.std(axis=1) > 0):
-                if len(kept) >= P:
+                if len(kept) >= quota:
                     break
                 offset = len(pool_eps)
                 idx = range(g * G, (g + 1) * G)
@@ -136,25 +156,37 @@ class GRPOTrainer:
                 for k, v in comps.items():
                     pool_c.setdefault(k, []).extend(v[i] for i in idx)
                 kept.append(g)
-            if len(kept) >= P:
+            if not distributed.any_rank(len(kept) < quota):
                 break
-        if not kept:  # nothing to learn from: keep the last batch, its advantages are all zero
-            return batch, rewards, comps, samples, 1.0
-        return Batch(pool_eps, pool_rows, batch.stats), np.array(pool_r), pool_c, pool_s, 1.0 - len(kept) / P
+        total_kept = distributed.all_reduce([len(kept)])[0]
+        dropped = 1.0 - total_kept / self.cfg.prompts_per_step
+        if not total_kept:  # nothing to learn from: keep the last batch, its advantages are all zero
+            return batch, rewards, comps, samples, dropped
+        return Batch(pool_eps, pool_rows, batch.stats), np.array(pool_r, dtype=float), pool_c, pool_s, dropped
 
-    def train_step(self) -> dict[str, float]:
+    def advantages(self, batch: Batch, rewards: np.ndarray) -> np.ndarray:
+        """One advantage per episode of this rank. The estimator sees every rank's rewards in rank
+        order (the one-process batch), so one that looks beyond a group (`scale_rewards=batch`) is exact."""
         cfg, G = self.cfg, self.cfg.num_generations
-        t_step = time.perf_counter()
-        batch, rewards, comps, samples, dropped = self.collect_step()
-        self.last_episode = batch.episodes[0]
-        if self.reward is not None:
-            self.reward.update(samples)  # stateful rewards (HAPO, LASER-D) move once per step
-        grouped = rewards.reshape(-1, G)
+        parts = distributed.gather(rewards)
+        grouped = np.concatenate(parts).reshape(-1, G)
         adv = self.advantage(grouped, scale_rewards=cfg.scale_rewards) if cfg.advantage_estimator == "grpo" else self.advantage(grouped)
+        first = sum(len(p) for p in parts[:self.world.rank]) // G
+        adv = adv[first:first + len(rewards) // G]
         if cfg.mgpo_lambda > 0:
             acc = np.array([ep.info.get("correct", False) for ep in batch.episodes], dtype=float).reshape(-1, G).mean(1)
             adv = adv * mgpo_weight(acc, cfg.mgpo_lambda)[:, None]
-        adv = adv.reshape(-1)
+        return adv.reshape(-1)
+
+    def train_step(self) -> dict[str, float]:
+        cfg = self.cfg
+        t_step = time.perf_counter()
+        batch, rewards, comps, samples, dropped = self.collect_step()
+        if batch.episodes:
+            self.last_episode = batch.episodes[0]
+        if self.reward is not None:  # stateful rewards (HAPO, LASER-D) move once per step, alike on every rank
+            self.reward.update(distributed.gather_flat(samples))
+        adv = self.advantages(batch, rewards)
         rows = batch.rows
         if cfg.mask_truncated_completions:
             for r in rows:
@@ -163,62 +195,37 @@ class GRPOTrainer:
         t_train = time.perf_counter()
         metrics = self.optimize(rows, adv)
         train_time = time.perf_counter() - t_train
+        tokens = distributed.all_reduce([sum(len(r.input_ids) for r in rows)])[0]
         metrics.update(self.episode_metrics(batch, rewards, comps))
         metrics.update({"frac_groups_dropped": dropped, "time/train_s": train_time, "time/step_s": time.perf_counter() - t_step,
-                        "train_tokens_per_s": sum(len(r.input_ids) for r in rows) * cfg.num_iterations / max(train_time, 1e-9),
+                        "train_tokens_per_s": tokens * cfg.num_iterations / max(train_time, 1e-9),
                         **{k: v for k, v in batch.stats.items() if k.startswith(("time/", "rollout_tokens", "env_tokens"))}})
         self.engine.sync_weights()
         return metrics
 
     def optimize(self, rows: list[Row], adv: np.ndarray) -> dict[str, float]:
+        """`num_iterations × minibatches` optimizer steps on this rank's rows. Under torchrun a step is
+        every rank's share of its minibatch, normalised by counts summed over the ranks."""
         cfg = self.cfg
         ep_len: dict[int, int] = {}
         for r in rows:
             ep_len[r.episode] = ep_len.get(r.episode, 0) + sum(r.loss_mask)
-        max_len = cfg.max_completion_length or max((len(r.loss_mask) for r in rows), default=1)
+        longest = max((len(r.loss_mask) for r in rows), default=1)
+        max_len = cfg.max_completion_length or int(distributed.all_reduce([longest], "max")[0])
         tis = self._engine_correction(rows) if cfg.engine != "hf" else None
-        sums = {"loss": 0.0, "clip_ratio/low_mean": 0.0, "clip_ratio/high_mean": 0.0, "entropy": 0.0, "kl": 0.0, "grad_norm": 0.0}
-        n_updates, n_tok = 0, 0
-        self.model.train()
+        sums = {"tokens": 0.0, "clip_ratio/low_mean": 0.0, "clip_ratio/high_mean": 0.0, "entropy": 0.0, "kl": 0.0}
+        loss_sum, grad_norm_sum, n_updates = 0.0, 0.0, 0
+        self.train_model.train()
         for _ in range(cfg.num_iterations):
             order = self._shuffle.permutation(len(rows))
             for mb in np.array_split(order, cfg.minibatches):
                 mb_rows = [rows[i] for i in mb]
-                if not mb_rows:
+                stats = row_stats(mb_rows, ep_len, max_len, distributed.all_reduce)
+                if not stats.num_rows:  # empty on every rank
                     continue
-                weights = self.loss.row_weights(row_stats(mb_rows, ep_len, max_len))
                 self.opt.zero_grad(set_to_none=True)
-                step_loss = 0.0
-                for start in range(0, len(mb_rows), cfg.micro_batch_size):
-                    idx = list(range(start, min(start + cfg.micro_batch_size, len(mb_rows))))
-                    micro = [mb_rows[i] for i in idx]
-                    rb = pad_rows(micro, self.policy.tokenizer.pad_token_id, self.policy.device)
-                    logp, ent = completion_logprobs(self.model, rb, cfg.temperature, with_entropy=True,
-                                                    entropy_grad=cfg.entropy_coef > 0)
-                    a = torch.tensor([adv[r.episode] for r in micro], device=logp.device, dtype=logp.dtype)
-                    surrogate = sequence_surrogate if self.loss.sequence_level else token_surrogate
-                    args = (logp, rb.old_logprobs, a, rb.loss_mask, cfg.epsilon, cfg.epsilon_high) if self.loss.sequence_level \
-                        else (logp, rb.old_logprobs, a, cfg.epsilon, cfg.epsilon_high)
-                    per_tok, low, high = surrogate(*args)
-                    if tis is not None:
-                        per_tok = per_tok * pad_rows_like(tis, [mb[i] for i in idx], logp)
-                    if self.ref_model is not None:
-                        with torch.no_grad():
-                            ref_logp, _ = completion_logprobs(self.ref_model, rb, cfg.temperature)
-                        kl = k3_kl(logp, ref_logp)
-                        per_tok = per_tok + cfg.beta * kl
-                        sums["kl"] += float((kl * rb.loss_mask).sum())
-                    if cfg.entropy_coef:
-                        per_tok = per_tok - cfg.entropy_coef * ent
-                    w = torch.tensor([weights[i] for i in idx], device=logp.device, dtype=logp.dtype).unsqueeze(1)
-                    loss = (per_tok * rb.loss_mask * w).sum()
-                    loss.backward()
-                    step_loss += loss.item()
-                    m = rb.loss_mask
-                    n_tok += int(m.sum())
-                    sums["clip_ratio/low_mean"] += float((low * m).sum())
-                    sums["clip_ratio/high_mean"] += float((high * m).sum())
-                    sums["entropy"] += float((ent.detach() * m).sum())
+                local_loss = self._backward(mb_rows, [int(i) for i in mb], adv, self.loss.row_weights(stats), tis, sums)
+                step_loss = distributed.all_reduce([local_loss])[0]
                 grad_norm = torch.nn.utils.clip_grad_norm_(self.model.parameters(), cfg.max_grad_norm)
                 if not (math.isfinite(step_loss) and torch.isfinite(grad_norm)):
                     self.opt.zero_grad(set_to_none=True)
@@ -231,17 +238,65 @@ class GRPOTrainer:
                 self.nonfinite_streak = 0
                 self.opt.step()
                 self.sched.step()
-                sums["loss"] += step_loss
-                sums["grad_norm"] += float(grad_norm)
+                loss_sum += step_loss
+                grad_norm_sum += float(grad_norm)
                 n_updates += 1
-        self.model.eval()
-        out = {k: v / max(n_tok, 1) for k, v in sums.items() if k not in ("loss", "grad_norm")}
-        out.update(loss=sums["loss"] / max(n_updates, 1), grad_norm=sums["grad_norm"] / max(n_updates, 1),
+        self.train_model.eval()
+        totals = dict(zip(sums, distributed.all_reduce(list(sums.values()))))
+        n_tok = totals.pop("tokens")
+        out = {k: v / max(n_tok, 1) for k, v in totals.items()}
+        out.update(loss=loss_sum / max(n_updates, 1), grad_norm=grad_norm_sum / max(n_updates, 1),
                    learning_rate=self.sched.get_last_lr()[0], nonfinite_skipped=float(self.nonfinite_total))
         out["clip_ratio/region_mean"] = out["clip_ratio/low_mean"] + out["clip_ratio/high_mean"]
         if self.ref_model is None:
             out.pop("kl")
         return out
+
+    def _backward(self, mb_rows: list[Row], mb_index: list[int], adv: np.ndarray, weights: list[float],
+                  tis: list[torch.Tensor] | None, sums: dict[str, float]) -> float:
+        """Forward and backward each micro-batch of one optimizer step; return this rank's part of the
+        step's loss. DDP all-reduces the accumulated gradients in the step's last backward."""
+        cfg = self.cfg
+        starts = range(0, len(mb_rows), cfg.micro_batch_size)
+        if not starts:  # no rows here, some on another rank: join DDP's all-reduce with a zero gradient
+            pad = self.policy.tokenizer.pad_token_id
+            logp, _ = completion_logprobs(self.train_model, pad_rows([Row([pad, pad], 1, [0], [0.0], -1)], pad, self.policy.device))
+            (logp.sum() * 0.0).backward()
+            return 0.0
+        step_loss = 0.0
+        for start in starts:
+            idx = list(range(start, min(start + cfg.micro_batch_size, len(mb_rows))))
+            micro = [mb_rows[i] for i in idx]
+            rb = pad_rows(micro, self.policy.tokenizer.pad_token_id, self.policy.device)
+            with distributed.accumulate(self.train_model, last=start == starts[-1]):
+                logp, ent = completion_logprobs(self.train_model, rb, cfg.temperature, with_entropy=True,
+                                                entropy_grad=cfg.entropy_coef > 0)
+                a = torch.tensor([adv[r.episode] for r in micro], device=logp.device, dtype=logp.dtype)
+                surrogate = sequence_surrogate if self.loss.sequence_level else token_surrogate
+                args = (logp, rb.old_logprobs, a, rb.loss_mask, cfg.epsilon, cfg.epsilon_high) if self.loss.sequence_level \
+                    else (logp, rb.old_logprobs, a, cfg.epsilon, cfg.epsilon_high)
+                per_tok, low, high = surrogate(*args)
+                if tis is not None:
+                    per_tok = per_tok * pad_rows_like(tis, [mb_index[i] for i in idx], logp)
+                if self.ref_model is not None:
+                    with torch.no_grad():
+                        ref_logp, _ = completion_logprobs(self.ref_model, rb, cfg.temperature)
+                    kl = k3_kl(logp, ref_logp)
+                    per_tok = per_tok + cfg.beta * kl
+                    sums["kl"] += float((kl.detach() * rb.loss_mask).sum())
+                if cfg.entropy_coef:
+                    per_tok = per_tok - cfg.entropy_coef * ent
+                w = torch.tensor([weights[i] for i in idx], device=logp.device, dtype=logp.dtype).unsqueeze(1)
+                loss = (per_tok * rb.loss_mask * w).sum()
+                # DDP averages gradients over ranks; each rank's loss is its part of the global sum
+                (loss * self.world.size).backward()
+            step_loss += loss.item()
+            m = rb.loss_mask
+            sums["tokens"] += float(m.sum())
+            sums["clip_ratio/low_mean"] += float((low * m).sum())
+            sums["clip_ratio/high_mean"] += float((high * m).sum())
+            sums["entropy"] += float((ent.detach() * m).sum())
+        return step_loss
 
     def _engine_correction(self, rows: list[Row]) -> list[torch.Tensor]:
         """Truncated importance sampling: the trainer recomputes old log-probs (used for the ratio) and
@@ -261,51 +316,58 @@ class GRPOTrainer:
 
     # -- logging ----------------------------------------------------------------------------------
     def episode_metrics(self, batch: Batch, rewards: np.ndarray, comps: dict[str, list[float]]) -> dict[str, float]:
-        G = self.cfg.num_generations
-        grouped = rewards.reshape(-1, G)
+        """Means over every rank's episodes (over groups for the std metrics): what one process would log."""
+        group_std = rewards.reshape(-1, self.cfg.num_generations).std(axis=1)
         eps = batch.episodes
-        out = {"reward": float(rewards.mean()), "reward_std": float(grouped.std(axis=1).mean()),
-               "frac_reward_zero_std": float((grouped.std(axis=1) == 0).mean()),
-               "completions/mean_length": float(np.mean([ep.num_tokens for ep in eps])),
-               "completions/clipped_ratio": float(np.mean([ep.truncated for ep in eps])),
-               "accuracy": float(np.mean([bool(ep.info.get("correct")) for ep in eps]))}
-        out.update({f"rewards/{k}/mean": float(np.mean(v)) for k, v in comps.items()})
-        if "chunks" in eps[0].info:
-            out["delethink/chunks_mean"] = float(np.mean([ep.info["chunks"] for ep in eps]))
-            out["delethink/thinking_tokens_mean"] = float(np.mean([ep.info.get("thinking_tokens", 0) for ep in eps]))
-        by_level: dict[str, list[float]] = {}
+        values: dict[str, list[float]] = {
+            "reward": rewards.tolist(), "reward_std": group_std.tolist(), "frac_reward_zero_std": (group_std == 0).tolist(),
+            "completions/mean_length": [ep.num_tokens for ep in eps], "completions/clipped_ratio": [ep.truncated for ep in eps],
+            "accuracy": [bool(ep.info.get("correct")) for ep in eps], **{f"rewards/{k}/mean": list(v) for k, v in comps.items()}}
         for ep in eps:
+            if "chunks" in ep.info:
+                values.setdefault("delethink/chunks_mean", []).append(ep.info["chunks"])
+                values.setdefault("delethink/thinking_tokens_mean", []).append(ep.info.get("thinking_tokens", 0))
             for knob, value in ep.info.get("difficulty", {}).items():
-                by_level.setdefault(f"success_by_difficulty/{knob}={value}", []).append(float(bool(ep.info.get("correct"))))
+                values.setdefault(f"success_by_difficulty/{knob}={value}", []).append(bool(ep.info.get("correct")))
             if "curriculum" in ep.info:
-                by_level.setdefault("curriculum/level", []).append(float(ep.info["curriculum"]["level"]))
-        out.update({k: float(np.mean(v)) for k, v in by_level.items()})
+                values.setdefault("curriculum/level", []).append(ep.info["curriculum"]["level"])
+        out = distributed.global_means({k: (float(sum(v)), float(len(v))) for k, v in values.items()})
         if self.reward is not None:
             out.update({f"rewards/{k}": v for k, v in self.reward.metrics().items()})
         return out
 
     def log(self, metrics: dict[str, float], step: int) -> None:
+        if self.writer is None:  # not rank 0
+            return
         for k, v in metrics.items():
             if isinstance(v, (int, float)) and math.isfinite(v):
                 self.writer.add_scalar(k, v, step)
         self.writer.flush()
 
     def run_eval(self, step: int) -> dict[str, float]:
+        """Held-out evaluation, its seeds shared among the ranks; every metric is a mean over prompts."""
         cfg = self.cfg
-        res = evaluate(self.engine, cfg.env, range(cfg.eval_prompts), n=cfg.eval_samples, env_kwargs=cfg.env_kwargs,
-                       temperature=cfg.eval_temperature, ks=sorted({1, cfg.eval_samples}))
+        seeds = distributed.shard(range(cfg.eval_prompts))
+        res = evaluate(self.engine, cfg.env, seeds, n=cfg.eval_samples, env_kwargs=cfg.env_kwargs,
+                       temperature=cfg.eval_temperature, ks=sorted({1, cfg.eval_samples})) if seeds else {}
+        res = distributed.global_means({k: (v * len(seeds), float(len(seeds))) for k, v in res.items()})
         self.log({f"eval/{k}": v for k, v in res.items()}, step)
         return res
 
     # -- checkpoints ------------------------------------------------------------------------------
     def state(self) -> dict[str, Any]:
+        """The trainer's state; `ranks` holds every rank's RNGs, shuffle and environment state (a collective)."""
+        mine = {"rng": rng_state(getattr(self.engine, "generator", None)), "shuffle": self._shuffle.bit_generator.state,
+                "env": self.collector.env_state()}
         return {"step": self.step, "optimizer": self.opt.state_dict(), "scheduler": self.sched.state_dict(),
-                "rng": rng_state(getattr(self.engine, "generator", None)), "shuffle": self._shuffle.bit_generator.state,
-                "reward": self.reward.state_dict() if self.reward is not None else None, "env": self.collector.env_state(),
+                "ranks": distributed.gather(mine), "reward": self.reward.state_dict() if self.reward is not None else None,
                 "nonfinite": (self.nonfinite_streak, self.nonfinite_total), "config": self.cfg.to_dict()}
 
     def save(self) -> None:
-        save_checkpoint(self.cfg.output_dir, self.step, self.policy, self.state())
+        state = self.state()
+        if self.world.is_main:
+            save_checkpoint(self.cfg.output_dir, self.step, self.policy, state)
+        distributed.barrier()  # no rank goes on (or exits) before the checkpoint is written
 
     def load(self) -> bool:
         path = latest_checkpoint(self.cfg.output_dir)
@@ -316,11 +378,19 @@ class GRPOTrainer:
         st = load_trainer_state(path)
         self.opt.load_state_dict(st["optimizer"])
         self.sched.load_state_dict(st["scheduler"])
-        set_rng_state(st["rng"], getattr(self.engine, "generator", None))
-        self._shuffle.bit_generator.state = st["shuffle"]
+        # checkpoints written before data parallelism hold one process's state at the top level
+        per_rank = st.get("ranks") or [{"rng": st["rng"], "shuffle": st["shuffle"], "env": st.get("env")}]
+        if len(per_rank) == self.world.size:
+            mine = per_rank[self.world.rank]
+            set_rng_state(mine["rng"], getattr(self.engine, "generator", None))
+            self._shuffle.bit_generator.state = mine["shuffle"]
+        else:
+            mine = per_rank[0]
+            warnings.warn(f"{path} was written by {len(per_rank)} processes and is resumed by {self.world.size}: the weights, optimizer, "
+                          "schedules and reward state continue, the sampling RNGs restart from the seed", stacklevel=2)
         if self.reward is not None and st.get("reward") is not None:
             self.reward.load_state_dict(st["reward"])
-        self.collector.load_env_state(st.get("env"))
+        self.collector.load_env_state(mine["env"])
         self.nonfinite_streak, self.nonfinite_total = st["nonfinite"]
         self.step = st["step"]
         self.engine.sync_weights()
@@ -332,6 +402,7 @@ class GRPOTrainer:
         seeds = range(SFT_SEED_BASE, SFT_SEED_BASE + cfg.sft_seeds)
         rows = demonstration_rows(cfg.env, seeds, self.policy.tokenizer, cfg.env_kwargs)
         train_sft(self.policy, rows, steps=cfg.sft_steps, lr=cfg.sft_learning_rate, seed=cfg.seed, writer=self.writer, log_every=0)
+        distributed.broadcast_module(self.model)  # every rank ran the same SFT; rank 0's result is the one kept
         self.engine.sync_weights()
 
     def _request_stop(self, signum, frame) -> None:
@@ -347,25 +418,30 @@ class GRPOTrainer:
         try:
             if cfg.eval_every and not resumed:
                 self.run_eval(self.step)
-            bar = tqdm(range(self.step, cfg.steps), initial=self.step, total=cfg.steps, desc="grpo", dynamic_ncols=True)
+            bar = tqdm(range(self.step, cfg.steps), initial=self.step, total=cfg.steps, desc="grpo", dynamic_ncols=True,
+                       disable=not self.world.is_main)
             for _ in bar:
                 last = self.train_step()
                 self.step += 1
                 self.log(last, self.step)
                 bar.set_postfix(reward=f"{last['reward']:.3f}", len=f"{last['completions/mean_length']:.0f}")
-                if cfg.log_completions_every and self.step % cfg.log_completions_every == 0:
+                if self.writer is not None and self.last_episode is not None and cfg.log_completions_every \
+                        and self.step % cfg.log_completions_every == 0:
                     self.writer.add_text("completions", self._sample_text(), self.step)
                 if cfg.eval_every and self.step % cfg.eval_every == 0:
                     last.update({f"eval/{k}": v for k, v in self.run_eval(self.step).items()})
-                if self._stop_requested or (cfg.save_every and self.step % cfg.save_every == 0) or self.step == cfg.steps:
+                stop = distributed.any_rank(self._stop_requested)  # ranks stop at the same step
+                if stop or (cfg.save_every and self.step % cfg.save_every == 0) or self.step == cfg.steps:
                     self.save()
-                if self._stop_requested:
-                    print(f"stopped by signal at step {self.step}; checkpoint saved in {cfg.output_dir}", flush=True)
+                if stop:
+                    if self.world.is_main:
+                        print(f"stopped by signal at step {self.step}; checkpoint saved in {cfg.output_dir}", flush=True)
                     break
         finally:
             for s, h in old.items():
                 signal.signal(s, h)
-            self.writer.flush()
+            if self.writer is not None:
+                self.writer.flush()
         return last
 
     def _sample_text(self) -> str:

@@ -2,8 +2,8 @@
 
 A loss gives a per-token loss and one weight per row, computed over all rows of the optimizer
 step at once. The step's loss is Σ_rows weight · Σ_tokens loss, so normalisation is global across
-micro-batches and gradient accumulation (and across ranks, given global counts), never per
-micro-batch. `loss_type`:
+micro-batches, gradient accumulation and ranks (`RowStats`' counts are summed over every rank),
+never per micro-batch or per rank. `loss_type`:
 - `grpo`: mean over each sequence's tokens, then over sequences (DeepSeekMath).
 - `dapo`: mean over every token of the step (DAPO, arXiv 2503.14476).
 - `dr_grpo`: sum over tokens divided by a constant, sequences × max length (Dr. GRPO, arXiv 2503.20783).
@@ -24,12 +24,15 @@ from .collector import Row
 
 @dataclass
 class RowStats:
-    """What a loss needs to know about the rows of one optimizer step."""
+    """What a loss needs to know about the rows of one optimizer step. The lists are about this
+    rank's rows; the counts are about the whole step, over every rank (the same with one process)."""
 
     lengths: list[int]          # loss-counted tokens per row
     trace_lengths: list[int]    # loss-counted tokens of each row's whole rollout
     num_traces: int
     max_length: int             # the constant of dr_grpo
+    num_rows: int
+    num_tokens: int             # loss-counted tokens of the step
 
 
 def token_surrogate(logp: torch.Tensor, old: torch.Tensor, adv: torch.Tensor, eps_low: float, eps_high: float) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
@@ -52,7 +55,10 @@ POLICY_LOSSES: dict[str, PolicyLoss] = {}
 
 
 def register_policy_loss(name: str, sequence_level: bool = False):
-    """Decorate `fn(stats: RowStats) -> list[float]` (one weight per row) to add a `loss_type`."""
+    """Decorate `fn(stats: RowStats) -> list[float]` (one weight per row) to add a `loss_type`.
+
+    Normalise by the counts (`num_rows`, `num_tokens`, `num_traces`), not by `len(stats.lengths)`:
+    under torchrun the lists hold one rank's rows only."""
     def deco(fn: Callable[[RowStats], list[float]]):
         POLICY_LOSSES[name] = PolicyLoss(name, fn, sequence_level)
         return fn
@@ -71,18 +77,17 @@ def _n(x: int) -> float:
 
 @register_policy_loss("grpo")
 def _grpo(s: RowStats) -> list[float]:
-    return [1.0 / (_n(n) * _n(len(s.lengths))) for n in s.lengths]
+    return [1.0 / (_n(n) * _n(s.num_rows)) for n in s.lengths]
 
 
 @register_policy_loss("dapo")
 def _dapo(s: RowStats) -> list[float]:
-    total = _n(sum(s.lengths))
-    return [1.0 / total] * len(s.lengths)
+    return [1.0 / _n(s.num_tokens)] * len(s.lengths)
 
 
 @register_policy_loss("dr_grpo")
 def _dr_grpo(s: RowStats) -> list[float]:
-    return [1.0 / (_n(len(s.lengths)) * _n(s.max_length))] * len(s.lengths)
+    return [1.0 / (_n(s.num_rows) * _n(s.max_length))] * len(s.lengths)
 
 
 @register_policy_loss("delethink")
@@ -93,7 +98,7 @@ def _delethink(s: RowStats) -> list[float]:
 @register_policy_loss("gspo", sequence_level=True)
 def _gspo(s: RowStats) -> list[float]:
     # each token carries its sequence's loss, so 1/|o_i| turns the token sum back into it
-    return [1.0 / (_n(n) * _n(len(s.lengths))) for n in s.lengths]
+    return [1.0 / (_n(n) * _n(s.num_rows)) for n in s.lengths]
 
 
 def sequence_surrogate(logp: torch.Tensor, old: torch.Tensor, adv: torch.Tensor, mask: torch.Tensor, eps_low: float,
@@ -113,6 +118,11 @@ def k3_kl(logp: torch.Tensor, ref_logp: torch.Tensor) -> torch.Tensor:
     return torch.exp(d) - d - 1
 
 
-def row_stats(rows: Sequence[Row], episode_lengths: dict[int, int], max_length: int) -> RowStats:
+def row_stats(rows: Sequence[Row], episode_lengths: dict[int, int], max_length: int,
+              sum_over_ranks: Callable[[list[float]], list[float]] | None = None) -> RowStats:
+    """Stats of this rank's `rows`; `sum_over_ranks` (distributed.all_reduce) makes the counts global.
+    A trace's rows all live on one rank, so traces are counted once."""
     lengths = [sum(r.loss_mask) for r in rows]
-    return RowStats(lengths, [episode_lengths[r.episode] for r in rows], len({r.episode for r in rows}), max_length)
+    counts = [len({r.episode for r in rows}), len(rows), sum(lengths)]
+    num_traces, num_rows, num_tokens = (int(c) for c in (sum_over_ranks(counts) if sum_over_ranks else counts))
+    return RowStats(lengths, [episode_lengths[r.episode] for r in rows], num_traces, max_length, num_rows, num_tokens)

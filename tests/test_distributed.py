@@ -1,0 +1,171 @@
+"""Data parallelism on the CPU: 2 processes with gloo under torchrun give the loss and the updated
+weights of 1 process on the same global batch; rank 0 alone writes; resume is exact.
+
+Rollouts come from `PromptSeededEngine`, whose completions depend only on the prompt, so both setups
+train on the same rows whichever rank collects them. Run as a script, this file is the torchrun
+worker: `torchrun --nproc-per-node 2 tests/test_distributed.py OUT`.
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from collections import Counter
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from thinkgym.agents import distributed
+from thinkgym.agents.cli import main
+from thinkgym.agents.config import GRPOConfig
+from thinkgym.agents.engine import Completion, GenerationRequest
+from thinkgym.agents.grpo import GRPOTrainer
+from thinkgym.agents.plot import read_scalars
+from thinkgym.agents.policy import Policy
+from thinkgym.rewards import register_reward
+
+
+@register_reward("dist_sevens")
+def dist_sevens(sample, **_):
+    """How many 7s the completion wrote: rewards with variance within every group."""
+    return float(sample.text.count("7"))
+
+
+class PromptSeededEngine:
+    """Random digit strings of random length, seeded by the prompt and its place among the identical
+    prompts of the call (a group's members): a seed's rollouts do not depend on the rank collecting them."""
+
+    def __init__(self, policy):
+        self.policy = policy
+        self.digits = policy.tokenizer.encode("0123456789")
+
+    def sync_weights(self) -> None:
+        """The completions do not depend on the weights."""
+
+    def generate(self, requests: list[GenerationRequest]) -> list[list[Completion]]:
+        seen: Counter = Counter()
+        out = []
+        for req in requests:
+            j = seen[tuple(req.prompt_ids)]
+            seen[tuple(req.prompt_ids)] += 1
+            rng = np.random.default_rng([j, *req.prompt_ids])
+            ids = [int(t) for t in rng.choice(self.digits, size=int(rng.integers(3, min(20, req.max_new_tokens))))]
+            logps = rng.uniform(-3.0, -0.5, size=len(ids)).tolist()
+            out.append([Completion(ids, self.policy.tokenizer.decode(ids), logps, "eos")])
+        return out
+
+
+BASE = dict(env="DelethinkDemo-v0", model="tiny", num_generations=3, learning_rate=1e-3, eval_every=0, save_every=0,
+            reward="dist_sevens", steps=2)
+CASES = {
+    "grpo": dict(loss_type="grpo", prompts_per_step=4, micro_batch_size=4),
+    "dapo": dict(loss_type="dapo", prompts_per_step=4, micro_batch_size=4),
+    "dr_grpo_uneven": dict(loss_type="dr_grpo", prompts_per_step=3, micro_batch_size=2),  # 1 group on rank 0, 2 on rank 1
+    "dapo_batch_std_kl": dict(loss_type="dapo", prompts_per_step=4, micro_batch_size=5, scale_rewards="batch", beta=0.05),
+}
+
+
+def run_case(name: str, out_dir: Path) -> dict:
+    """`steps` train_steps of one case; its losses, rewards and final weights."""
+    trainer = GRPOTrainer(GRPOConfig(**BASE, **CASES[name], output_dir=str(out_dir / name)))
+    trainer.engine = trainer.collector.engine = PromptSeededEngine(trainer.policy)
+    metrics = [trainer.train_step() for _ in range(trainer.cfg.steps)]
+    return {"metrics": metrics, "weights": {k: v.detach().clone() for k, v in trainer.model.state_dict().items()}}
+
+
+RESUME = dict(env="DelethinkDemo-v0", model="tiny", prompts_per_step=2, num_generations=2, micro_batch_size=4,
+              learning_rate=1e-3, save_every=1, log_completions_every=1, reward="dist_sevens + correctness", eval_every=3,
+              eval_prompts=3, eval_samples=2)  # 3 eval prompts: 1 on rank 0, 2 on rank 1
+
+
+def worker(out: Path) -> None:
+    """Every rank: the equivalence cases, an empty minibatch, dynamic sampling, a run cut at step 2 then
+    resumed, and the CLI."""
+    torch.set_num_threads(1)
+    w = distributed.world()
+    results: dict = {name: run_case(name, out) for name in CASES}
+    # rank 0 has 3 rows, rank 1 has 6: rank 0's 4th minibatch is empty and joins DDP's all-reduce with a zero gradient
+    t = GRPOTrainer(GRPOConfig(**{**BASE, "loss_type": "dapo", "prompts_per_step": 3, "minibatches": 4, "micro_batch_size": 1,
+                                  "output_dir": str(out / "empty")}))
+    t.engine = t.collector.engine = PromptSeededEngine(t.policy)
+    t.train_step()
+    checksums = distributed.gather([float(p.detach().double().abs().sum()) for p in t.model.parameters()])
+    # dynamic sampling: ranks may need different numbers of rounds, and all take part in each
+    t = GRPOTrainer(GRPOConfig(**{**BASE, "reward": "correctness", "dynamic_sampling": True, "max_resample_rounds": 2,
+                                  "prompts_per_step": 2, "output_dir": str(out / "dynamic")}))
+    t.engine = t.collector.engine = PromptSeededEngine(t.policy)
+    dropped = t.train_step()["frac_groups_dropped"]
+    GRPOTrainer(GRPOConfig(**RESUME, steps=3, output_dir=str(out / "full"))).train()
+    GRPOTrainer(GRPOConfig(**RESUME, steps=2, output_dir=str(out / "cut"))).train()
+    resumed = GRPOTrainer(GRPOConfig(**RESUME, steps=3, output_dir=str(out / "cut"), resume=True))
+    resumed.train()
+    weights = distributed.gather({k: v.detach().clone() for k, v in resumed.model.state_dict().items()})
+    if w.is_main:
+        torch.save({"cases": results, "empty_checksums": checksums, "dynamic_dropped": dropped, "resumed_weights": weights},
+                   out / "results.pt")
+    main(["train", "--steps", "1", "--prompts-per-step", "2", "--num-generations", "2", "--eval-every", "0",
+          "--output-dir", str(out / "cli")])
+
+
+@pytest.fixture(scope="module")
+def two_ranks(tmp_path_factory) -> tuple[Path, str]:
+    out = tmp_path_factory.mktemp("ddp")
+    proc = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2", __file__, str(out)],
+                          capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-4000:]
+    return out, proc.stdout
+
+
+@pytest.mark.parametrize("name", list(CASES))
+def test_two_ranks_match_one_process(two_ranks, name, tmp_path):
+    torch.set_num_threads(1)
+    out, _ = two_ranks
+    two = torch.load(out / "results.pt", weights_only=False)["cases"][name]
+    one = run_case(name, tmp_path)
+    for m1, m2 in zip(one["metrics"], two["metrics"]):
+        for key in ("loss", "grad_norm", "reward", "reward_std", "entropy", "completions/mean_length"):
+            assert m2[key] == pytest.approx(m1[key], rel=1e-5, abs=1e-7), key
+    init = Policy.tiny().model.state_dict()
+    moved = max(float((one["weights"][k] - init[k]).abs().max()) for k in init)
+    diff = max(float((one["weights"][k] - two["weights"][k]).abs().max()) for k in init)
+    assert moved > 1e-3 and diff < 1e-5, f"the update moved weights by up to {moved}; the two setups differ by up to {diff}"
+
+
+def test_a_rank_with_an_empty_minibatch_keeps_the_ranks_identical(two_ranks):
+    out, _ = two_ranks
+    first, second = torch.load(out / "results.pt", weights_only=False)["empty_checksums"]
+    assert first == second
+
+
+def test_dynamic_sampling_rounds_run_on_every_rank(two_ranks):
+    out, _ = two_ranks
+    assert torch.load(out / "results.pt", weights_only=False)["dynamic_dropped"] == 1.0  # random digits are never correct
+
+
+def test_rank0_writes_and_resume_continues_exactly(two_ranks):
+    out, stdout = two_ranks
+    full, cut = read_scalars(str(out / "full")), read_scalars(str(out / "cut"))
+    assert len(list((out / "full").glob("events.out.tfevents*"))) == 1  # one writer: rank 0
+    assert {"eval/accuracy", "eval/pass@2", "reward", "loss"} <= set(full)
+    assert dict(cut["loss"])[3] == pytest.approx(dict(full["loss"])[3], rel=1e-5, abs=1e-7)
+    assert dict(cut["reward"])[3] == dict(full["reward"])[3]
+    ranks = torch.load(out / "results.pt", weights_only=False)["resumed_weights"]
+    state = torch.load(out / "full" / "checkpoint-3" / "trainer_state.pt", weights_only=False)
+    assert len(state["ranks"]) == 2 and state["ranks"][0]["rng"]["engine"] is not None
+    final = Policy.from_pretrained(str(out / "full" / "checkpoint-3" / "policy")).model.state_dict()
+    for rank in ranks:
+        assert max(float((rank[k] - final[k]).abs().max()) for k in final) < 1e-6
+
+
+def test_cli_under_torchrun_reports_once(two_ranks):
+    out, stdout = two_ranks
+    reports = [json.loads(line) for line in stdout.splitlines() if line.startswith("{")]
+    assert len(reports) == 1 and reports[0]["output_dir"] == str(out / "cli")
+    assert (out / "cli" / "checkpoint-1" / "policy" / "model.safetensors").exists()
+
+
+if __name__ == "__main__":
+    worker(Path(sys.argv[1]))
