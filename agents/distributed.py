@@ -120,15 +120,13 @@ def global_means(parts: dict[str, tuple[float, float]]) -> dict[str, float]:
 
 
 def wrap(model: torch.nn.Module) -> torch.nn.Module:
-    """The module to run forward/backward through: DDP under torchrun, the model itself otherwise.
-
-    Buffers are not broadcast on every forward (the policy's buffers are constants such as RoPE's)."""
+    """The module to run forward/backward through: DDP under torchrun, the model itself otherwise."""
     if not active():
         return model
     from torch.nn.parallel import DistributedDataParallel
 
     on_cuda = next(model.parameters()).device.type == "cuda"
-    return DistributedDataParallel(model, device_ids=[world().local_rank] if on_cuda else None, broadcast_buffers=False)
+    return DistributedDataParallel(model, device_ids=[world().local_rank] if on_cuda else None)
 
 
 def accumulate(model: torch.nn.Module, last: bool) -> contextlib.AbstractContextManager:

@@ -1,5 +1,6 @@
 """Data parallelism on the CPU: 2 processes with gloo under torchrun give the loss and the updated
-weights of 1 process on the same global batch; rank 0 alone writes; resume is exact.
+weights of 1 process on the same global batch; rank 0 alone writes; resume is exact; the scaling
+benchmark runs.
 
 Rollouts come from `PromptSeededEngine`, whose completions depend only on the prompt, so both setups
 train on the same rows whichever rank collects them. Run as a script, this file is the torchrun
@@ -165,6 +166,16 @@ def test_cli_under_torchrun_reports_once(two_ranks):
     reports = [json.loads(line) for line in stdout.splitlines() if line.startswith("{")]
     assert len(reports) == 1 and reports[0]["output_dir"] == str(out / "cli")
     assert (out / "cli" / "checkpoint-1" / "policy" / "model.safetensors").exists()
+
+
+def test_scaling_benchmark_runs_under_torchrun_on_the_cpu(tmp_path):
+    script = Path(__file__).resolve().parents[1] / "benchmarks" / "gpu" / "scaling.py"
+    proc = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2", str(script), "--tiny",
+                           "--out", str(tmp_path / "scaling.json")], capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-4000:]
+    res = json.loads((tmp_path / "scaling.json").read_text())
+    assert res["summary"]["world_size"] == 2 and len(res["steps"]) == 2
+    assert all(s["generated_tokens_per_s"] > 0 and s["train_tokens_per_s"] > 0 for s in res["steps"])
 
 
 if __name__ == "__main__":
