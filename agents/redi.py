@@ -9,6 +9,8 @@ i.e. it raises the positive's mean token log-probability and lowers the negative
 α < 1 is what keeps both from collapsing together. The data is any jsonl of (prompt, response,
 correct), such as what `thinkgym sample` writes; a trace of several Delethink chunks counts as one
 response whose log-likelihood is the sum over its chunks, each scored in its own context.
+Where a task's worked solution is its one correct trace, `cut_after_first_error` shortens a negative
+to its first wrong token, so that stage 2 does not push down the correct steps around the error.
 """
 
 from __future__ import annotations
@@ -123,6 +125,33 @@ def build_redi_data(traces: list[Trace], pairs_per_prompt: int | None = 1) -> Re
               "prompts_only_negative": sum(1 for p, n in groups if n and not p),
               "pairs": len(pairs)}
     return RediData([t for p, _ in groups for t in p], pairs, counts)
+
+
+def _one_row(trace: Trace) -> Row:
+    if len(trace.rows) != 1:
+        raise ValueError(f"locating an error needs a one-row trace (no Delethink chunks); this one has {len(trace.rows)} rows")
+    return trace.rows[0]
+
+
+def first_error(trace: Trace, reference_ids: list[int]) -> int | None:
+    """Index of the first response token that leaves `reference_ids` (a correct response, EOS
+    included, for tasks whose worked solution is the one correct trace). None when no response
+    token is wrong: it matches the reference, or stops early on a prefix of it."""
+    row = _one_row(trace)
+    response = row.input_ids[row.prompt_len:]
+    k = next((i for i, (a, b) in enumerate(zip(response, reference_ids)) if a != b), len(reference_ids))
+    return k if k < len(response) else None
+
+
+def cut_after_first_error(trace: Trace, reference_ids: list[int]) -> Trace:
+    """The negative up to and including its first wrong token. After that token a wrong trace mostly
+    continues correctly from a wrong state; pushing those tokens down penalises correct steps."""
+    k = first_error(trace, reference_ids)
+    if k is None:
+        raise ValueError("no response token leaves the reference: there is no first error to cut after")
+    row = trace.rows[0]
+    return Trace(trace.prompt, trace.correct, [Row(row.input_ids[:row.prompt_len + k + 1], row.prompt_len,
+                                                   row.loss_mask[:k + 1], row.old_logprobs[:k + 1], row.episode)])
 
 
 def sequence_logprobs(policy: Policy, traces: list[Trace]) -> tuple[torch.Tensor, torch.Tensor]:

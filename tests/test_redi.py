@@ -11,8 +11,8 @@ from thinkgym.agents.collector import Row
 from thinkgym.agents.hf_engine import HFEngine
 from thinkgym.agents.plot import read_scalars
 from thinkgym.agents.policy import Policy
-from thinkgym.agents.redi import (Trace, build_redi_data, load_traces, record_trace, redi_loss, sequence_logprobs,
-                                  train_redi)
+from thinkgym.agents.redi import (Trace, build_redi_data, cut_after_first_error, first_error, load_traces, record_trace,
+                                  redi_loss, sequence_logprobs, train_redi)
 from thinkgym.agents.sample import sample_traces
 
 ENV, KW = "LongCoT-v0", {"task_kwargs": {"n_terms": 2}, "max_thinking_tokens": 12}
@@ -87,6 +87,26 @@ def test_pairing_counts_only_positive_and_only_negative_prompts(policy):
     assert every.counts["pairs"] == 2
     assert all(w.correct and not l.correct and w.prompt == l.prompt == "A" for w, l in every.pairs)
     assert len({id(w) for w, _ in every.pairs}) == 2 and len({id(l) for _, l in every.pairs}) == 2
+
+
+def test_negative_is_cut_after_its_first_wrong_token(policy):
+    tok = policy.tokenizer
+    ref = tok.encode("1|79\n1+7=8|9\n8+9=17|\n</think>\\boxed{17}") + [tok.eos_token_id]
+    wrong = trace(policy, "Add: 1 7 9\n", "1|79\n1+7=9|9\n9+9=18|\n</think>\\boxed{18}", False)
+    k = first_error(wrong, ref)
+    assert k == len("1|79\n1+7=")
+    cut = cut_after_first_error(wrong, ref)
+    row = cut.rows[0]
+    assert tok.decode(row.input_ids[row.prompt_len:]) == "1|79\n1+7=9" and cut.num_tokens == k + 1 and not cut.correct
+    assert row.input_ids[:row.prompt_len] == wrong.rows[0].input_ids[:row.prompt_len]
+    right = trace(policy, "Add: 1 7 9\n", "1|79\n1+7=8|9\n8+9=17|\n</think>\\boxed{17}", True)
+    r = right.rows[0]
+    early = Trace("Add: 1 7 9\n", False, [Row(r.input_ids[:r.prompt_len + 10], r.prompt_len, [1] * 10, [0.0] * 10, 0)])
+    assert first_error(right, ref) is None and first_error(early, ref) is None  # nothing wrong; a prefix that stopped early
+    with pytest.raises(ValueError, match="no first error"):
+        cut_after_first_error(right, ref)
+    with pytest.raises(ValueError, match="one-row trace"):
+        first_error(Trace("p", False, right.rows * 2), ref)
 
 
 def test_bad_inputs_are_named(tmp_path, policy):
