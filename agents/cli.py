@@ -67,7 +67,7 @@ def cmd_train(args: argparse.Namespace) -> None:
     from . import distributed
     from .grpo import GRPOTrainer
 
-    policy = None
+    policy = trainer = None
     try:
         for cfg in config_stages(args):
             trainer = GRPOTrainer(cfg, policy=policy)
@@ -77,6 +77,8 @@ def cmd_train(args: argparse.Namespace) -> None:
                 print(json.dumps({"output_dir": cfg.output_dir,
                                   **{k: round(v, 4) for k, v in last.items() if k.startswith(("reward", "eval/", "accuracy"))}}))
     finally:
+        if trainer is not None and hasattr(trainer.engine, "close"):
+            trainer.engine.close()  # vLLM tears the process groups down itself, and must do it first
         distributed.shutdown()
 
 

@@ -12,6 +12,9 @@ before truncation. Forced `prefix_ids` are appended to the prompt and scored
 with `prompt_logprobs`, which vLLM computes at temperature 1: exact for T in {0, 1}, and
 log softmax(logits) rather than log softmax(logits / T) otherwise (a warning says so). A stop
 string that straddles the forced prefix and the sampled text is not detected.
+
+Under `torchrun` every rank runs its own replica on its own GPU, as one data-parallel rank of vLLM's
+`external_launcher` executor, which stays in this process and leaves the process group to the trainer.
 """
 
 from __future__ import annotations
@@ -24,6 +27,7 @@ from typing import Any, Callable
 import numpy as np
 import torch
 
+from . import distributed
 from .engine import Completion, GenerationRequest, find_stop
 from .policy import Policy
 
@@ -61,6 +65,21 @@ def _report_untruncated_logprobs(worker: Any) -> bool:
     return True
 
 
+def _write_model(policy: Policy, path: str) -> None:
+    """The policy as a model folder for vLLM. Not `save_pretrained`: once torch.distributed is
+    initialised, transformers writes only on rank 0, and under torchrun every rank needs its copy.
+    With tied embeddings the folder has no `lm_head.weight`, as a checkpoint of such a model."""
+    from safetensors.torch import save_file
+
+    model = policy.model
+    tied = bool(model.config.tie_word_embeddings)
+    state = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items() if not (tied and k == "lm_head.weight")}
+    model.config.architectures = model.config.architectures or [type(model).__name__]  # as save_pretrained records it
+    model.config.save_pretrained(path)
+    save_file(state, os.path.join(path, "model.safetensors"), metadata={"format": "pt"})
+    policy.tokenizer.save_pretrained(path)
+
+
 def _reload_from(weights: list[tuple[str, torch.Tensor]], tied: bool) -> Callable[[Any], None]:
     """A `collective_rpc` function loading checkpoint-format weights into the worker's model in place.
 
@@ -80,6 +99,8 @@ class VLLMEngine:
     """Samples with vLLM from a copy of the policy's weights, refreshed by `sync_weights`.
 
     `rng` draws each request's vLLM seed: reproducible runs from `seed`, fresh samples every call.
+    `tensor_parallel_size` shards the copy over that many GPUs (one process only: under torchrun
+    every rank samples its own prompts, which tensor-parallel ranks cannot).
     """
 
     def __init__(self, policy: Policy, gpu_memory_utilization: float = 0.4, tensor_parallel_size: int = 1,
@@ -87,16 +108,27 @@ class VLLMEngine:
         self.policy = policy
         self.rng = np.random.default_rng(seed)
         os.environ["VLLM_ENABLE_V1_MULTIPROCESSING"] = "0"  # in-process: collective_rpc reaches the model
+        world = distributed.world()
+        if world.size > 1 and tensor_parallel_size > 1:
+            raise ValueError(f"tensor_parallel_size={tensor_parallel_size} under torchrun ({world.size} processes): every rank "
+                             "runs its own replica of its own prompts; use tensor parallelism in a single process")
         self._dir = tempfile.TemporaryDirectory(prefix="thinkgym-vllm-")
-        policy.save_pretrained(self._dir.name)
+        _write_model(policy, self._dir.name)
         kwargs = dict(model=self._dir.name, tokenizer=self._dir.name, dtype=str(policy.dtype).removeprefix("torch."),
                       seed=seed if seed is not None else 0, max_model_len=policy.max_context,
                       gpu_memory_utilization=gpu_memory_utilization, tensor_parallel_size=tensor_parallel_size,
                       logprobs_mode="processed_logprobs")
+        if world.size > 1:
+            kwargs.update(distributed_executor_backend="external_launcher", data_parallel_size=world.size)
         self.llm = LLM(**{**kwargs, **llm_kwargs})
         if not all(self.llm.collective_rpc(_report_untruncated_logprobs)):
             warnings.warn("this vLLM's sampler could not be wrapped: with top_p < 1 the vllm engine reports "
                           "log-probabilities of the truncated, renormalised distribution", stacklevel=2)
+
+    def close(self) -> None:
+        """Shut vLLM's in-process engine down now. Its teardown destroys torch.distributed's groups,
+        the trainer's too under torchrun, so it must come before the trainer's own (`thinkgym train` does this)."""
+        self.llm.llm_engine.engine_core.shutdown()
 
     def sync_weights(self) -> None:
         """Copy the policy's current parameters into vLLM in place, and drop KV blocks computed with the old ones."""

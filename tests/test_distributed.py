@@ -1,6 +1,6 @@
 """Data parallelism on the CPU: 2 processes with gloo under torchrun give the loss and the updated
 weights of 1 process on the same global batch; rank 0 alone writes; resume is exact; the scaling
-benchmark runs.
+benchmark runs; with vLLM, each rank's replica follows the DDP-trained weights.
 
 Rollouts come from `PromptSeededEngine`, whose completions depend only on the prompt, so both setups
 train on the same rows whichever rank collects them. Run as a script, this file is the torchrun
@@ -10,6 +10,7 @@ worker: `torchrun --nproc-per-node 2 tests/test_distributed.py OUT`.
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 from collections import Counter
@@ -178,5 +179,36 @@ def test_scaling_benchmark_runs_under_torchrun_on_the_cpu(tmp_path):
     assert all(s["generated_tokens_per_s"] > 0 and s["train_tokens_per_s"] > 0 for s in res["steps"])
 
 
+def vllm_worker(out: Path) -> None:
+    """Every rank: two GRPO steps with its own vLLM replica, then that replica scores a sequence as the
+    DDP-trained model does (weights synced in place on every rank)."""
+    torch.set_num_threads(1)
+    cfg = GRPOConfig(env="DelethinkDemo-v0", engine="vllm", steps=2, prompts_per_step=3, num_generations=2, micro_batch_size=8,
+                     learning_rate=1e-3, eval_every=2, eval_prompts=3, eval_samples=1, output_dir=str(out / "vllm"), save_every=0)
+    trainer = GRPOTrainer(cfg)
+    last = trainer.train()
+    req = GenerationRequest(trainer.policy.tokenizer.encode("Add: 1 2 3\n"), 12, temperature=1.0, ignore_eos=True)
+    c = trainer.engine.generate([req])[0][0]
+    with torch.no_grad():
+        logits = trainer.model(torch.tensor([req.prompt_ids + c.token_ids])).logits[0, len(req.prompt_ids) - 1:-1]
+    ref = torch.log_softmax(logits.float(), -1).gather(-1, torch.tensor(c.token_ids).unsqueeze(-1)).squeeze(-1)
+    gap = float((ref - torch.tensor(c.logprobs)).abs().max())
+    (out / f"vllm_rank{distributed.world().rank}.json").write_text(json.dumps({"gap": gap, "eval": "eval/accuracy" in last}))
+    trainer.engine.close()
+    distributed.shutdown()
+
+
+@pytest.mark.vllm
+@pytest.mark.slow
+def test_each_rank_runs_its_own_vllm_replica(tmp_path):
+    pytest.importorskip("vllm")
+    proc = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2", __file__, str(tmp_path),
+                           "vllm"], capture_output=True, text=True, timeout=900, env={**os.environ, "VLLM_CPU_KVCACHE_SPACE": "1"})
+    assert proc.returncode == 0, proc.stderr[-4000:]
+    for rank in range(2):
+        res = json.loads((tmp_path / f"vllm_rank{rank}.json").read_text())
+        assert res["eval"] and res["gap"] < 1e-3
+
+
 if __name__ == "__main__":
-    worker(Path(sys.argv[1]))
+    (vllm_worker if sys.argv[2:] == ["vllm"] else worker)(Path(sys.argv[1]))
