@@ -18,6 +18,7 @@ from the config: nothing is downloaded. Lengths are fixed (EOS ignored) so every
 from __future__ import annotations
 
 import argparse
+import copy
 import json
 import time
 from pathlib import Path
@@ -28,6 +29,7 @@ from transformers import Qwen2Config, Qwen2ForCausalLM
 from thinkgym.agents.collector import Row
 from thinkgym.agents.engine import GenerationRequest
 from thinkgym.agents.hf_engine import HFEngine
+from thinkgym.agents.logprobs import completion_logprobs, pad_rows
 from thinkgym.agents.policy import Policy
 
 SHAPES = {
@@ -38,6 +40,16 @@ SHAPES = {
 }
 TINY = dict(vocab_size=512, hidden_size=128, intermediate_size=256, num_hidden_layers=2, num_attention_heads=2, num_key_value_heads=1,
             max_position_embeddings=4096)
+
+
+JSONL: Path | None = None  # every result is appended here as soon as it is measured
+
+
+def emit(rec: dict) -> None:
+    print(json.dumps(rec), flush=True)
+    if JSONL is not None:
+        with JSONL.open("a") as f:
+            f.write(json.dumps(rec) + "\n")
 
 
 def sync() -> None:
@@ -94,21 +106,38 @@ def model_bytes(cfg) -> tuple[int, int]:
     return int(2 * params), 2 * cfg.num_hidden_layers * cfg.num_key_value_heads * (cfg.hidden_size // cfg.num_attention_heads) * 2
 
 
+def correctness_guard(pol: Policy, eng: HFEngine, prompt_len: int, g: torch.Generator, n: int = 8, new: int = 32) -> dict:
+    """Before timing: in fp32 (where near-ties of a random model do not flip), the graph path's greedy
+    tokens against plain generate's and the dynamic-cache path's; in the benchmark's dtype, its
+    log-probabilities of sampled tokens against a full forward over the same sequences."""
+    vocab, dev = pol.model.config.vocab_size, pol.device
+    ids = torch.randint(300, vocab, (n, prompt_len), generator=g)
+    greedy = [GenerationRequest(r.tolist(), new, temperature=0.0, ignore_eos=True) for r in ids]
+    p32 = Policy(copy.deepcopy(pol.model), pol.tokenizer, str(dev), torch.float32)
+    ref = p32.model.generate(ids.to(dev), attention_mask=torch.ones_like(ids).to(dev), max_new_tokens=new, min_new_tokens=new,
+                             do_sample=False, pad_token_id=0)[:, prompt_len:].tolist()
+    graphs = [c[0].token_ids for c in HFEngine(p32).generate(greedy)]
+    dynamic = [c[0].token_ids for c in HFEngine(p32, static_cache=False).generate(greedy)]
+    del p32
+    same = lambda a, b: sum(int(x == y) for r, o in zip(a, b) for x, y in zip(r, o)) / (n * new)  # noqa: E731
+    sampled = eng.generate([GenerationRequest(r.tolist(), new, temperature=1.0, ignore_eos=True) for r in ids])
+    rows = [Row(r.tolist() + c[0].token_ids, prompt_len, [1] * new, c[0].logprobs, i) for i, (r, c) in enumerate(zip(ids, sampled))]
+    rb = pad_rows(rows, 0, dev)
+    with torch.no_grad():
+        full, _ = completion_logprobs(pol.model, rb)
+    gap = (full - rb.old_logprobs).abs()
+    return {"greedy_match_fp32_vs_generate": same(graphs, ref), "greedy_match_fp32_vs_dynamic": same(graphs, dynamic),
+            "logprob_gap_vs_forward_max": float(gap.max()), "logprob_gap_vs_forward_mean": float(gap.mean())}
+
+
 def rollout(name: str, shape: dict, device: str, dtype, batches, prompt_len: int, new: int, ceil: dict) -> list[dict]:
     pol = build(shape, device, dtype)
     cfg = pol.model.config
     g = torch.Generator().manual_seed(0)
     weight_bytes, kv_per_token = model_bytes(cfg)
     eng = HFEngine(pol, max_batch_size=max(batches), seed=0)
-    # correctness guards: the graph path's greedy tokens against plain generate's and the dynamic-cache path's
-    ids = torch.randint(300, cfg.vocab_size, (8, prompt_len), generator=g).to(device)
-    ref = pol.model.generate(ids, attention_mask=torch.ones_like(ids), max_new_tokens=32, min_new_tokens=32, do_sample=False, pad_token_id=0)
-    reqs = [GenerationRequest(r.tolist(), 32, temperature=0.0, ignore_eos=True) for r in ids]
-    ours = eng.generate(reqs)
-    dyn = HFEngine(pol, static_cache=False).generate(reqs)
-    match_gen = sum(int(a == b) for r, o in zip(ref[:, prompt_len:].tolist(), ours) for a, b in zip(r, o[0].token_ids)) / (8 * 32)
-    match_dyn = sum(int(a == b) for d, o in zip(dyn, ours) for a, b in zip(d[0].token_ids, o[0].token_ids)) / (8 * 32)
-    logp_gap = max(abs(a - b) for d, o in zip(dyn, ours) for a, b in zip(d[0].logprobs, o[0].logprobs))
+    guard = correctness_guard(pol, eng, prompt_len, g)
+    emit({"model": name, **guard})
     out = []
     for B in batches:
         prompts = torch.randint(300, cfg.vocab_size, (B, prompt_len), generator=g)
@@ -126,9 +155,8 @@ def rollout(name: str, shape: dict, device: str, dtype, batches, prompt_len: int
         ceiling = B / ((weight_bytes + B * mean_ctx * kv_per_token) / ceil["bandwidth_Bps"])
         out.append({"model": name, "batch": B, "prompt": prompt_len, "new_tokens": new, "engine_tok_s": B * new / t_eng,
                     "generate_tok_s": B * new / t_gen, "speedup": t_gen / t_eng, "bw_ceiling_tok_s": ceiling,
-                    "engine_frac_of_ceiling": B * new / t_eng / ceiling, "greedy_match_vs_generate": match_gen,
-                    "greedy_match_vs_dynamic": match_dyn, "logprob_gap_vs_dynamic": logp_gap})
-        print(json.dumps(out[-1]), flush=True)
+                    "engine_frac_of_ceiling": B * new / t_eng / ceiling, **guard})
+        emit(out[-1])
     del pol, eng
     torch.cuda.empty_cache() if torch.cuda.is_available() else None
     return out
@@ -160,7 +188,7 @@ def train(name: str, shape: dict, device: str, lengths, ceil: dict, tiny: bool) 
                "mfu_6N": 6 * n_params * tok_s / ceil["matmul_flops"], "n_params": n_params,
                "peak_mem_GB": torch.cuda.max_memory_allocated() / 1e9 if torch.cuda.is_available() else float("nan")}
         out.append(res)
-        print(json.dumps(res), flush=True)
+        emit(res)
     return out
 
 
@@ -192,9 +220,13 @@ def main() -> None:
     ap.add_argument("--sections", default="rollout,train,grpo")
     ap.add_argument("--tiny", action="store_true")
     ap.add_argument("--new-tokens", type=int, default=1024)
+    ap.add_argument("--shapes", default=",".join(SHAPES), help="rollout: which model shapes")
+    ap.add_argument("--batches", default="1,64,256", help="rollout: batch sizes")
     args = ap.parse_args()
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
+    global JSONL
+    JSONL = out / "results.jsonl"
     device = "cuda" if torch.cuda.is_available() else "cpu"
     dtype = torch.bfloat16 if device == "cuda" else torch.float32
     res: dict = {"device": torch.cuda.get_device_name() if device == "cuda" else "cpu", "torch": torch.__version__}
@@ -202,8 +234,10 @@ def main() -> None:
     shapes = {"tiny": TINY} if args.tiny else SHAPES
     sections = args.sections.split(",")
     if "rollout" in sections:
-        res["rollout"] = [r for n, s in shapes.items() for r in rollout(n, s, device, dtype, (1, 8) if args.tiny else (1, 64, 256),
-                                                                      32 if args.tiny else 512, 16 if args.tiny else args.new_tokens, ceil)]
+        names = ["tiny"] if args.tiny else args.shapes.split(",")
+        batches = (1, 8) if args.tiny else tuple(int(b) for b in args.batches.split(","))
+        res["rollout"] = [r for n in names for r in rollout(n, shapes[n], device, dtype, batches, 32 if args.tiny else 512,
+                                                            16 if args.tiny else args.new_tokens, ceil)]
     if "train" in sections:
         name = "tiny" if args.tiny else "r1-distill-1.5b"
         res["train"] = train(name, shapes[name], device, (512,) if args.tiny else (2048, 8192), ceil, args.tiny)
@@ -214,7 +248,8 @@ def main() -> None:
     for r in res.get("rollout", []):
         print(f"rollout {r['model']:>16} B={r['batch']:<4} engine {r['engine_tok_s']:9.0f} tok/s  generate {r['generate_tok_s']:9.0f}  "
               f"x{r['speedup']:.1f}  ceiling {r['bw_ceiling_tok_s']:9.0f} ({100 * r['engine_frac_of_ceiling']:.1f}%)  "
-              f"greedy match: generate {r['greedy_match_vs_generate']:.2f}, dynamic cache {r['greedy_match_vs_dynamic']:.2f}")
+              f"fp32 greedy match: generate {r['greedy_match_fp32_vs_generate']:.2f}, dynamic {r['greedy_match_fp32_vs_dynamic']:.2f}  "
+              f"logprob gap vs forward: max {r['logprob_gap_vs_forward_max']:.3f} mean {r['logprob_gap_vs_forward_mean']:.4f}")
     for r in res.get("train", []):
         print(f"train   {r['model']:>16} rows of {r['row_tokens']:<5} {r['train_tok_s']:9.0f} tok/s  MFU(6N) {100 * r['mfu_6N']:.1f}%  peak {r['peak_mem_GB']:.1f} GB")
     if "grpo" in res:
