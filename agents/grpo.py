@@ -35,6 +35,7 @@ from .evaluate import evaluate
 from .logprobs import completion_logprobs, pad_rows
 from .losses import get_policy_loss, k3_kl, row_stats, sequence_surrogate, token_surrogate
 from .policy import Policy
+from .precision import MasterAdamW
 from .sft import demonstration_rows, train_sft
 
 TRAIN_SEED_BASE, SFT_SEED_BASE = 10_000_000, 1_000_000  # eval uses seeds 0..eval_prompts-1
@@ -70,10 +71,12 @@ class GRPOTrainer:
         self.policy = policy or Policy.from_pretrained(cfg.model, device=device)
         self.engine = make_engine(cfg.engine, self.policy, distributed.rank_seed(cfg.seed), cfg.vllm_tensor_parallel_size)
         self.model = self.policy.model
+        if cfg.gradient_checkpointing:
+            self.model.gradient_checkpointing_enable()
         self.train_model = distributed.wrap(self.model)  # forward/backward go through DDP under torchrun
         self.ref_model = copy.deepcopy(self.model).eval().requires_grad_(False) if cfg.beta > 0 else None
         fused = self.policy.device.type == "cuda"
-        self.opt = torch.optim.AdamW(self.model.parameters(), lr=cfg.learning_rate, weight_decay=cfg.weight_decay, fused=fused)
+        self.opt = MasterAdamW(self.model.parameters(), lr=cfg.learning_rate, weight_decay=cfg.weight_decay, fused=fused)
         total = cfg.steps * cfg.num_iterations * cfg.minibatches
         self.sched = torch.optim.lr_scheduler.LambdaLR(self.opt, lambda s: self._lr_factor(s, total))
         self.loss = get_policy_loss(cfg.loss_type)

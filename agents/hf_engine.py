@@ -106,11 +106,17 @@ class HFEngine:
         for req in requests:
             self.policy.check_prompt(len(req.prompt_ids), req.max_new_tokens)
             rows += [DecodeRow(list(req.prompt_ids), req) for _ in range(req.n)]
-        if rows and self.static_cache:
-            self._run_all_static(rows)
-        else:
-            for i in range(0, len(rows), self.max_batch_size):
-                self._run_dynamic(rows[i:i + self.max_batch_size])
+        model = self.policy.model
+        training = model.training
+        model.eval()  # no dropout, and no gradient checkpointing (which would drop the KV cache)
+        try:
+            if rows and self.static_cache:
+                self._run_all_static(rows)
+            else:
+                for i in range(0, len(rows), self.max_batch_size):
+                    self._run_dynamic(rows[i:i + self.max_batch_size])
+        finally:
+            model.train(training)
         tok = self.policy.tokenizer
         done = iter(rows)
         return [[Completion(r.out, tok.decode(r.out, skip_special_tokens=False), r.logps, r.finish) for r in

@@ -22,6 +22,7 @@ from .collector import Episode, Row, Step, episode_rows
 from .engine import find_stop
 from .logprobs import completion_logprobs, pad_rows
 from .policy import Policy
+from .precision import MasterAdamW
 
 
 def _split_at_stop(tokenizer, ids: list[int], stop: Sequence[str]) -> list[int]:
@@ -92,7 +93,7 @@ def train_sft(policy: Policy, rows: list[Row], steps: int = 300, batch_size: int
         raise ValueError("no rows to train on")
     model = policy.model
     model.train()
-    opt = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=0.0)
+    opt = MasterAdamW(model.parameters(), lr=lr, weight_decay=0.0, fused=policy.device.type == "cuda")
     sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: min(1.0, (s + 1) / max(1, steps // 10)) * max(0.0, 1 - s / steps) + 1e-3)
     g = torch.Generator().manual_seed(seed)
     losses = []

@@ -93,7 +93,8 @@ def word_tokenizer(vocab_size: int):
 
 def build(shape: dict, device: str, dtype: torch.dtype) -> Policy:
     torch.manual_seed(0)
-    model = Qwen2ForCausalLM(Qwen2Config(**shape, attn_implementation="sdpa"))
+    with torch.device(device):  # random init on the GPU takes a second, on the CPU a minute
+        model = Qwen2ForCausalLM(Qwen2Config(**shape, attn_implementation="sdpa"))
     return Policy(model, word_tokenizer(shape["vocab_size"]), device, dtype)
 
 
@@ -162,34 +163,140 @@ def rollout(name: str, shape: dict, device: str, dtype, batches, prompt_len: int
     return out
 
 
+def attention_flops_per_token(cfg, row_tokens: int) -> float:
+    """fwd+bwd FLOPs of causal attention per token: QK^T and AV over (T+1)/2 keys on average, x3."""
+    return 3 * 2 * 2 * cfg.num_hidden_layers * cfg.hidden_size * (row_tokens + 1) / 2
+
+
 def train(name: str, shape: dict, device: str, lengths, ceil: dict, tiny: bool) -> list[dict]:
-    """The GRPO learner's own optimize() on rows of fixed length: tokens/s, MFU (6N), peak memory."""
+    """The GRPO learner's own optimize() on rows of fixed length, with and without gradient
+    checkpointing: tokens/s, MFU and peak memory. MFU counts 6N per token (N without the input
+    embedding) plus causal attention's FLOPs; recomputation is not counted as useful work."""
+    from thinkgym.agents.config import GRPOConfig
+    from thinkgym.agents.grpo import GRPOTrainer
+
+    out = []
+    for checkpointing in (False, True):
+        for L in lengths:
+            pol = build(shape, device, torch.bfloat16 if device == "cuda" else torch.float32)
+            cfg = pol.model.config
+            n_params = sum(p.numel() for p in pol.model.parameters()) - cfg.vocab_size * cfg.hidden_size * (0 if cfg.tie_word_embeddings else 1)
+            tokens_per_step = 8192 if not tiny else 1024
+            n_rows = max(1, tokens_per_step // L)
+            trainer = GRPOTrainer(GRPOConfig(env="DelethinkDemo-v0", micro_batch_size=n_rows, output_dir="/tmp/bench_train", eval_every=0,
+                                             gradient_checkpointing=checkpointing), policy=pol)
+            g = torch.Generator().manual_seed(0)
+            rows = [Row(torch.randint(300, cfg.vocab_size, (L,), generator=g).tolist(), 256, [1] * (L - 256), [-1.0] * (L - 256), i)
+                    for i in range(n_rows)]
+            adv = torch.randn(n_rows, generator=g).numpy()
+            if torch.cuda.is_available():
+                torch.cuda.reset_peak_memory_stats()
+            res = {"model": name, "row_tokens": L, "rows": n_rows, "gradient_checkpointing": checkpointing, "n_params": n_params}
+            try:
+                t = timed(lambda: trainer.optimize(rows, adv), 3)
+            except torch.OutOfMemoryError:
+                res["oom"] = True
+            else:
+                tok_s = n_rows * L / t
+                res.update(step_s=t, train_tok_s=tok_s, mfu_6N=6 * n_params * tok_s / ceil["matmul_flops"],
+                           mfu=(6 * n_params + attention_flops_per_token(cfg, L)) * tok_s / ceil["matmul_flops"],
+                           peak_mem_GB=torch.cuda.max_memory_allocated() / 1e9 if torch.cuda.is_available() else float("nan"))
+            emit(res)
+            out.append(res)
+            del trainer, pol, rows
+            if torch.cuda.is_available():
+                torch.cuda.empty_cache()
+    return out
+
+
+def grpo_step(shape: dict, device: str, prompts: int, group: int, prompt_len: int, new: int, steps: int, checkpointing: bool) -> dict:
+    """thinkgym's GRPO step, end to end: the hf engine's rollout of prompts x group completions of a
+    fixed length, then the learner's optimize(). Advantages are random (a random-weight model has
+    no task to solve); rewards and env stepping cost < 1 ms (benchmarks/env_speed.py)."""
     from thinkgym.agents.config import GRPOConfig
     from thinkgym.agents.grpo import GRPOTrainer
 
     pol = build(shape, device, torch.bfloat16 if device == "cuda" else torch.float32)
-    pol.model.gradient_checkpointing_enable()
-    pol.model.config.use_cache = False
-    cfg = pol.model.config
-    n_params = sum(p.numel() for p in pol.model.parameters()) - cfg.vocab_size * cfg.hidden_size * (0 if cfg.tie_word_embeddings else 1)
-    out = []
-    for L in lengths:
-        tokens_per_step = 8192 if not tiny else 1024
-        n_rows = max(1, tokens_per_step // L)
-        trainer = GRPOTrainer(GRPOConfig(env="DelethinkDemo-v0", micro_batch_size=n_rows, output_dir="/tmp/bench_train", eval_every=0), policy=pol)
-        g = torch.Generator().manual_seed(0)
-        rows = [Row(torch.randint(300, cfg.vocab_size, (L,), generator=g).tolist(), 256, [1] * (L - 256), [-1.0] * (L - 256), i) for i in range(n_rows)]
-        adv = torch.randn(n_rows, generator=g).numpy()
-        if torch.cuda.is_available():
-            torch.cuda.reset_peak_memory_stats()
-        t = timed(lambda: trainer.optimize(rows, adv), 3)
-        tok_s = n_rows * L / t
-        res = {"model": name, "row_tokens": L, "rows": n_rows, "step_s": t, "train_tok_s": tok_s,
-               "mfu_6N": 6 * n_params * tok_s / ceil["matmul_flops"], "n_params": n_params,
-               "peak_mem_GB": torch.cuda.max_memory_allocated() / 1e9 if torch.cuda.is_available() else float("nan")}
-        out.append(res)
-        emit(res)
-    return out
+    trainer = GRPOTrainer(GRPOConfig(env="DelethinkDemo-v0", micro_batch_size=8, output_dir="/tmp/bench_step", eval_every=0,
+                                     gradient_checkpointing=checkpointing, learning_rate=1e-6), policy=pol)
+    g = torch.Generator().manual_seed(0)
+    times = []
+    for _ in range(steps):
+        ids = torch.randint(300, pol.model.config.vocab_size, (prompts, prompt_len), generator=g).tolist()
+        sync()
+        t0 = time.perf_counter()
+        comps = trainer.engine.generate([GenerationRequest(p, new, temperature=1.0, n=group, ignore_eos=True) for p in ids])
+        sync()
+        t1 = time.perf_counter()
+        rows = [Row(p + c.token_ids, prompt_len, [1] * len(c.token_ids), c.logprobs, i * group + j)
+                for i, (p, cs) in enumerate(zip(ids, comps)) for j, c in enumerate(cs)]
+        trainer.optimize(rows, torch.randn(len(rows), generator=g).numpy())
+        sync()
+        times.append((t1 - t0, time.perf_counter() - t1))
+    rollout_s, learner_s = sorted(times[1:] or times, key=sum)[len(times[1:] or times) // 2]
+    res = {"system": "thinkgym", "step_s": rollout_s + learner_s, "rollout_s": rollout_s, "learner_s": learner_s,
+           "steps_timed": len(times[1:] or times), "peak_mem_GB": torch.cuda.max_memory_allocated() / 1e9 if torch.cuda.is_available() else None}
+    emit(res)
+    del trainer, pol
+    if torch.cuda.is_available():
+        torch.cuda.empty_cache()
+    return res
+
+
+def prompt_dataset(texts: list[str]):
+    """A `datasets.Dataset` of prompts, with a fixed fingerprint (hashing it can fail across pyarrow versions)."""
+    from datasets import Dataset
+    from datasets.table import InMemoryTable
+
+    return Dataset(InMemoryTable.from_pydict({"prompt": texts}), fingerprint="thinkgym-bench-prompts")
+
+
+def trl_step(shape: dict, device: str, prompts: int, group: int, prompt_len: int, new: int, steps: int, checkpointing: bool) -> dict:
+    """TRL's GRPOTrainer on the same shape, batch, group, lengths and micro-batch, without vLLM:
+    8 prompts x 8 generations per optimizer step (per_device_train_batch_size 8 x 8 accumulation
+    steps), min_new_tokens = max_completion_length so every completion has the same length, beta 0,
+    one iteration, random rewards."""
+    import random
+    from dataclasses import fields
+
+    from transformers import TrainerCallback
+    from trl import GRPOConfig as TRLConfig
+    from trl import GRPOTrainer as TRLTrainer
+
+    pol = build(shape, device, torch.bfloat16 if device == "cuda" else torch.float32)
+    g = torch.Generator().manual_seed(0)
+    texts = [" ".join(f"<{i}>" for i in torch.randint(300, pol.model.config.vocab_size, (prompt_len,), generator=g).tolist())
+             for _ in range(prompts * steps)]
+    wanted = dict(output_dir="/tmp/bench_trl", per_device_train_batch_size=8, gradient_accumulation_steps=prompts * group // 8,
+                  num_generations=group, max_completion_length=new, max_prompt_length=prompt_len, learning_rate=1e-6, beta=0.0,
+                  num_iterations=1, temperature=1.0, top_k=0, bf16=device == "cuda", gradient_checkpointing=checkpointing,
+                  generation_kwargs={"min_new_tokens": new}, use_vllm=False, max_steps=steps, logging_steps=1, report_to=[],
+                  save_strategy="no", shuffle_dataset=False, seed=0)
+    known = {f.name for f in fields(TRLConfig)}
+    args = TRLConfig(**{k: v for k, v in wanted.items() if k in known})
+    stamps: list[float] = []
+
+    class Clock(TrainerCallback):
+        def on_step_end(self, *a, **k):
+            sync()
+            stamps.append(time.perf_counter())
+
+    trainer = TRLTrainer(model=pol.model, reward_funcs=lambda completions, **kw: [random.random() for _ in completions], args=args,
+                         train_dataset=prompt_dataset(texts), processing_class=pol.tokenizer, callbacks=[Clock()])
+    sync()
+    t0 = time.perf_counter()
+    trainer.train()
+    steps_s = [b - a for a, b in zip([t0] + stamps[:-1], stamps)]
+    import trl
+
+    res = {"system": "trl", "version": trl.__version__, "step_s": sorted(steps_s[1:] or steps_s)[len(steps_s[1:] or steps_s) // 2],
+           "all_steps_s": steps_s, "ignored_settings": sorted(set(wanted) - known),
+           "completion_mean_length": [h.get("completions/mean_length") for h in trainer.state.log_history if "completions/mean_length" in h]}
+    emit(res)
+    del trainer, pol
+    if torch.cuda.is_available():
+        torch.cuda.empty_cache()
+    return res
 
 
 def grpo(out_dir: Path, device: str, tiny: bool) -> dict:
@@ -241,6 +348,11 @@ def main() -> None:
     if "train" in sections:
         name = "tiny" if args.tiny else "r1-distill-1.5b"
         res["train"] = train(name, shapes[name], device, (512,) if args.tiny else (2048, 8192), ceil, args.tiny)
+    if "step" in sections:
+        name = "tiny" if args.tiny else "r1-distill-1.5b"
+        dims = (2, 4, 16, 8) if args.tiny else (8, 8, 512, 1024)
+        res["step"] = [grpo_step(shapes[name], device, *dims, steps=3, checkpointing=True),
+                       trl_step(shapes[name], device, *dims, steps=2, checkpointing=True)]
     if "grpo" in sections:
         res["grpo"] = grpo(out, device, args.tiny)
     (out / "results.json").write_text(json.dumps(res, indent=1))
@@ -251,7 +363,14 @@ def main() -> None:
               f"fp32 greedy match: generate {r['greedy_match_fp32_vs_generate']:.2f}, dynamic {r['greedy_match_fp32_vs_dynamic']:.2f}  "
               f"logprob gap vs forward: max {r['logprob_gap_vs_forward_max']:.3f} mean {r['logprob_gap_vs_forward_mean']:.4f}")
     for r in res.get("train", []):
-        print(f"train   {r['model']:>16} rows of {r['row_tokens']:<5} {r['train_tok_s']:9.0f} tok/s  MFU(6N) {100 * r['mfu_6N']:.1f}%  peak {r['peak_mem_GB']:.1f} GB")
+        head = f"train   {r['model']:>16} rows of {r['row_tokens']:<5} checkpointing {'on ' if r['gradient_checkpointing'] else 'off'}"
+        print(head + ("  out of memory" if r.get("oom") else f" {r['train_tok_s']:9.0f} tok/s  MFU {100 * r['mfu']:.1f}% "
+                      f"(6N only {100 * r['mfu_6N']:.1f}%)  peak {r['peak_mem_GB']:.1f} GB"))
+    for r in res.get("step", []):
+        extra = f"rollout {r['rollout_s']:.2f} s + learner {r['learner_s']:.2f} s" if r["system"] == "thinkgym" else f"TRL {r['version']}"
+        print(f"step    {r['system']:>16} {r['step_s']:.2f} s per GRPO step ({extra})")
+    if len(res.get("step", [])) == 2:
+        print(f"step    thinkgym is {res['step'][1]['step_s'] / res['step'][0]['step_s']:.2f}x faster than TRL per step")
     if "grpo" in res:
         g = res["grpo"]
         print(f"grpo    {g['params_M']:.1f}M params  median step {g['median_step_s']}s  eval/accuracy {g['eval_accuracy']}  wall {g['wall_s']:.0f}s")
