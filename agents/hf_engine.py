@@ -10,7 +10,9 @@ step replayed as a CUDA graph on a GPU; any other causal LM uses transformers' `
 
 from __future__ import annotations
 
+from contextlib import contextmanager
 from dataclasses import dataclass, field
+from typing import Iterator
 
 import torch
 from transformers import DynamicCache
@@ -159,15 +161,22 @@ class HFEngine:
         slots = max(len(r.prompt) for r in rows) + max(r.req.max_new_tokens for r in rows)
         per_row = slots * SlotCache.bytes_per_slot(model)
         batch = max(1, min(self.max_batch_size, len(rows), self.kv_cache_bytes // per_row))
+        with self.static_attention():
+            for i in range(0, len(rows), batch):
+                self._run_static(rows[i:i + batch])
+
+    @contextmanager
+    def static_attention(self) -> Iterator[None]:
+        """The model attends with `slot_attention` inside this block (its own setting is restored after)."""
+        model = self.policy.model
         previous = model.config._attn_implementation
         model.set_attn_implementation(ATTENTION)
         try:
-            for i in range(0, len(rows), batch):
-                self._run_static(rows[i:i + batch])
+            yield
         finally:
             model.set_attn_implementation(previous)
 
-    def _static_decoder(self, n_rows: int, slots: int) -> StaticDecoder:
+    def static_decoder(self, n_rows: int, slots: int) -> StaticDecoder:
         """The kept decoder if it is big enough, else a new one (rows and slots rounded up, for reuse)."""
         rows = 1 << (n_rows - 1).bit_length() if self.cuda_graphs else n_rows
         if self._decoder is None or not self._decoder.fits(rows, slots):
@@ -178,7 +187,7 @@ class HFEngine:
     def _run_static(self, rows: list[DecodeRow]) -> None:
         ids, mask, temp, top_p = self._left_pad(rows)
         width = ids.shape[1]
-        dec = self._static_decoder(len(rows), width + max(r.req.max_new_tokens for r in rows))
+        dec = self.static_decoder(len(rows), width + max(r.req.max_new_tokens for r in rows))
         logits = dec.prefill(ids, mask)
         live = list(range(len(rows)))    # row index of each live row
         where = torch.arange(len(rows), device=ids.device)  # its batch position in the decoder

@@ -126,25 +126,31 @@ class StaticDecoder:
         return min(-(-n // step) * step, self.cache.n_slots)
 
     def prefill(self, ids: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-        """Left-padded prompts [B, W] with their 0/1 mask -> last-position logits [B, V]."""
+        """Left-padded prompts [B, W] with their 0/1 mask -> last-position logits [B, V].
+
+        It runs in chunks of rows and of query positions, so that no mask or score tensor holds
+        more than PREFILL_MASK_ELEMS entries per head, however long the prompts."""
         B, W = ids.shape
         self.bias[:B].fill_(torch.finfo(torch.float).min)
         self.bias[:B, :W].masked_fill_(mask.bool(), 0.0)
         self.pos[:B, 0] = mask.sum(-1)
         pos = (mask.cumsum(-1) - 1).clamp(min=0)
-        causal = torch.ones(W, W, dtype=torch.bool, device=ids.device).tril()
-        eye = torch.eye(W, dtype=torch.bool, device=ids.device)  # pad queries see themselves, so no row is all -inf
-        self.cache.write = torch.arange(W, device=ids.device)
-        chunk = max(1, PREFILL_MASK_ELEMS // (W * W))
+        dtype, dev = self.cache.k[0].dtype, ids.device
+        rows = max(1, min(B, PREFILL_MASK_ELEMS // (W * W)))
+        span = max(1, min(W, PREFILL_MASK_ELEMS // (rows * W)))
+        keys = torch.arange(W, device=dev)
         out = []
-        for a in range(0, B, chunk):
-            b = min(B, a + chunk)
-            allowed = (causal & mask[a:b, None, None, :].bool()) | eye
-            dtype = self.cache.k[0].dtype
-            m4 = torch.zeros(allowed.shape, dtype=dtype, device=ids.device).masked_fill_(~allowed, torch.finfo(dtype).min)
-            self.cache.rows = slice(a, b)
-            out.append(self.model(input_ids=ids[a:b], position_ids=pos[a:b], attention_mask=m4, past_key_values=self.cache,
-                                  use_cache=True, logits_to_keep=1).logits[:, -1])
+        for a in range(0, B, rows):
+            self.cache.rows = slice(a, min(B, a + rows))
+            for q in range(0, W, span):
+                e = min(W, q + span)
+                qpos = keys[q:e, None]
+                allowed = (keys[None, :e] <= qpos) & mask[a:a + rows, None, None, :e].bool() | (keys[None, :e] == qpos)  # pad queries see themselves
+                m4 = torch.zeros(allowed.shape, dtype=dtype, device=dev).masked_fill_(~allowed, torch.finfo(dtype).min)
+                self.cache.write = keys[q:e]
+                logits = self.model(input_ids=ids[a:a + rows, q:e], position_ids=pos[a:a + rows, q:e], attention_mask=m4,
+                                    past_key_values=self.cache, use_cache=True, logits_to_keep=1).logits[:, -1]
+            out.append(logits)
         self.cache.write = self.cache.step_slot
         return torch.cat(out)
 

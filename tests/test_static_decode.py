@@ -57,7 +57,7 @@ def test_llama_architecture_and_small_prefill_chunks(monkeypatch):
                       num_key_value_heads=2, head_dim=32, max_position_embeddings=512)
     torch.manual_seed(0)
     policy = Policy(LlamaForCausalLM(cfg), builtin_tokenizer(), "cpu", torch.float32)
-    monkeypatch.setattr(static_decode, "PREFILL_MASK_ELEMS", 2000)  # forces one or two rows per prefill chunk
+    monkeypatch.setattr(static_decode, "PREFILL_MASK_ELEMS", 2000)  # one row, and query chunks of about 40 positions
     assert _compare(policy, _requests(seed=1)) < 1e-4
 
 

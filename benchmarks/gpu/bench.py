@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import argparse
 import copy
+import gc
 import json
 import time
 from pathlib import Path
@@ -31,6 +32,8 @@ from thinkgym.agents.engine import GenerationRequest
 from thinkgym.agents.hf_engine import HFEngine
 from thinkgym.agents.logprobs import completion_logprobs, pad_rows
 from thinkgym.agents.policy import Policy
+from thinkgym.agents.static_decode import SlotCache
+from thinkgym.envs.compute import attention_cost
 
 SHAPES = {
     "qwen2.5-0.5b": dict(vocab_size=151936, hidden_size=896, intermediate_size=4864, num_hidden_layers=24, num_attention_heads=14,
@@ -50,6 +53,13 @@ def emit(rec: dict) -> None:
     if JSONL is not None:
         with JSONL.open("a") as f:
             f.write(json.dumps(rec) + "\n")
+
+
+def free() -> None:
+    """Return the memory of the models and trainers just dropped (trainers hold reference cycles)."""
+    gc.collect()
+    if torch.cuda.is_available():
+        torch.cuda.empty_cache()
 
 
 def sync() -> None:
@@ -159,7 +169,7 @@ def rollout(name: str, shape: dict, device: str, dtype, batches, prompt_len: int
                     "engine_frac_of_ceiling": B * new / t_eng / ceiling, **guard})
         emit(out[-1])
     del pol, eng
-    torch.cuda.empty_cache() if torch.cuda.is_available() else None
+    free()
     return out
 
 
@@ -170,7 +180,7 @@ def attention_flops_per_token(cfg, row_tokens: int) -> float:
 
 def train(name: str, shape: dict, device: str, lengths, ceil: dict, tiny: bool) -> list[dict]:
     """The GRPO learner's own optimize() on rows of fixed length, with and without gradient
-    checkpointing: tokens/s, MFU and peak memory. MFU counts 6N per token (N without the input
+    checkpointing, 32K tokens per optimizer step in micro-batches of 8K: tokens/s, MFU and peak memory. MFU counts 6N per token (N without the input
     embedding) plus causal attention's FLOPs; recomputation is not counted as useful work."""
     from thinkgym.agents.config import GRPOConfig
     from thinkgym.agents.grpo import GRPOTrainer
@@ -181,9 +191,9 @@ def train(name: str, shape: dict, device: str, lengths, ceil: dict, tiny: bool) 
             pol = build(shape, device, torch.bfloat16 if device == "cuda" else torch.float32)
             cfg = pol.model.config
             n_params = sum(p.numel() for p in pol.model.parameters()) - cfg.vocab_size * cfg.hidden_size * (0 if cfg.tie_word_embeddings else 1)
-            tokens_per_step = 8192 if not tiny else 1024
+            tokens_per_step = 32768 if not tiny else 1024  # 4 micro-batches of 8K tokens per optimizer step
             n_rows = max(1, tokens_per_step // L)
-            trainer = GRPOTrainer(GRPOConfig(env="DelethinkDemo-v0", micro_batch_size=n_rows, output_dir="/tmp/bench_train", eval_every=0,
+            trainer = GRPOTrainer(GRPOConfig(env="DelethinkDemo-v0", micro_batch_size=max(1, n_rows // 4), output_dir="/tmp/bench_train", eval_every=0,
                                              gradient_checkpointing=checkpointing), policy=pol)
             g = torch.Generator().manual_seed(0)
             rows = [Row(torch.randint(300, cfg.vocab_size, (L,), generator=g).tolist(), 256, [1] * (L - 256), [-1.0] * (L - 256), i)
@@ -204,8 +214,7 @@ def train(name: str, shape: dict, device: str, lengths, ceil: dict, tiny: bool) 
             emit(res)
             out.append(res)
             del trainer, pol, rows
-            if torch.cuda.is_available():
-                torch.cuda.empty_cache()
+            free()
     return out
 
 
@@ -238,8 +247,7 @@ def grpo_step(shape: dict, device: str, prompts: int, group: int, prompt_len: in
            "steps_timed": len(times[1:] or times), "peak_mem_GB": torch.cuda.max_memory_allocated() / 1e9 if torch.cuda.is_available() else None}
     emit(res)
     del trainer, pol
-    if torch.cuda.is_available():
-        torch.cuda.empty_cache()
+    free()
     return res
 
 
@@ -294,9 +302,96 @@ def trl_step(shape: dict, device: str, prompts: int, group: int, prompt_len: int
            "completion_mean_length": [h.get("completions/mean_length") for h in trainer.state.log_history if "completions/mean_length" in h]}
     emit(res)
     del trainer, pol
-    if torch.cuda.is_available():
-        torch.cuda.empty_cache()
+    free()
     return res
+
+
+def step_time(eng: HFEngine, batch: int, context: int, reps: int = 8) -> float:
+    """Seconds of one decode step of `batch` rows at `context` cached tokens, doing what the engine's
+    loop does per step: sample, read the tokens back, write them, replay the graph."""
+    from thinkgym.agents.hf_engine import sample_tokens
+
+    dec = eng.static_decoder(batch, context + 1)
+    dec.bias[:batch].fill_(0.0)
+    temp, top_p = torch.ones(batch, device=dec.ids.device), torch.ones(batch, device=dec.ids.device)
+    logits = dec.step(batch, context)  # captures this bucket's graph if it is new
+
+    def run():
+        nonlocal logits
+        for _ in range(reps):
+            tokens, _ = sample_tokens(logits, temp, top_p, eng.generator, truncate=False)
+            tokens.tolist()
+            dec.ids[:batch, 0] = tokens
+            logits = dec.step(batch, context)
+
+    return timed(run) / reps
+
+
+def delethink_vs_longcot(name: str, shape: dict, device: str, thinking, batch: int, query: int, C: int, m: int, validate) -> list[dict]:
+    """Cost per trace of thinking T tokens, LongCoT (one context) vs Delethink (chunks of C with an
+    m-token carryover), with the same engine and batch. Full traces of 96K tokens would take hours of
+    device time, so a trace's time is integrated from measured step times: each decode step's time at
+    its context (one measurement per cache-length bucket, i.e. per CUDA graph) plus each chunk's
+    measured prefill. Full traces at the `validate` lengths check the integral against generate()."""
+    pol = build(shape, device, torch.bfloat16)
+    cfg = pol.model.config
+    eng = HFEngine(pol, max_batch_size=batch, seed=0, kv_cache_gb=70)
+    per_slot = SlotCache.bytes_per_slot(pol.model)
+    n_lin = sum(p.numel() for p in pol.model.parameters()) - cfg.vocab_size * cfg.hidden_size * (0 if cfg.tie_word_embeddings else 1)
+    g = torch.Generator().manual_seed(0)
+    queries = torch.randint(300, cfg.vocab_size, (batch, query), generator=g).tolist()
+    buckets: dict[int, float] = {}
+    prefills: dict[int, float] = {}
+
+    def decode_cost(start: int, n: int) -> float:
+        """Time to decode n tokens after `start` cached tokens: steps grouped by the bucket they read."""
+        total, c = 0.0, start
+        while c < start + n:
+            b = eng.static_decoder(batch, start + n).bucket_slots(c + 1)
+            steps = min(start + n, b) - c
+            if b not in buckets:
+                buckets[b] = step_time(eng, batch, b - 1)
+            total += steps * buckets[b]
+            c += steps
+        return total
+
+    def prefill_cost(width: int) -> float:
+        if width not in prefills:
+            ids = torch.randint(300, cfg.vocab_size, (batch, width), generator=g).to(device)
+            dec = eng.static_decoder(batch, width + 1)
+            prefills[width] = timed(lambda: dec.prefill(ids, torch.ones_like(ids)))
+        return prefills[width]
+
+    out = []
+    for T in thinking:
+        chunks = 1 + -(-(T - C) // (C - m)) if T > C else 1
+        plans = {"longcot": [(query, T)], "delethink": [(query, min(T, C))] + [(query + m, C - m)] * (chunks - 1)}
+        for method, segments in plans.items():
+            eng.release()
+            with eng.static_attention():
+                t = sum(prefill_cost(p) + decode_cost(p, gen) for p, gen in segments)
+            cost = attention_cost(segments, 4 * cfg.num_hidden_layers * cfg.hidden_size)
+            flops = 2 * n_lin * sum(p + gen for p, gen in segments) + cost["attention_flops"]
+            res = {"model": name, "thinking": T, "method": method, "chunks": len(segments), "batch": batch,
+                   "gpu_s_per_trace": t / batch, "kv_GB_per_trace": (cost["peak_context_tokens"] + 1) * per_slot / 1e9,
+                   "tflops_per_trace": flops / 1e12}
+            if T in validate:  # the same trace for real: generate() chunk by chunk, carrying the last m tokens
+                eng.release()
+                sync()
+                t0 = time.perf_counter()
+                prompts = queries
+                for i, (p, gen) in enumerate(segments):
+                    comps = eng.generate([GenerationRequest(q, gen, temperature=1.0, ignore_eos=True) for q in prompts])
+                    prompts = [q + c[0].token_ids[-m:] for q, c in zip(queries, comps)]
+                sync()
+                res["measured_gpu_s_per_trace"] = (time.perf_counter() - t0) / batch
+                if torch.cuda.is_available():
+                    res["peak_mem_GB"] = torch.cuda.max_memory_allocated() / 1e9
+            emit(res)
+            out.append(res)
+    del eng, pol
+    free()
+    return out
 
 
 def grpo(out_dir: Path, device: str, tiny: bool) -> dict:
@@ -348,6 +443,11 @@ def main() -> None:
     if "train" in sections:
         name = "tiny" if args.tiny else "r1-distill-1.5b"
         res["train"] = train(name, shapes[name], device, (512,) if args.tiny else (2048, 8192), ceil, args.tiny)
+    if "delethink" in sections:
+        name = "tiny" if args.tiny else "r1-distill-1.5b"
+        dims = dict(thinking=(64, 192, 768), batch=2, query=8, C=64, m=32, validate=(192,)) if args.tiny else \
+            dict(thinking=(8192, 24576, 98304), batch=8, query=128, C=8192, m=4096, validate=(24576,))
+        res["delethink"] = delethink_vs_longcot(name, shapes[name], device, **dims)
     if "step" in sections:
         name = "tiny" if args.tiny else "r1-distill-1.5b"
         dims = (2, 4, 16, 8) if args.tiny else (8, 8, 512, 1024)
@@ -366,6 +466,10 @@ def main() -> None:
         head = f"train   {r['model']:>16} rows of {r['row_tokens']:<5} checkpointing {'on ' if r['gradient_checkpointing'] else 'off'}"
         print(head + ("  out of memory" if r.get("oom") else f" {r['train_tok_s']:9.0f} tok/s  MFU {100 * r['mfu']:.1f}% "
                       f"(6N only {100 * r['mfu_6N']:.1f}%)  peak {r['peak_mem_GB']:.1f} GB"))
+    for r in res.get("delethink", []):
+        check = f"  (full trace measured: {r['measured_gpu_s_per_trace']:.2f} s)" if "measured_gpu_s_per_trace" in r else ""
+        print(f"trace   {r['method']:>16} T={r['thinking']:<6} {r['chunks']:>2} chunks  {r['gpu_s_per_trace']:8.2f} GPU s/trace  "
+              f"KV {r['kv_GB_per_trace']:.2f} GB/trace  {r['tflops_per_trace']:.0f} TFLOP/trace{check}")
     for r in res.get("step", []):
         extra = f"rollout {r['rollout_s']:.2f} s + learner {r['learner_s']:.2f} s" if r["system"] == "thinkgym" else f"TRL {r['version']}"
         print(f"step    {r['system']:>16} {r['step_s']:.2f} s per GRPO step ({extra})")
