@@ -10,7 +10,8 @@ i.e. it raises the positive's mean token log-probability and lowers the negative
 correct), such as what `thinkgym sample` writes; a trace of several Delethink chunks counts as one
 response whose log-likelihood is the sum over its chunks, each scored in its own context.
 Where a task's worked solution is its one correct trace, `cut_after_first_error` shortens a negative
-to its first wrong token, so that stage 2 does not push down the correct steps around the error.
+to its first wrong token, so that stage 2 does not push down the correct steps around the error,
+and `label_by_reference` counts a trace as correct only when every step matches, not just the answer.
 """
 
 from __future__ import annotations
@@ -141,6 +142,16 @@ def first_error(trace: Trace, reference_ids: list[int]) -> int | None:
     response = row.input_ids[row.prompt_len:]
     k = next((i for i, (a, b) in enumerate(zip(response, reference_ids)) if a != b), len(reference_ids))
     return k if k < len(response) else None
+
+
+def label_by_reference(traces: list[Trace], references: dict[str, list[int]]) -> list[Trace]:
+    """The traces relabelled: correct only if right by the verifier *and* free of wrong tokens against
+    their prompt's worked solution. An outcome label passes a trace whose partial steps are wrong but
+    whose final answer is right, so positives and negatives would not split right steps from wrong ones."""
+    missing = sorted({t.prompt for t in traces} - set(references))
+    if missing:
+        raise ValueError(f"no worked solution for {len(missing)} prompt(s), e.g. {missing[0]!r}; references must cover every prompt")
+    return [Trace(t.prompt, t.correct and first_error(t, references[t.prompt]) is None, t.rows) for t in traces]
 
 
 def cut_after_first_error(trace: Trace, reference_ids: list[int]) -> Trace:

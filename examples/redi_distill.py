@@ -5,11 +5,20 @@
 3. Student (a fresh tiny policy), stage 1: SFT on the teacher's correct traces only.
 4. From that one stage-1 student, continuations of the same number of steps:
    - more SFT on the same positives (the fair baseline: same extra steps, 32 sequences a step);
+   - REDI with α = 0: the pairs' positives alone, same steps and batches (the negative term's ablation);
    - REDI, α = 0.8, on (correct, incorrect) pairs of the same prompt (16 pairs = 32 sequences a step);
    - REDI with each negative cut after its first wrong token (located against the task's own
      worked solution), so the correct steps it took before and after the error are not pushed down.
 Greedy accuracy on held-out seeds 0..eval-1 (the settings were tuned on other seeds), with its
-standard error, and each arm's paired difference from the SFT baseline on the same seeds.
+standard error, and each arm's paired differences from the SFT baseline and from REDI with α = 0
+(the same pairs and steps without the negative term) on the same seeds.
+
+Other data setups, for the comparisons in benchmarks/RESULTS.md:
+- `--labels exact`: a trace is correct only if it is the worked solution token for token, not just
+  a right boxed total; `--pairs-per-prompt 1 --stage2-steps 0`: one pair per prompt, one pass.
+- `--negatives student`: the negatives are the stage-1 student's own wrong traces on the training
+  prompts (sampled at `--student-temperature`, 0 = greedy), paired with a correct teacher or student
+  trace of the same prompt.
 
     .venv/bin/python examples/redi_distill.py --out /tmp/redi_run --threads 1
 """
@@ -32,7 +41,8 @@ from thinkgym.agents.collector import Collector
 from thinkgym.agents.grpo import SFT_SEED_BASE, TRAIN_SEED_BASE
 from thinkgym.agents.hf_engine import HFEngine
 from thinkgym.agents.policy import Policy
-from thinkgym.agents.redi import build_redi_data, cut_after_first_error, first_error, load_traces, train_redi
+from thinkgym.agents.redi import (Trace, build_redi_data, cut_after_first_error, first_error, label_by_reference, load_traces,
+                                  train_redi)
 from thinkgym.agents.sample import sample_traces
 from thinkgym.agents.sft import demonstration_rows, train_sft
 from thinkgym.envs.tokenizer import encode
@@ -41,9 +51,9 @@ ENV = "LongCoT-v0"
 ENV_KWARGS = {"task_kwargs": {"n_terms": 4}, "max_thinking_tokens": 200}
 
 
-def correct_per_seed(policy: Policy, seeds: int) -> np.ndarray:
+def correct_per_seed(policy: Policy, seeds: range) -> np.ndarray:
     """1/0 per held-out seed under greedy decoding, so arms can be compared seed by seed."""
-    batch = Collector(ENV, HFEngine(policy, seed=0), ENV_KWARGS, group_size=1, temperature=0.0).collect(list(range(seeds)))
+    batch = Collector(ENV, HFEngine(policy, seed=0), ENV_KWARGS, group_size=1, temperature=0.0).collect(list(seeds))
     return np.array([float(ep.info.get("correct", False)) for ep in batch.episodes])
 
 
@@ -59,6 +69,12 @@ def reference_ids(traces_path: Path, tokenizer) -> dict[str, list[int]]:
     return refs
 
 
+def labelled_traces(path: Path, tokenizer, labels: str) -> tuple[list[Trace], dict[str, list[int]]]:
+    """The traces in `path` with the verifier's labels, or ('exact') only worked-solution matches correct."""
+    traces, refs = load_traces(path, tokenizer), reference_ids(path, tokenizer)
+    return (label_by_reference(traces, refs) if labels == "exact" else traces), refs
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--out", default="/tmp/redi_distill")
@@ -67,14 +83,26 @@ def main() -> None:
     ap.add_argument("--samples", type=int, default=4, help="teacher samples per prompt")
     ap.add_argument("--temperature", type=float, default=1.0, help="teacher sampling temperature")
     ap.add_argument("--student-steps", type=int, default=600, help="stage 1 (SFT on positives)")
-    ap.add_argument("--stage2-steps", type=int, default=200, help="REDI steps, and the extra SFT steps of the baseline")
+    ap.add_argument("--stage2-steps", type=int, default=200,
+                    help="REDI steps, and the extra SFT steps of the baseline; 0: one pass over the pairs")
     ap.add_argument("--stage2-lr", type=float, default=3e-6, help="for REDI and the extra SFT alike")
     ap.add_argument("--alpha", type=float, default=0.8)
-    ap.add_argument("--eval", type=int, default=1000, help="held-out seeds 0..eval-1")
+    ap.add_argument("--labels", choices=("verifier", "exact"), default="verifier",
+                    help="correct = right boxed answer, or (exact) the worked solution token for token")
+    ap.add_argument("--pairs-per-prompt", type=int, default=0, help="0: as many pairs as a prompt allows")
+    ap.add_argument("--negatives", choices=("teacher", "student"), default="teacher",
+                    help="stage 2's negatives: the teacher's wrong traces, or the stage-1 student's own")
+    ap.add_argument("--student-temperature", type=float, default=0.6, help="with --negatives student (0: greedy)")
+    ap.add_argument("--student-samples", type=int, default=4, help="with --negatives student")
+    ap.add_argument("--eval", type=int, default=1000, help="held-out seeds eval-base..eval-base+eval-1")
+    ap.add_argument("--eval-base", type=int, default=0, help="first evaluation seed (tune on others, e.g. 30000000)")
     ap.add_argument("--threads", type=int, default=2)
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
+    if args.pairs_per_prompt < 0:
+        raise ValueError(f"--pairs-per-prompt must be >= 0 (0: all); got {args.pairs_per_prompt}")
     out, t0 = Path(args.out), time.time()
+    eval_seeds = range(args.eval_base, args.eval_base + args.eval)
 
     def say(msg: str) -> None:
         print(f"[{time.time() - t0:.0f}s] {msg}", flush=True)
@@ -82,43 +110,66 @@ def main() -> None:
     teacher = Policy.tiny(seed=0)
     train_sft(teacher, demonstration_rows(ENV, range(SFT_SEED_BASE, SFT_SEED_BASE + 300), teacher.tokenizer, ENV_KWARGS),
               steps=args.teacher_steps, lr=3e-3, log_every=100)
-    acc = {"teacher": correct_per_seed(teacher, args.eval)}
+    acc = {"teacher": correct_per_seed(teacher, eval_seeds)}
     say(f"teacher greedy accuracy {acc['teacher'].mean():.3f}")
     traces = out / "teacher_traces.jsonl"
     sample_traces(HFEngine(teacher, seed=0), ENV, range(TRAIN_SEED_BASE, TRAIN_SEED_BASE + args.prompts), traces,
                   n=args.samples, env_kwargs=ENV_KWARGS, temperature=args.temperature, seeds_per_batch=64)
-    data = build_redi_data(load_traces(traces, teacher.tokenizer), pairs_per_prompt=None)
-    refs = reference_ids(traces, teacher.tokenizer)
-    cut = [(w, cut_after_first_error(l, refs[l.prompt])) for w, l in data.pairs if first_error(l, refs[l.prompt]) is not None]
-    faithful = sum(first_error(t, refs[t.prompt]) is None for t in data.positives)
-    say(f"data: {json.dumps(data.counts)}; {faithful}/{len(data.positives)} positives follow the worked solution "
-        f"token for token; {len(cut)}/{len(data.pairs)} negatives have a located first error")
+    teacher_traces, refs = labelled_traces(traces, teacher.tokenizer, args.labels)
+    per_prompt = args.pairs_per_prompt or None
+    data = build_redi_data(teacher_traces, pairs_per_prompt=per_prompt)
+    say(f"teacher data ({args.labels} labels): {json.dumps(data.counts)}")
 
     student = Policy.tiny(seed=1)
     positives = [r for t in data.positives for r in t.rows]
     train_sft(student, positives, steps=args.student_steps, lr=3e-3, log_every=100, writer=SummaryWriter(str(out / "tb_sft_stage1")))
-    acc["stage 1 (SFT)"] = correct_per_seed(student, args.eval)
+    acc["stage 1 (SFT)"] = correct_per_seed(student, eval_seeds)
     say(f"stage-1 student greedy accuracy {acc['stage 1 (SFT)'].mean():.3f}")
 
+    pairs = data.pairs
+    if args.negatives == "student":  # its own mistakes, each paired with a correct teacher/student trace of the prompt
+        own = out / "student_traces.jsonl"
+        sample_traces(HFEngine(student, seed=0), ENV, range(TRAIN_SEED_BASE, TRAIN_SEED_BASE + args.prompts), own,
+                      n=args.student_samples, env_kwargs=ENV_KWARGS, temperature=args.student_temperature, seeds_per_batch=64)
+        student_traces, _ = labelled_traces(own, teacher.tokenizer, args.labels)
+        mixed = build_redi_data(data.positives + student_traces, pairs_per_prompt=per_prompt)
+        pairs = mixed.pairs
+        say(f"student's own traces at T={args.student_temperature}: {sum(not t.correct for t in student_traces)} wrong of "
+            f"{len(student_traces)}; with the teacher's positives: {json.dumps(mixed.counts)}")
+    cut = [(w, cut_after_first_error(l, refs[l.prompt])) for w, l in pairs if first_error(l, refs[l.prompt]) is not None]
+    faithful = sum(first_error(t, refs[t.prompt]) is None for t in data.positives)
+    steps = args.stage2_steps or math.ceil(len(pairs) / 16)
+    say(f"{faithful}/{len(data.positives)} positives follow the worked solution token for token; "
+        f"{len(cut)}/{len(pairs)} negatives have a located first error; stage 2: {steps} steps")
+
     baseline = copy.deepcopy(student)
-    train_sft(baseline, positives, steps=args.stage2_steps, lr=args.stage2_lr, log_every=0, seed=1)
-    acc["+ SFT"] = correct_per_seed(baseline, args.eval)
+    train_sft(baseline, positives, steps=steps, lr=args.stage2_lr, log_every=0, seed=1)
+    acc["+ SFT"] = correct_per_seed(baseline, eval_seeds)
     say(f"+ SFT greedy accuracy {acc['+ SFT'].mean():.3f}")
-    for name, pairs in ((f"+ REDI a={args.alpha}", data.pairs), (f"+ REDI a={args.alpha}, cut negatives", cut)):
+    arms = (("+ REDI a=0 (pair positives only)", pairs, 0.0), (f"+ REDI a={args.alpha}", pairs, args.alpha),
+            (f"+ REDI a={args.alpha}, cut negatives", cut, args.alpha))
+    for name, arm_pairs, alpha in arms:
         redi = copy.deepcopy(student)
-        tag = name.split("+ ")[1].replace(" ", "").replace(",", "_")
-        train_redi(redi, pairs, steps=args.stage2_steps, batch_size=16, lr=args.stage2_lr, alpha=args.alpha, seed=1,
+        tag = name.split("+ ")[1].split(" (")[0].replace(" ", "").replace(",", "_")
+        train_redi(redi, arm_pairs, steps=steps, batch_size=16, lr=args.stage2_lr, alpha=alpha, seed=1,
                    writer=SummaryWriter(str(out / f"tb_{tag}")), log_every=50)
-        acc[name] = correct_per_seed(redi, args.eval)
+        acc[name] = correct_per_seed(redi, eval_seeds)
         say(f"{name} greedy accuracy {acc[name].mean():.3f}")
 
-    n, base = args.eval, acc["+ SFT"]
-    print(f"\nheld-out greedy accuracy, seeds 0..{n - 1} (± standard error); stage 2: {args.stage2_steps} steps at lr {args.stage2_lr}")
-    print(f"| {'arm':<32} | accuracy      | minus '+ SFT' (paired) |\n|{'-' * 34}|---------------|------------------------|")
-    for name, c in acc.items():
-        diff = c - base
-        vs = "" if name in ("teacher", "stage 1 (SFT)", "+ SFT") else f"{diff.mean():+.3f} ± {diff.std(ddof=1) / math.sqrt(n):.3f}"
-        print(f"| {name:<32} | {c.mean():.3f} ± {c.std(ddof=1) / math.sqrt(n):.3f} | {vs:<22} |")
+    n, a0 = args.eval, acc[arms[0][0]]
+
+    def paired(c: np.ndarray, ref: np.ndarray) -> str:
+        diff = c - ref
+        return f"{diff.mean():+.3f} ± {diff.std(ddof=1) / math.sqrt(n):.3f}"
+
+    print(f"\ngreedy accuracy, seeds {args.eval_base}..{args.eval_base + n - 1} (± standard error); "
+          f"stage 2: {steps} steps at lr {args.stage2_lr}")
+    print(f"| {'arm':<34} | accuracy      | minus '+ SFT' (paired) | minus 'a=0' (paired) |\n"
+          f"|{'-' * 36}|---------------|------------------------|----------------------|")
+    for k, (name, c) in enumerate(acc.items()):
+        vs_sft = paired(c, acc["+ SFT"]) if k > 2 else ""
+        vs_a0 = paired(c, a0) if k > 3 else ""
+        print(f"| {name:<34} | {c.mean():.3f} ± {c.std(ddof=1) / math.sqrt(n):.3f} | {vs_sft:<22} | {vs_a0:<20} |")
     print(f"minutes: {(time.time() - t0) / 60:.1f}")
 
 

@@ -11,8 +11,8 @@ from thinkgym.agents.collector import Row
 from thinkgym.agents.hf_engine import HFEngine
 from thinkgym.agents.plot import read_scalars
 from thinkgym.agents.policy import Policy
-from thinkgym.agents.redi import (Trace, build_redi_data, cut_after_first_error, first_error, load_traces, record_trace,
-                                  redi_loss, sequence_logprobs, train_redi)
+from thinkgym.agents.redi import (Trace, build_redi_data, cut_after_first_error, first_error, label_by_reference, load_traces,
+                                  record_trace, redi_loss, sequence_logprobs, train_redi)
 from thinkgym.agents.sample import sample_traces
 
 ENV, KW = "LongCoT-v0", {"task_kwargs": {"n_terms": 2}, "max_thinking_tokens": 12}
@@ -107,6 +107,19 @@ def test_negative_is_cut_after_its_first_wrong_token(policy):
         cut_after_first_error(right, ref)
     with pytest.raises(ValueError, match="one-row trace"):
         first_error(Trace("p", False, right.rows * 2), ref)
+
+
+def test_label_by_reference_fails_a_right_total_reached_through_a_wrong_step(policy):
+    tok = policy.tokenizer
+    prompt = "Add: 1 7 9\n"
+    ref = {prompt: tok.encode("1|79\n1+7=8|9\n8+9=17|\n</think>\\boxed{17}") + [tok.eos_token_id]}
+    right = trace(policy, prompt, "1|79\n1+7=8|9\n8+9=17|\n</think>\\boxed{17}", True)
+    lucky = trace(policy, prompt, "1|79\n1+7=9|9\n9+9=17|\n</think>\\boxed{17}", True)  # two slips, right total
+    wrong = trace(policy, prompt, "1|79\n1+7=8|9\n8+9=18|\n</think>\\boxed{18}", False)
+    assert [t.correct for t in label_by_reference([right, lucky, wrong], ref)] == [True, False, False]
+    assert build_redi_data(label_by_reference([right, lucky], ref)).counts["pairs"] == 1
+    with pytest.raises(ValueError, match="no worked solution for 1 prompt"):
+        label_by_reference([trace(policy, "Add: 2 2\n", "4", True)], ref)
 
 
 def test_bad_inputs_are_named(tmp_path, policy):
