@@ -10,6 +10,7 @@ step replayed as a CUDA graph on a GPU; any other causal LM uses transformers' `
 
 from __future__ import annotations
 
+import gc
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Iterator
@@ -100,6 +101,7 @@ class HFEngine:
         """Free the static cache and its graphs (they are rebuilt on the next call)."""
         self._decoder = None
         if self.policy.device.type == "cuda":
+            gc.collect()
             torch.cuda.empty_cache()
 
     @torch.no_grad()
