@@ -80,6 +80,11 @@ class GRPOConfig:
     """SIRI's length schedule (`l_min`, `l_max`, `period`, `shape`); empty is off. Each step's length becomes
     the environments' thinking budget (Delethink: the chunk cap whose budget fits it)."""
 
+    train_prompts: int = 0
+    """Train on a fixed pool of this many prompts (seeds), in order and again each epoch, as RL datasets
+    are used; per-prompt reward state (HAPO's shortest-correct history) needs prompts to recur.
+    0 draws fresh prompts every step."""
+
     # -- optimisation -------------------------------------------------------------------------
     steps: int = 50
     """RL steps (collection + updates)."""
@@ -147,6 +152,8 @@ class GRPOConfig:
                      "vllm_tensor_parallel_size"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be >= 1; got {getattr(self, name)}")
+        if self.train_prompts < 0:
+            raise ValueError(f"train_prompts must be >= 0 (0 draws fresh prompts every step); got {self.train_prompts}")
         if not 0 <= self.epsilon < 1 or self.epsilon_high < 0:
             raise ValueError(f"need 0 <= epsilon < 1 and epsilon_high >= 0; got {self.epsilon}, {self.epsilon_high}")
 

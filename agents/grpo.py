@@ -102,10 +102,12 @@ class GRPOTrainer:
         return {"constant": 1.0, "linear": 1.0 - frac, "cosine": 0.5 * (1 + math.cos(math.pi * frac))}[self.cfg.lr_scheduler]
 
     def train_seeds(self, step: int, round_: int = 0) -> list[int]:
-        """This rank's seeds: its contiguous share of the step's `prompts_per_step` seeds."""
+        """This rank's seeds: its contiguous share of the step's `prompts_per_step` seeds, cycling
+        through a pool of `train_prompts` seeds when that is set."""
         P = self.cfg.prompts_per_step
-        base = TRAIN_SEED_BASE + (step * (self.cfg.max_resample_rounds + 1) + round_) * P
-        return distributed.shard(range(base, base + P))
+        start = (step * (self.cfg.max_resample_rounds + 1) + round_) * P
+        pool = self.cfg.train_prompts
+        return distributed.shard([TRAIN_SEED_BASE + (i % pool if pool else i) for i in range(start, start + P)])
 
     # -- one step ---------------------------------------------------------------------------------
     def score(self, batch: Batch) -> tuple[np.ndarray, dict[str, list[float]], list[Sample]]:

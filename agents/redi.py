@@ -31,6 +31,7 @@ from .checkpoint import save_checkpoint
 from .collector import Row
 from .logprobs import completion_logprobs, pad_rows
 from .policy import Policy
+from .precision import MasterAdamW
 
 REQUIRED = ("prompt", "response", "correct")
 
@@ -188,14 +189,14 @@ def train_redi(policy: Policy, pairs: list[tuple[Trace, Trace]], steps: int = 10
                alpha: float = 0.8, warmup_frac: float = 0.1, seed: int = 0, writer: Any = None,
                eval_fn: Callable[[], dict[str, float]] | None = None, eval_every: int = 0, output_dir: str | Path | None = None,
                save_every: int = 0, log_every: int = 10) -> list[dict[str, float]]:
-    """Stage 2: AdamW with linear warmup and decay on random minibatches of pairs. Logs `loss`,
+    """Stage 2: AdamW (fp32 masters under bf16) with linear warmup and decay on random minibatches of pairs. Logs `loss`,
     `logps/chosen` and `logps/rejected` (mean token log-probs: watch for both falling together, the
     collapse the paper warns about), `learning_rate`, `grad_norm` and `eval/*`; returns the log."""
     alpha = check_alpha(alpha)
     if not pairs:
         raise ValueError("no (correct, incorrect) pairs to train on: the data needs prompts with both kinds of trace")
     model = policy.model
-    opt = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=0.0)
+    opt = MasterAdamW(model.parameters(), lr=lr, weight_decay=0.0, fused=next(model.parameters()).is_cuda)
     warm = max(1, int(warmup_frac * steps))
     sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: min((s + 1) / warm, max(0.0, (steps - s) / max(1, steps - warm))))
     g = torch.Generator().manual_seed(seed)

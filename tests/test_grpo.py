@@ -186,3 +186,13 @@ def test_siri_schedule_sets_the_environments_budgets(tmp_path, env, kwargs):
                 assert e.max_thinking_tokens == budget
         assert trainer.last_episode.num_tokens <= budget
     assert len({sched(s) for s in range(4)}) == 2  # the schedule did change the budget
+
+
+def test_train_prompts_cycles_a_fixed_pool_so_prompts_recur(tmp_path):
+    trainer = GRPOTrainer(small_cfg(tmp_path, train_prompts=3, prompts_per_step=2))
+    seeds = [s for step in range(6) for s in trainer.train_seeds(step)]
+    assert len(set(seeds)) == 3 and len(seeds) == 12  # every seed comes from the pool, and each recurs
+    fresh = GRPOTrainer(small_cfg(tmp_path, prompts_per_step=2))
+    assert len({s for step in range(6) for s in fresh.train_seeds(step)}) == 12
+    with pytest.raises(ValueError, match="train_prompts"):
+        small_cfg(tmp_path, train_prompts=-1)
