@@ -7,6 +7,8 @@ so everything runs offline on a CPU.
 
 from __future__ import annotations
 
+import functools
+import inspect
 from pathlib import Path
 from typing import Any
 
@@ -18,6 +20,17 @@ from thinkgym.envs.tokenizer import builtin_tokenizer, resolve_tokenizer
 TINY_CONFIG = dict(hidden_size=128, intermediate_size=384, num_hidden_layers=4, num_attention_heads=2,
                    num_key_value_heads=1, max_position_embeddings=1024, tie_word_embeddings=True,
                    rope_theta=10000.0, rms_norm_eps=1e-6)
+
+
+@functools.cache
+def _cache_parameter(forward: Any) -> str:
+    return "cache" if "cache" in inspect.signature(forward).parameters else "past_key_values"
+
+
+def cache_kwargs(model: torch.nn.Module, cache: Any) -> dict[str, Any]:
+    """The KV cache as a keyword argument of `model.forward`, under the name that forward takes:
+    transformers renamed `past_key_values` to `cache` (5.2x; the old name warns until 5.40)."""
+    return {_cache_parameter(type(model).forward): cache}
 
 
 def default_device() -> torch.device:

@@ -32,7 +32,7 @@ from thinkgym.envs import TokenAction
 
 from .engine import Completion, GenerationRequest
 from .hf_engine import DecodeRow, HFEngine, sample_tokens
-from .policy import Policy
+from .policy import Policy, cache_kwargs
 from .router import RoutingRule
 
 IDENTICAL, NEUTRAL, DIVERGENT = 0, 1, 2
@@ -218,7 +218,7 @@ class RoutedEngine:
         top_p = torch.tensor([r.req.top_p for r in rows], device=dev, dtype=torch.float)
         pos = (mask.cumsum(-1) - 1).clamp(min=0)
         scache, lcache, synced = DynamicCache(), DynamicCache(), 0  # `synced`: columns the large cache holds
-        hidden, logits = _last_state(small, input_ids=seq, attention_mask=mask, position_ids=pos, past_key_values=scache, use_cache=True)
+        hidden, logits = _last_state(small, input_ids=seq, attention_mask=mask, position_ids=pos, **cache_kwargs(small.base_model, scache), use_cache=True)
         live, step = list(range(len(rows))), 0
         while live:
             tokens, logps = sample_tokens(logits, temp, top_p, self.generator)
@@ -236,7 +236,7 @@ class RoutedEngine:
                 lpos = (mask.cumsum(-1) - 1).clamp(min=0)
                 ldev = self.large.device
                 llogits = large(input_ids=seq[:, synced:].to(ldev), attention_mask=mask.to(ldev), position_ids=lpos[:, synced:].to(ldev),
-                                past_key_values=lcache, use_cache=True, logits_to_keep=1).logits[:, -1].to(dev)
+                                **cache_kwargs(large, lcache), use_cache=True, logits_to_keep=1).logits[:, -1].to(dev)
                 synced = seq.shape[1]
                 ltok, llogp = sample_tokens(llogits[fire], temp[fire], top_p[fire], self.generator)
                 tokens[fire], logps[fire] = ltok, llogp
@@ -266,4 +266,4 @@ class RoutedEngine:
             mask = torch.cat([mask, torch.ones_like(mask[:, :1])], dim=1)
             pos = pos[:, -1:] + 1
             hidden, logits = _last_state(small, input_ids=tokens.unsqueeze(-1), attention_mask=mask, position_ids=pos,
-                                         past_key_values=scache, use_cache=True)
+                                         **cache_kwargs(small.base_model, scache), use_cache=True)
