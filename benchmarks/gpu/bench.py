@@ -147,13 +147,20 @@ def rollout(name: str, shape: dict, device: str, dtype, batches, prompt_len: int
     g = torch.Generator().manual_seed(0)
     weight_bytes, kv_per_token = model_bytes(cfg)
     eng = HFEngine(pol, max_batch_size=max(batches), seed=0)
+    uncompiled = HFEngine(pol, max_batch_size=max(batches), seed=0, compile_decode=False) if eng.compile_decode else None
     guard = correctness_guard(pol, eng, prompt_len, g)
     emit({"model": name, **guard})
     out = []
     for B in batches:
         prompts = torch.randint(300, cfg.vocab_size, (B, prompt_len), generator=g)
         reqs = [GenerationRequest(p.tolist(), new, temperature=1.0, ignore_eos=True) for p in prompts]
-        t_eng = timed(lambda: eng.generate(reqs))  # the untimed first call captures the graphs
+        t_eng = timed(lambda: eng.generate(reqs))  # the untimed first call compiles and captures the graphs
+        arms = {"engine_tok_s": B * new / t_eng}
+        if uncompiled is not None:  # the same graphs without torch.compile, side by side
+            arms["engine_uncompiled_tok_s"] = B * new / timed(lambda: uncompiled.generate(reqs))
+            arms["compile_speedup"] = arms["engine_tok_s"] / arms["engine_uncompiled_tok_s"]
+            uncompiled.release()
+            eng.release()
         ids = prompts.to(device)
         gen = dict(attention_mask=torch.ones_like(ids), do_sample=True, temperature=1.0, top_k=0, pad_token_id=0)
         pol.model.generate(ids, max_new_tokens=8, **gen)  # a short warm-up: the full length takes minutes
@@ -164,11 +171,11 @@ def rollout(name: str, shape: dict, device: str, dtype, batches, prompt_len: int
         t_gen = time.perf_counter() - t0
         mean_ctx = prompt_len + new / 2
         ceiling = B / ((weight_bytes + B * mean_ctx * kv_per_token) / ceil["bandwidth_Bps"])
-        out.append({"model": name, "batch": B, "prompt": prompt_len, "new_tokens": new, "engine_tok_s": B * new / t_eng,
+        out.append({"model": name, "batch": B, "prompt": prompt_len, "new_tokens": new, **arms,
                     "generate_tok_s": B * new / t_gen, "speedup": t_gen / t_eng, "bw_ceiling_tok_s": ceiling,
                     "engine_frac_of_ceiling": B * new / t_eng / ceiling, **guard})
         emit(out[-1])
-    del pol, eng
+    del pol, eng, uncompiled
     free()
     return out
 
@@ -319,7 +326,7 @@ def step_time(eng: HFEngine, batch: int, context: int, reps: int = 8) -> float:
     def run():
         nonlocal logits
         for _ in range(reps):
-            tokens, _ = sample_tokens(logits, temp, top_p, eng.generator, truncate=False)
+            tokens, _ = sample_tokens(logits, temp, top_p, eng.generator, truncate=False, compiled=eng.compile_decode)
             tokens.tolist()
             dec.ids[:batch, 0] = tokens
             logits = dec.step(batch, context)
@@ -327,56 +334,65 @@ def step_time(eng: HFEngine, batch: int, context: int, reps: int = 8) -> float:
     return timed(run) / reps
 
 
-def delethink_vs_longcot(name: str, shape: dict, device: str, thinking, batch: int, query: int, C: int, m: int, validate) -> list[dict]:
+def fit_batch(slots: int, per_slot: int, kv_budget_gb: float, cap: int = 256) -> int:
+    """The largest power-of-two batch whose K/V for `slots` tokens per row fits the budget."""
+    rows = max(1, min(cap, int(kv_budget_gb * 1e9) // int(slots * per_slot)))
+    return 1 << (rows.bit_length() - 1)
+
+
+def delethink_vs_longcot(name: str, shape: dict, device: str, thinking, batch: int | None, query: int, C: int, m: int, validate,
+                         kv_budget_gb: float = 60.0) -> list[dict]:
     """Cost per trace of thinking T tokens, LongCoT (one context) vs Delethink (chunks of C with an
-    m-token carryover), with the same engine and batch. Full traces of 96K tokens would take hours of
-    device time, so a trace's time is integrated from measured step times: each decode step's time at
-    its context (one measurement per cache-length bucket, i.e. per CUDA graph) plus each chunk's
-    measured prefill. Full traces at the `validate` lengths check the integral against generate()."""
+    m-token carryover), with the same engine. `batch` is the same for both; None gives each method the
+    largest batch whose K/V fits `kv_budget_gb`, as a rollout would (Delethink's K/V per trace stays
+    at C + query tokens, LongCoT's grows with T). Full traces of 96K tokens would take hours of device
+    time, so a trace's time is integrated from measured step times: each decode step's time at its
+    context (one measurement per cache-length bucket, i.e. per CUDA graph) plus each chunk's measured
+    prefill. Full traces at the `validate` lengths check the integral against generate()."""
     pol = build(shape, device, torch.bfloat16)
     cfg = pol.model.config
-    eng = HFEngine(pol, max_batch_size=batch, seed=0, kv_cache_gb=70)
     per_slot = SlotCache.bytes_per_slot(pol.model)
     n_lin = sum(p.numel() for p in pol.model.parameters()) - cfg.vocab_size * cfg.hidden_size * (0 if cfg.tie_word_embeddings else 1)
     g = torch.Generator().manual_seed(0)
-    queries = torch.randint(300, cfg.vocab_size, (batch, query), generator=g).tolist()
-    buckets: dict[int, float] = {}
-    prefills: dict[int, float] = {}
+    buckets: dict[tuple[int, int], float] = {}
+    prefills: dict[tuple[int, int], float] = {}
 
-    def decode_cost(start: int, n: int) -> float:
+    def decode_cost(eng: HFEngine, rows: int, start: int, n: int) -> float:
         """Time to decode n tokens after `start` cached tokens: steps grouped by the bucket they read."""
         total, c = 0.0, start
         while c < start + n:
-            b = eng.static_decoder(batch, start + n).bucket_slots(c + 1)
+            b = eng.static_decoder(rows, start + n).bucket_slots(c + 1)
             steps = min(start + n, b) - c
-            if b not in buckets:
-                buckets[b] = step_time(eng, batch, b - 1)
-            total += steps * buckets[b]
+            if (rows, b) not in buckets:
+                buckets[rows, b] = step_time(eng, rows, b - 1)
+            total += steps * buckets[rows, b]
             c += steps
         return total
 
-    def prefill_cost(width: int) -> float:
-        if width not in prefills:
-            ids = torch.randint(300, cfg.vocab_size, (batch, width), generator=g).to(device)
-            dec = eng.static_decoder(batch, width + 1)
-            prefills[width] = timed(lambda: dec.prefill(ids, torch.ones_like(ids)))
-        return prefills[width]
+    def prefill_cost(eng: HFEngine, rows: int, width: int) -> float:
+        if (rows, width) not in prefills:
+            ids = torch.randint(300, cfg.vocab_size, (rows, width), generator=g).to(device)
+            dec = eng.static_decoder(rows, width + 1)
+            prefills[rows, width] = timed(lambda: dec.prefill(ids, torch.ones_like(ids)))
+        return prefills[rows, width]
 
     out = []
     for T in thinking:
         chunks = 1 + -(-(T - C) // (C - m)) if T > C else 1
         plans = {"longcot": [(query, T)], "delethink": [(query, min(T, C))] + [(query + m, C - m)] * (chunks - 1)}
         for method, segments in plans.items():
-            eng.release()
-            with eng.static_attention():
-                t = sum(prefill_cost(p) + decode_cost(p, gen) for p, gen in segments)
             cost = attention_cost(segments, 4 * cfg.num_hidden_layers * cfg.hidden_size)
+            rows = batch or fit_batch(cost["peak_context_tokens"] + 1, per_slot, kv_budget_gb)
+            eng = HFEngine(pol, max_batch_size=rows, seed=0, kv_cache_gb=kv_budget_gb + 10)
+            with eng.static_attention():
+                t = sum(prefill_cost(eng, rows, p) + decode_cost(eng, rows, p, gen) for p, gen in segments)
             flops = 2 * n_lin * sum(p + gen for p, gen in segments) + cost["attention_flops"]
-            res = {"model": name, "thinking": T, "method": method, "chunks": len(segments), "batch": batch,
-                   "gpu_s_per_trace": t / batch, "kv_GB_per_trace": (cost["peak_context_tokens"] + 1) * per_slot / 1e9,
+            res = {"model": name, "thinking": T, "method": method, "chunks": len(segments), "batch": rows,
+                   "gpu_s_per_trace": t / rows, "kv_GB_per_trace": (cost["peak_context_tokens"] + 1) * per_slot / 1e9,
                    "tflops_per_trace": flops / 1e12}
             if T in validate:  # the same trace for real: generate() chunk by chunk, carrying the last m tokens
                 eng.release()
+                queries = torch.randint(300, cfg.vocab_size, (rows, query), generator=g).tolist()
                 sync()
                 t0 = time.perf_counter()
                 prompts = queries
@@ -384,12 +400,14 @@ def delethink_vs_longcot(name: str, shape: dict, device: str, thinking, batch: i
                     comps = eng.generate([GenerationRequest(q, gen, temperature=1.0, ignore_eos=True) for q in prompts])
                     prompts = [q + c[0].token_ids[-m:] for q, c in zip(queries, comps)]
                 sync()
-                res["measured_gpu_s_per_trace"] = (time.perf_counter() - t0) / batch
+                res["measured_gpu_s_per_trace"] = (time.perf_counter() - t0) / rows
                 if torch.cuda.is_available():
                     res["peak_mem_GB"] = torch.cuda.max_memory_allocated() / 1e9
             emit(res)
             out.append(res)
-    del eng, pol
+            eng.release()
+            del eng
+    del pol
     free()
     return out
 
@@ -424,6 +442,8 @@ def main() -> None:
     ap.add_argument("--new-tokens", type=int, default=1024)
     ap.add_argument("--shapes", default=",".join(SHAPES), help="rollout: which model shapes")
     ap.add_argument("--batches", default="1,64,256", help="rollout: batch sizes")
+    ap.add_argument("--delethink-batch", default="8", help="delethink: traces per batch for both methods, or 'fit': "
+                    "each method's largest power-of-two batch whose K/V fits 60 GB (full-trace validation only at 8)")
     args = ap.parse_args()
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
@@ -445,9 +465,10 @@ def main() -> None:
         res["train"] = train(name, shapes[name], device, (512,) if args.tiny else (2048, 8192), ceil, args.tiny)
     if "delethink" in sections:
         name = "tiny" if args.tiny else "r1-distill-1.5b"
-        dims = dict(thinking=(64, 192, 768), batch=2, query=8, C=64, m=32, validate=(192,)) if args.tiny else \
-            dict(thinking=(8192, 24576, 98304), batch=8, query=128, C=8192, m=4096, validate=(24576,))
-        res["delethink"] = delethink_vs_longcot(name, shapes[name], device, **dims)
+        batch = None if args.delethink_batch == "fit" else int(args.delethink_batch)
+        dims = dict(thinking=(64, 192, 768), query=8, C=64, m=32, validate=(192,), kv_budget_gb=0.01) if args.tiny else \
+            dict(thinking=(8192, 24576, 98304), query=128, C=8192, m=4096, validate=(24576,) if batch == 8 else ())
+        res["delethink"] = delethink_vs_longcot(name, shapes[name], device, batch=batch, **dims)
     if "step" in sections:
         name = "tiny" if args.tiny else "r1-distill-1.5b"
         dims = (2, 4, 16, 8) if args.tiny else (8, 8, 512, 1024)
@@ -458,7 +479,8 @@ def main() -> None:
     (out / "results.json").write_text(json.dumps(res, indent=1))
     print(f"\ndevice: {res['device']}  bandwidth {ceil['bandwidth_Bps'] / 1e12:.2f} TB/s  matmul {ceil['matmul_flops'] / 1e12:.0f} TFLOP/s")
     for r in res.get("rollout", []):
-        print(f"rollout {r['model']:>16} B={r['batch']:<4} engine {r['engine_tok_s']:9.0f} tok/s  generate {r['generate_tok_s']:9.0f}  "
+        plain = f" (uncompiled {r['engine_uncompiled_tok_s']:7.0f}, x{r['compile_speedup']:.2f})" if "compile_speedup" in r else ""
+        print(f"rollout {r['model']:>16} B={r['batch']:<4} engine {r['engine_tok_s']:9.0f} tok/s{plain}  generate {r['generate_tok_s']:9.0f}  "
               f"x{r['speedup']:.1f}  ceiling {r['bw_ceiling_tok_s']:9.0f} ({100 * r['engine_frac_of_ceiling']:.1f}%)  "
               f"fp32 greedy match: generate {r['greedy_match_fp32_vs_generate']:.2f}, dynamic {r['greedy_match_fp32_vs_dynamic']:.2f}  "
               f"logprob gap vs forward: max {r['logprob_gap_vs_forward_max']:.3f} mean {r['logprob_gap_vs_forward_mean']:.4f}")
@@ -468,7 +490,7 @@ def main() -> None:
                       f"(6N only {100 * r['mfu_6N']:.1f}%)  peak {r['peak_mem_GB']:.1f} GB"))
     for r in res.get("delethink", []):
         check = f"  (full trace measured: {r['measured_gpu_s_per_trace']:.2f} s)" if "measured_gpu_s_per_trace" in r else ""
-        print(f"trace   {r['method']:>16} T={r['thinking']:<6} {r['chunks']:>2} chunks  {r['gpu_s_per_trace']:8.2f} GPU s/trace  "
+        print(f"trace   {r['method']:>16} T={r['thinking']:<6} {r['chunks']:>2} chunks  batch {r['batch']:<4} {r['gpu_s_per_trace']:8.2f} GPU s/trace  "
               f"KV {r['kv_GB_per_trace']:.2f} GB/trace  {r['tflops_per_trace']:.0f} TFLOP/trace{check}")
     for r in res.get("step", []):
         extra = f"rollout {r['rollout_s']:.2f} s + learner {r['learner_s']:.2f} s" if r["system"] == "thinkgym" else f"TRL {r['version']}"
