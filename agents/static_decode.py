@@ -32,22 +32,6 @@ SLOT_BUCKET = 256        # the finest step between the cache lengths that graphs
 PREFILL_MASK_ELEMS = 1 << 28  # rows x width^2 per prefill chunk, to bound the mask and scores
 
 
-def _sdpa(query: torch.Tensor, key: torch.Tensor, value: torch.Tensor, mask: torch.Tensor, scale: float) -> torch.Tensor:
-    return F.scaled_dot_product_attention(query, key, value, attn_mask=mask, scale=scale, enable_gqa=query.shape[1] != key.shape[1])
-
-
-@torch.library.custom_op("thinkgym::slot_sdpa", mutates_args=())
-def _opaque_sdpa(query: torch.Tensor, key: torch.Tensor, value: torch.Tensor, mask: torch.Tensor, scale: float) -> torch.Tensor:
-    """SDPA as one opaque op for torch.compile: inductor would otherwise lower the grouped-query
-    attention with a mask to matmuls over K/V repeated per query head (measured 2.2x slower steps)."""
-    return _sdpa(query, key, value, mask, scale).contiguous()
-
-
-@_opaque_sdpa.register_fake
-def _(query: torch.Tensor, key: torch.Tensor, value: torch.Tensor, mask: torch.Tensor, scale: float) -> torch.Tensor:
-    return query.new_empty((*query.shape[:-1], value.shape[-1]))
-
-
 def slot_attention(module: torch.nn.Module, query: torch.Tensor, key: torch.Tensor, value: torch.Tensor,
                    attention_mask: torch.Tensor, scaling: float | None = None, dropout: float = 0.0,
                    **kwargs) -> tuple[torch.Tensor, None]:
@@ -57,8 +41,8 @@ def slot_attention(module: torch.nn.Module, query: torch.Tensor, key: torch.Tens
     2.3x faster than two batched matmuls, and 20x faster than repeating K/V per query head
     (`benchmarks/gpu/attention_decode.py`)."""
     slots = attention_mask.shape[-1]
-    sdpa = _opaque_sdpa if torch.compiler.is_compiling() else _sdpa
-    out = sdpa(query, key[:, :, :slots], value[:, :, :slots], attention_mask, query.shape[-1] ** -0.5 if scaling is None else scaling)
+    out = F.scaled_dot_product_attention(query, key[:, :, :slots], value[:, :, :slots], attn_mask=attention_mask, scale=scaling,
+                                         enable_gqa=query.shape[1] != key.shape[1])
     return out.transpose(1, 2), None
 
 
