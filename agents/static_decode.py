@@ -42,7 +42,7 @@ def slot_attention(module: torch.nn.Module, query: torch.Tensor, key: torch.Tens
     (`benchmarks/gpu/attention_decode.py`)."""
     slots = attention_mask.shape[-1]
     out = F.scaled_dot_product_attention(query, key[:, :, :slots], value[:, :, :slots], attn_mask=attention_mask, scale=scaling,
-                                         enable_gqa=query.shape[1] != key.shape[1])
+                                         enable_gqa=bool(query.shape[1] != key.shape[1]))  # a bool, even for torch.compile's symbolic shapes
     return out.transpose(1, 2), None
 
 
@@ -98,17 +98,15 @@ class SlotCache:
 class StaticDecoder:
     """Prefill and decode steps over a `SlotCache`; decode steps are CUDA graphs when `graphs`.
 
-    With `compile`, decode steps run the model through `torch.compile`, which fuses the norms,
-    rotary embeddings and activations into a few kernels; the graphs then replay the compiled
-    kernels. Shapes start static and only the dimensions seen to change (rows, slots) turn
-    symbolic, so two compilations serve every bucket; `dynamic=True` would make the head counts
-    symbolic too, and SDPA's `enable_gqa` cannot take a symbolic bool (a graph break per layer)."""
+    With `compile`, decode steps run the model through `torch.compile` (dynamic shapes, so one
+    compilation serves every rows/slots bucket), which fuses the norms, rotary embeddings and
+    activations into a few kernels; the graphs then replay the compiled kernels."""
 
     def __init__(self, model: PreTrainedModel, rows: int, slots: int, graphs: bool, compile: bool = False):
         self.model, self.graphs = model, graphs
         self.cache = SlotCache(model, rows, slots)
         self._cache_kw = cache_kwargs(model, self.cache)
-        self._decode = torch.compile(model) if compile else model
+        self._decode = torch.compile(model, dynamic=True) if compile else model
         dev = self.cache.write.device
         self.ids = torch.zeros((rows, 1), dtype=torch.long, device=dev)
         self.pos = torch.zeros((rows, 1), dtype=torch.long, device=dev)
