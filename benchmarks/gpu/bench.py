@@ -149,8 +149,6 @@ def rollout(name: str, shape: dict, device: str, dtype, batches, prompt_len: int
     eng = HFEngine(pol, max_batch_size=max(batches), seed=0)
     uncompiled = HFEngine(pol, max_batch_size=max(batches), seed=0, compile_decode=False) if eng.compile_decode else None
     guard = correctness_guard(pol, eng, prompt_len, g)
-    if eng.compile_decode:  # a graph break would leave parts of each step uncompiled
-        guard["compile_graph_breaks"] = sum(torch._dynamo.utils.counters["graph_break"].values())
     emit({"model": name, **guard})
     out = []
     for B in batches:
