@@ -19,7 +19,7 @@ import torch
 from transformers import DynamicCache
 
 from .engine import Completion, GenerationRequest, find_stop
-from .policy import Policy, cache_kwargs
+from .policy import Policy
 from .static_decode import ATTENTION, SLOT_BUCKET, SlotCache, StaticDecoder, supports_static
 
 
@@ -47,37 +47,26 @@ class DecodeRow:
         return self.finish is None
 
 
-def _race(logits: torch.Tensor, temperature: torch.Tensor, top_p: torch.Tensor | None,
-          noise: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    logits = logits.float()
-    greedy = temperature <= 0
-    scaled = logits / torch.where(greedy, torch.ones_like(temperature), temperature).unsqueeze(-1)
-    logp = torch.log_softmax(scaled, dim=-1)
-    probs = logp.exp()
-    if top_p is not None:
-        sorted_p, idx = probs.sort(dim=-1, descending=True)
-        drop = sorted_p.cumsum(-1) - sorted_p > top_p.unsqueeze(-1)
-        probs = probs.scatter(-1, idx, sorted_p.masked_fill(drop, 0.0))
-    tokens = torch.where(greedy, logits.argmax(-1), (probs / noise).argmax(-1))
-    return tokens, logp.gather(-1, tokens.unsqueeze(-1)).squeeze(-1)
-
-
-_race_compiled = torch.compile(_race, dynamic=True)
-
-
 def sample_tokens(logits: torch.Tensor, temperature: torch.Tensor, top_p: torch.Tensor,
-                  generator: torch.Generator | None, truncate: bool = True,
-                  compiled: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
+                  generator: torch.Generator | None, truncate: bool = True) -> tuple[torch.Tensor, torch.Tensor]:
     """Sample one token per row; return it with its log-probability under softmax(logits / T).
 
     Rows with temperature 0 are greedy and report log softmax(logits). Top-p truncates the
     sampling distribution only, not the reported log-probability; `truncate=False` says that no
     row has top_p < 1, which saves a sort over the vocabulary. Sampling takes the argmax of
-    p / E with E ~ Exp(1) (an exponential race), which draws from p without a cumulative sum.
-    `compiled` fuses the passes over the vocabulary with `torch.compile` (a decode step at batch
-    256 otherwise spends ~1 ms reading and writing [256, 151936] floats)."""
-    noise = torch.empty(logits.shape, dtype=torch.float32, device=logits.device).exponential_(generator=generator)
-    return (_race_compiled if compiled else _race)(logits, temperature, top_p if truncate else None, noise)
+    p / E with E ~ Exp(1) (an exponential race), which draws from p without a cumulative sum."""
+    logits = logits.float()
+    greedy = temperature <= 0
+    scaled = logits / torch.where(greedy, torch.ones_like(temperature), temperature).unsqueeze(-1)
+    logp = torch.log_softmax(scaled, dim=-1)
+    probs = logp.exp()
+    if truncate:
+        sorted_p, idx = probs.sort(dim=-1, descending=True)
+        drop = sorted_p.cumsum(-1) - sorted_p > top_p.unsqueeze(-1)
+        probs = probs.scatter(-1, idx, sorted_p.masked_fill(drop, 0.0))
+    tokens = (probs / torch.empty_like(probs).exponential_(generator=generator)).argmax(-1)
+    tokens = torch.where(greedy, logits.argmax(-1), tokens)
+    return tokens, logp.gather(-1, tokens.unsqueeze(-1)).squeeze(-1)
 
 
 class HFEngine:
@@ -85,13 +74,11 @@ class HFEngine:
 
     `static_cache` (default: when the model supports it) decodes over a preallocated cache of at most
     `kv_cache_gb` (default: a quarter of the GPU, or 4 GB on the CPU), which also bounds how many rows
-    decode at once; `cuda_graphs` (default: on a GPU) replays its decode steps as CUDA graphs, and
-    `compile_decode` (default: with CUDA graphs) runs them through `torch.compile` first. The cache,
-    graphs and compiled code are kept between calls, and read the weights in place after optimizer steps."""
+    decode at once; `cuda_graphs` (default: on a GPU) replays its decode steps as CUDA graphs. The
+    cache and graphs are kept between calls, and read the weights in place after optimizer steps."""
 
     def __init__(self, policy: Policy, max_batch_size: int = 256, seed: int | None = None,
-                 static_cache: bool | None = None, cuda_graphs: bool | None = None, kv_cache_gb: float | None = None,
-                 compile_decode: bool | None = None):
+                 static_cache: bool | None = None, cuda_graphs: bool | None = None, kv_cache_gb: float | None = None):
         self.policy = policy
         self.max_batch_size = max_batch_size
         self.generator = torch.Generator(device=policy.device)
@@ -102,9 +89,6 @@ class HFEngine:
         self.cuda_graphs = (cuda and self.static_cache) if cuda_graphs is None else cuda_graphs
         if self.cuda_graphs and not (cuda and self.static_cache):
             raise ValueError("cuda_graphs=True needs a CUDA device and static_cache=True")
-        self.compile_decode = self.cuda_graphs if compile_decode is None else compile_decode
-        if self.compile_decode and not self.static_cache:
-            raise ValueError("compile_decode=True needs static_cache=True")
         if kv_cache_gb is None:
             kv_cache_gb = torch.cuda.get_device_properties(policy.device).total_memory / 4e9 if cuda else 4.0
         self.kv_cache_bytes = int(kv_cache_gb * 1e9)
@@ -148,7 +132,7 @@ class HFEngine:
 
         Returns the indices into `live` of the rows that keep generating, and all the tokens."""
         truncate = any(rows[ri].req.top_p < 1 for ri in live)
-        tokens, logps = sample_tokens(logits, temp, top_p, self.generator, truncate, self.compile_decode)
+        tokens, logps = sample_tokens(logits, temp, top_p, self.generator, truncate)
         forced = [(b, rows[ri].req.prefix_ids[step]) for b, ri in enumerate(live) if step < len(rows[ri].req.prefix_ids)]
         if forced:  # forced prefix tokens replace the samples and are scored instead
             dev = logits.device
@@ -199,8 +183,7 @@ class HFEngine:
         rows = 1 << (n_rows - 1).bit_length() if self.cuda_graphs else n_rows
         if self._decoder is None or not self._decoder.fits(rows, slots):
             self.release()
-            self._decoder = StaticDecoder(self.policy.model, rows, -(-slots // SLOT_BUCKET) * SLOT_BUCKET, self.cuda_graphs,
-                                          self.compile_decode)
+            self._decoder = StaticDecoder(self.policy.model, rows, -(-slots // SLOT_BUCKET) * SLOT_BUCKET, self.cuda_graphs)
         return self._decoder
 
     def _run_static(self, rows: list[DecodeRow]) -> None:
@@ -234,7 +217,7 @@ class HFEngine:
         ids, mask, temp, top_p = self._left_pad(rows)
         pos = (mask.cumsum(-1) - 1).clamp(min=0)
         cache = DynamicCache()
-        logits = model(input_ids=ids, attention_mask=mask, position_ids=pos, **cache_kwargs(model, cache), use_cache=True,
+        logits = model(input_ids=ids, attention_mask=mask, position_ids=pos, past_key_values=cache, use_cache=True,
                        logits_to_keep=1).logits[:, -1]
         live = list(range(len(rows)))  # batch position -> row index
         step = 0
@@ -251,4 +234,4 @@ class HFEngine:
             mask = torch.cat([mask, torch.ones_like(mask[:, :1])], dim=1)
             pos = pos[:, -1:] + 1
             logits = model(input_ids=tokens.unsqueeze(-1), attention_mask=mask, position_ids=pos,
-                           **cache_kwargs(model, cache), use_cache=True).logits[:, -1]
+                           past_key_values=cache, use_cache=True).logits[:, -1]

@@ -25,8 +25,6 @@ import torch
 import torch.nn.functional as F
 from transformers import AttentionInterface, PreTrainedModel
 
-from .policy import cache_kwargs
-
 ATTENTION = "thinkgym_slots"
 SLOT_BUCKET = 256        # the finest step between the cache lengths that graphs are captured for
 PREFILL_MASK_ELEMS = 1 << 28  # rows x width^2 per prefill chunk, to bound the mask and scores
@@ -96,17 +94,11 @@ class SlotCache:
 
 
 class StaticDecoder:
-    """Prefill and decode steps over a `SlotCache`; decode steps are CUDA graphs when `graphs`.
+    """Prefill and decode steps over a `SlotCache`; decode steps are CUDA graphs when `graphs`."""
 
-    With `compile`, decode steps run the model through `torch.compile` (dynamic shapes, so one
-    compilation serves every rows/slots bucket), which fuses the norms, rotary embeddings and
-    activations into a few kernels; the graphs then replay the compiled kernels."""
-
-    def __init__(self, model: PreTrainedModel, rows: int, slots: int, graphs: bool, compile: bool = False):
+    def __init__(self, model: PreTrainedModel, rows: int, slots: int, graphs: bool):
         self.model, self.graphs = model, graphs
         self.cache = SlotCache(model, rows, slots)
-        self._cache_kw = cache_kwargs(model, self.cache)
-        self._decode = torch.compile(model, dynamic=True) if compile else model
         dev = self.cache.write.device
         self.ids = torch.zeros((rows, 1), dtype=torch.long, device=dev)
         self.pos = torch.zeros((rows, 1), dtype=torch.long, device=dev)
@@ -155,7 +147,7 @@ class StaticDecoder:
                 m4 = torch.zeros(allowed.shape, dtype=dtype, device=dev).masked_fill_(~allowed, torch.finfo(dtype).min)
                 self.cache.write = keys[q:e]
                 logits = self.model(input_ids=ids[a:a + rows, q:e], position_ids=pos[a:a + rows, q:e], attention_mask=m4,
-                                    **self._cache_kw, use_cache=True, logits_to_keep=1).logits[:, -1]
+                                    past_key_values=self.cache, use_cache=True, logits_to_keep=1).logits[:, -1]
             out.append(logits)
         self.cache.write = self.cache.step_slot
         return torch.cat(out)
@@ -185,7 +177,7 @@ class StaticDecoder:
 
     def _forward(self, rows: int, slots: int) -> torch.Tensor:
         self.cache.rows = slice(0, rows)
-        return self._decode(input_ids=self.ids[:rows], position_ids=self.pos[:rows], **self._cache_kw, use_cache=True,
+        return self.model(input_ids=self.ids[:rows], position_ids=self.pos[:rows], past_key_values=self.cache, use_cache=True,
                           attention_mask=self.bias[:rows, None, None, :slots], logits_to_keep=1).logits[:, -1]
 
     def _capture(self, key: tuple[int, int]) -> torch.Tensor:
