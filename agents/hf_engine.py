@@ -19,7 +19,7 @@ import torch
 from transformers import DynamicCache
 
 from .engine import Completion, GenerationRequest, find_stop
-from .policy import Policy
+from .policy import Policy, cache_kwargs
 from .static_decode import ATTENTION, SLOT_BUCKET, SlotCache, StaticDecoder, supports_static
 
 
@@ -217,7 +217,7 @@ class HFEngine:
         ids, mask, temp, top_p = self._left_pad(rows)
         pos = (mask.cumsum(-1) - 1).clamp(min=0)
         cache = DynamicCache()
-        logits = model(input_ids=ids, attention_mask=mask, position_ids=pos, past_key_values=cache, use_cache=True,
+        logits = model(input_ids=ids, attention_mask=mask, position_ids=pos, **cache_kwargs(model, cache), use_cache=True,
                        logits_to_keep=1).logits[:, -1]
         live = list(range(len(rows)))  # batch position -> row index
         step = 0
@@ -234,4 +234,4 @@ class HFEngine:
             mask = torch.cat([mask, torch.ones_like(mask[:, :1])], dim=1)
             pos = pos[:, -1:] + 1
             logits = model(input_ids=tokens.unsqueeze(-1), attention_mask=mask, position_ids=pos,
-                           past_key_values=cache, use_cache=True).logits[:, -1]
+                           **cache_kwargs(model, cache), use_cache=True).logits[:, -1]

@@ -25,6 +25,8 @@ import torch
 import torch.nn.functional as F
 from transformers import AttentionInterface, PreTrainedModel
 
+from .policy import cache_kwargs
+
 ATTENTION = "thinkgym_slots"
 SLOT_BUCKET = 256        # the finest step between the cache lengths that graphs are captured for
 PREFILL_MASK_ELEMS = 1 << 28  # rows x width^2 per prefill chunk, to bound the mask and scores
@@ -147,7 +149,7 @@ class StaticDecoder:
                 m4 = torch.zeros(allowed.shape, dtype=dtype, device=dev).masked_fill_(~allowed, torch.finfo(dtype).min)
                 self.cache.write = keys[q:e]
                 logits = self.model(input_ids=ids[a:a + rows, q:e], position_ids=pos[a:a + rows, q:e], attention_mask=m4,
-                                    past_key_values=self.cache, use_cache=True, logits_to_keep=1).logits[:, -1]
+                                    **cache_kwargs(self.model, self.cache), use_cache=True, logits_to_keep=1).logits[:, -1]
             out.append(logits)
         self.cache.write = self.cache.step_slot
         return torch.cat(out)
@@ -177,7 +179,7 @@ class StaticDecoder:
 
     def _forward(self, rows: int, slots: int) -> torch.Tensor:
         self.cache.rows = slice(0, rows)
-        return self.model(input_ids=self.ids[:rows], position_ids=self.pos[:rows], past_key_values=self.cache, use_cache=True,
+        return self.model(input_ids=self.ids[:rows], position_ids=self.pos[:rows], **cache_kwargs(self.model, self.cache), use_cache=True,
                           attention_mask=self.bias[:rows, None, None, :slots], logits_to_keep=1).logits[:, -1]
 
     def _capture(self, key: tuple[int, int]) -> torch.Tensor:

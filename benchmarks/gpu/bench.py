@@ -147,20 +147,13 @@ def rollout(name: str, shape: dict, device: str, dtype, batches, prompt_len: int
     g = torch.Generator().manual_seed(0)
     weight_bytes, kv_per_token = model_bytes(cfg)
     eng = HFEngine(pol, max_batch_size=max(batches), seed=0)
-    uncompiled = HFEngine(pol, max_batch_size=max(batches), seed=0, compile_decode=False) if eng.compile_decode else None
     guard = correctness_guard(pol, eng, prompt_len, g)
     emit({"model": name, **guard})
     out = []
     for B in batches:
         prompts = torch.randint(300, cfg.vocab_size, (B, prompt_len), generator=g)
         reqs = [GenerationRequest(p.tolist(), new, temperature=1.0, ignore_eos=True) for p in prompts]
-        t_eng = timed(lambda: eng.generate(reqs))  # the untimed first call compiles and captures the graphs
-        arms = {"engine_tok_s": B * new / t_eng}
-        if uncompiled is not None:  # the same graphs without torch.compile, side by side
-            arms["engine_uncompiled_tok_s"] = B * new / timed(lambda: uncompiled.generate(reqs))
-            arms["compile_speedup"] = arms["engine_tok_s"] / arms["engine_uncompiled_tok_s"]
-            uncompiled.release()
-            eng.release()
+        t_eng = timed(lambda: eng.generate(reqs))  # the untimed first call captures the graphs
         ids = prompts.to(device)
         gen = dict(attention_mask=torch.ones_like(ids), do_sample=True, temperature=1.0, top_k=0, pad_token_id=0)
         pol.model.generate(ids, max_new_tokens=8, **gen)  # a short warm-up: the full length takes minutes
@@ -171,11 +164,11 @@ def rollout(name: str, shape: dict, device: str, dtype, batches, prompt_len: int
         t_gen = time.perf_counter() - t0
         mean_ctx = prompt_len + new / 2
         ceiling = B / ((weight_bytes + B * mean_ctx * kv_per_token) / ceil["bandwidth_Bps"])
-        out.append({"model": name, "batch": B, "prompt": prompt_len, "new_tokens": new, **arms,
+        out.append({"model": name, "batch": B, "prompt": prompt_len, "new_tokens": new, "engine_tok_s": B * new / t_eng,
                     "generate_tok_s": B * new / t_gen, "speedup": t_gen / t_eng, "bw_ceiling_tok_s": ceiling,
                     "engine_frac_of_ceiling": B * new / t_eng / ceiling, **guard})
         emit(out[-1])
-    del pol, eng, uncompiled
+    del pol, eng
     free()
     return out
 
@@ -326,7 +319,7 @@ def step_time(eng: HFEngine, batch: int, context: int, reps: int = 8) -> float:
     def run():
         nonlocal logits
         for _ in range(reps):
-            tokens, _ = sample_tokens(logits, temp, top_p, eng.generator, truncate=False, compiled=eng.compile_decode)
+            tokens, _ = sample_tokens(logits, temp, top_p, eng.generator, truncate=False)
             tokens.tolist()
             dec.ids[:batch, 0] = tokens
             logits = dec.step(batch, context)
@@ -479,8 +472,7 @@ def main() -> None:
     (out / "results.json").write_text(json.dumps(res, indent=1))
     print(f"\ndevice: {res['device']}  bandwidth {ceil['bandwidth_Bps'] / 1e12:.2f} TB/s  matmul {ceil['matmul_flops'] / 1e12:.0f} TFLOP/s")
     for r in res.get("rollout", []):
-        plain = f" (uncompiled {r['engine_uncompiled_tok_s']:7.0f}, x{r['compile_speedup']:.2f})" if "compile_speedup" in r else ""
-        print(f"rollout {r['model']:>16} B={r['batch']:<4} engine {r['engine_tok_s']:9.0f} tok/s{plain}  generate {r['generate_tok_s']:9.0f}  "
+        print(f"rollout {r['model']:>16} B={r['batch']:<4} engine {r['engine_tok_s']:9.0f} tok/s  generate {r['generate_tok_s']:9.0f}  "
               f"x{r['speedup']:.1f}  ceiling {r['bw_ceiling_tok_s']:9.0f} ({100 * r['engine_frac_of_ceiling']:.1f}%)  "
               f"fp32 greedy match: generate {r['greedy_match_fp32_vs_generate']:.2f}, dynamic {r['greedy_match_fp32_vs_dynamic']:.2f}  "
               f"logprob gap vs forward: max {r['logprob_gap_vs_forward_max']:.3f} mean {r['logprob_gap_vs_forward_mean']:.4f}")
