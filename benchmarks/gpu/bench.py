@@ -436,7 +436,9 @@ def main() -> None:
     ap.add_argument("--shapes", default=",".join(SHAPES), help="rollout: which model shapes")
     ap.add_argument("--batches", default="1,64,256", help="rollout: batch sizes")
     ap.add_argument("--delethink-batch", default="8", help="delethink: traces per batch for both methods, or 'fit': "
-                    "each method's largest power-of-two batch whose K/V fits 60 GB (full-trace validation only at 8)")
+                    "each method's largest power-of-two batch whose K/V fits 60 GB")
+    ap.add_argument("--delethink-thinking", default="8192,24576,98304", help="delethink: thinking lengths")
+    ap.add_argument("--delethink-validate", default="24576", help="delethink: lengths also run as full traces ('' for none)")
     args = ap.parse_args()
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
@@ -460,7 +462,8 @@ def main() -> None:
         name = "tiny" if args.tiny else "r1-distill-1.5b"
         batch = None if args.delethink_batch == "fit" else int(args.delethink_batch)
         dims = dict(thinking=(64, 192, 768), query=8, C=64, m=32, validate=(192,), kv_budget_gb=0.01) if args.tiny else \
-            dict(thinking=(8192, 24576, 98304), query=128, C=8192, m=4096, validate=(24576,) if batch == 8 else ())
+            dict(thinking=tuple(int(t) for t in args.delethink_thinking.split(",")), query=128, C=8192, m=4096,
+                 validate=tuple(int(t) for t in args.delethink_validate.split(",") if t))
         res["delethink"] = delethink_vs_longcot(name, shapes[name], device, batch=batch, **dims)
     if "step" in sections:
         name = "tiny" if args.tiny else "r1-distill-1.5b"
