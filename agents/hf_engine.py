@@ -47,6 +47,20 @@ class DecodeRow:
         return self.finish is None
 
 
+def left_pad(rows: list[DecodeRow], pad_token_id: int, device: torch.device) -> tuple[torch.Tensor, ...]:
+    """Prompts left-padded, so every row's last token is in the last column, with their 0/1 mask,
+    temperatures and top-p: the decode loops' starting batch."""
+    width = max(len(r.prompt) for r in rows)
+    ids = torch.full((len(rows), width), pad_token_id, dtype=torch.long)
+    mask = torch.zeros((len(rows), width), dtype=torch.long)
+    for i, r in enumerate(rows):
+        ids[i, width - len(r.prompt):] = torch.tensor(r.prompt)
+        mask[i, width - len(r.prompt):] = 1
+    temp = torch.tensor([r.req.temperature for r in rows], device=device, dtype=torch.float)
+    top_p = torch.tensor([r.req.top_p for r in rows], device=device, dtype=torch.float)
+    return ids.to(device), mask.to(device), temp, top_p
+
+
 def sample_tokens(logits: torch.Tensor, temperature: torch.Tensor, top_p: torch.Tensor,
                   generator: torch.Generator | None, truncate: bool = True) -> tuple[torch.Tensor, torch.Tensor]:
     """Sample one token per row; return it with its log-probability under softmax(logits / T).
@@ -145,19 +159,6 @@ class HFEngine:
         eos, tok = self.policy.eos_token_id, self.policy.tokenizer
         return [b for b, ri in enumerate(live) if rows[ri].add(host_tokens[b], host_logps[b], eos, tok)], tokens
 
-    def _left_pad(self, rows: list[DecodeRow]) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
-        """Prompts left-padded, so every row's last token is in the last column; with temperatures and top-p."""
-        dev, pad = self.policy.device, self.policy.tokenizer.pad_token_id
-        width = max(len(r.prompt) for r in rows)
-        ids = torch.full((len(rows), width), pad, dtype=torch.long)
-        mask = torch.zeros((len(rows), width), dtype=torch.long)
-        for i, r in enumerate(rows):
-            ids[i, width - len(r.prompt):] = torch.tensor(r.prompt)
-            mask[i, width - len(r.prompt):] = 1
-        temp = torch.tensor([r.req.temperature for r in rows], device=dev, dtype=torch.float)
-        top_p = torch.tensor([r.req.top_p for r in rows], device=dev, dtype=torch.float)
-        return ids.to(dev), mask.to(dev), temp, top_p
-
     def _run_all_static(self, rows: list[DecodeRow]) -> None:
         model = self.policy.model
         slots = max(len(r.prompt) for r in rows) + max(r.req.max_new_tokens for r in rows)
@@ -187,7 +188,7 @@ class HFEngine:
         return self._decoder
 
     def _run_static(self, rows: list[DecodeRow]) -> None:
-        ids, mask, temp, top_p = self._left_pad(rows)
+        ids, mask, temp, top_p = left_pad(rows, self.policy.tokenizer.pad_token_id, self.policy.device)
         width = ids.shape[1]
         dec = self.static_decoder(len(rows), width + max(r.req.max_new_tokens for r in rows))
         logits = dec.prefill(ids, mask)
@@ -214,7 +215,7 @@ class HFEngine:
 
     def _run_dynamic(self, rows: list[DecodeRow]) -> None:
         model = self.policy.model
-        ids, mask, temp, top_p = self._left_pad(rows)
+        ids, mask, temp, top_p = left_pad(rows, self.policy.tokenizer.pad_token_id, self.policy.device)
         pos = (mask.cumsum(-1) - 1).clamp(min=0)
         cache = DynamicCache()
         logits = model(input_ids=ids, attention_mask=mask, position_ids=pos, **cache_kwargs(model, cache), use_cache=True,

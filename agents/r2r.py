@@ -31,7 +31,7 @@ import thinkgym  # noqa: F401  (registers the environment ids)
 from thinkgym.envs import TokenAction
 
 from .engine import Completion, GenerationRequest
-from .hf_engine import DecodeRow, HFEngine, sample_tokens
+from .hf_engine import DecodeRow, HFEngine, left_pad, sample_tokens
 from .policy import Policy, cache_kwargs
 from .router import RoutingRule
 
@@ -208,14 +208,7 @@ class RoutedEngine:
     def _run(self, rows: list[_Row]) -> None:
         small, large, dev = self.policy.model, self.large.model, self.policy.device
         eos, tok = self.policy.eos_token_id, self.policy.tokenizer
-        width = max(len(r.prompt) for r in rows)
-        seq = torch.full((len(rows), width), tok.pad_token_id, dtype=torch.long, device=dev)
-        mask = torch.zeros_like(seq)
-        for i, r in enumerate(rows):  # left padding: every row's last token in the last column
-            seq[i, width - len(r.prompt):] = torch.tensor(r.prompt, device=dev)
-            mask[i, width - len(r.prompt):] = 1
-        temp = torch.tensor([r.req.temperature for r in rows], device=dev, dtype=torch.float)
-        top_p = torch.tensor([r.req.top_p for r in rows], device=dev, dtype=torch.float)
+        seq, mask, temp, top_p = left_pad(rows, tok.pad_token_id, dev)
         pos = (mask.cumsum(-1) - 1).clamp(min=0)
         scache, lcache, synced = DynamicCache(), DynamicCache(), 0  # `synced`: columns the large cache holds
         hidden, logits = _last_state(small, input_ids=seq, attention_mask=mask, position_ids=pos, **cache_kwargs(small.base_model, scache), use_cache=True)
