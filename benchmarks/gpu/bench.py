@@ -108,6 +108,13 @@ def build(shape: dict, device: str, dtype: torch.dtype) -> Policy:
     return Policy(model, word_tokenizer(shape["vocab_size"]), device, dtype)
 
 
+def matmul_params(model) -> int:
+    """Parameters that each token multiplies through: all but the input embedding (a lookup), which
+    a tied model shares with its lm_head."""
+    cfg = model.config
+    return sum(p.numel() for p in model.parameters()) - cfg.vocab_size * cfg.hidden_size * (0 if cfg.tie_word_embeddings else 1)
+
+
 def model_bytes(cfg) -> tuple[int, int]:
     """Bytes of weights read per decode step and of K/V per token, in bf16. The lm_head is read in
     full; the embedding only in the rows looked up, which is left out."""
@@ -190,7 +197,7 @@ def train(name: str, shape: dict, device: str, lengths, ceil: dict, tiny: bool) 
         for L in lengths:
             pol = build(shape, device, torch.bfloat16 if device == "cuda" else torch.float32)
             cfg = pol.model.config
-            n_params = sum(p.numel() for p in pol.model.parameters()) - cfg.vocab_size * cfg.hidden_size * (0 if cfg.tie_word_embeddings else 1)
+            n_params = matmul_params(pol.model)
             tokens_per_step = 32768 if not tiny else 1024  # 4 micro-batches of 8K tokens per optimizer step
             n_rows = max(1, tokens_per_step // L)
             trainer = GRPOTrainer(GRPOConfig(env="DelethinkDemo-v0", micro_batch_size=max(1, n_rows // 4), output_dir="/tmp/bench_train", eval_every=0,
@@ -345,7 +352,7 @@ def delethink_vs_longcot(name: str, shape: dict, device: str, thinking, batch: i
     pol = build(shape, device, torch.bfloat16)
     cfg = pol.model.config
     per_slot = SlotCache.bytes_per_slot(pol.model)
-    n_lin = sum(p.numel() for p in pol.model.parameters()) - cfg.vocab_size * cfg.hidden_size * (0 if cfg.tie_word_embeddings else 1)
+    n_lin = matmul_params(pol.model)
     g = torch.Generator().manual_seed(0)
     buckets: dict[tuple[int, int], float] = {}
     prefills: dict[tuple[int, int], float] = {}
