@@ -88,11 +88,13 @@ class HFEngine:
 
     `static_cache` (default: when the model supports it) decodes over a preallocated cache of at most
     `kv_cache_gb` (default: a quarter of the GPU, or 4 GB on the CPU), which also bounds how many rows
-    decode at once; `cuda_graphs` (default: on a GPU) replays its decode steps as CUDA graphs. The
-    cache and graphs are kept between calls, and read the weights in place after optimizer steps."""
+    decode at once; `cuda_graphs` (default: on a GPU) replays its decode steps as CUDA graphs; `fused`
+    decodes Llama-family models with `FusedStep`, compiled when there are graphs. The cache and graphs
+    are kept between calls, and read the weights in place after optimizer steps."""
 
     def __init__(self, policy: Policy, max_batch_size: int = 256, seed: int | None = None,
-                 static_cache: bool | None = None, cuda_graphs: bool | None = None, kv_cache_gb: float | None = None):
+                 static_cache: bool | None = None, cuda_graphs: bool | None = None, kv_cache_gb: float | None = None,
+                 fused: bool = True):
         self.policy = policy
         self.max_batch_size = max_batch_size
         self.generator = torch.Generator(device=policy.device)
@@ -106,6 +108,7 @@ class HFEngine:
         if kv_cache_gb is None:
             kv_cache_gb = torch.cuda.get_device_properties(policy.device).total_memory / 4e9 if cuda else 4.0
         self.kv_cache_bytes = int(kv_cache_gb * 1e9)
+        self.fused = fused
         self._decoder: StaticDecoder | None = None
 
     def sync_weights(self) -> None:
@@ -184,7 +187,8 @@ class HFEngine:
         rows = 1 << (n_rows - 1).bit_length() if self.cuda_graphs else n_rows
         if self._decoder is None or not self._decoder.fits(rows, slots):
             self.release()
-            self._decoder = StaticDecoder(self.policy.model, rows, -(-slots // SLOT_BUCKET) * SLOT_BUCKET, self.cuda_graphs)
+            self._decoder = StaticDecoder(self.policy.model, rows, -(-slots // SLOT_BUCKET) * SLOT_BUCKET, self.cuda_graphs,
+                                          self.fused)
         return self._decoder
 
     def _run_static(self, rows: list[DecodeRow]) -> None:

@@ -11,7 +11,9 @@ costs more than running them (`../shared/specs/performance_anchors.md` §1.3: pl
   lengths, and it lets SDPA handle grouped-query heads instead of copying K/V per query head, as
   transformers' `sdpa` does whenever there is a mask;
 - finished rows stay in place until at most half the batch is live; the live rows are then packed
-  to the front and the next smaller graph takes over.
+  to the front and the next smaller graph takes over;
+- Llama-family models decode with `FusedStep`, the same step with each layer's small kernels fused
+  (compiled on a GPU); others run their transformers forward.
 
 Any causal LM whose attention goes through `AttentionInterface` (Llama, Qwen2/3, Mistral, ...)
 and which has no sliding-window layers can use it; `supports_static` says whether one does.
@@ -25,6 +27,7 @@ import torch
 import torch.nn.functional as F
 from transformers import AttentionInterface, PreTrainedModel
 
+from .fused_step import FusedStep, supports_fused
 from .policy import cache_kwargs
 
 ATTENTION = "thinkgym_slots"
@@ -96,10 +99,12 @@ class SlotCache:
 
 
 class StaticDecoder:
-    """Prefill and decode steps over a `SlotCache`; decode steps are CUDA graphs when `graphs`."""
+    """Prefill and decode steps over a `SlotCache`; decode steps are CUDA graphs when `graphs`, and
+    run `FusedStep` when `fused` and the model supports it (compiled when `graphs`)."""
 
-    def __init__(self, model: PreTrainedModel, rows: int, slots: int, graphs: bool):
+    def __init__(self, model: PreTrainedModel, rows: int, slots: int, graphs: bool, fused: bool = True):
         self.model, self.graphs = model, graphs
+        self.fused = FusedStep(model, compile=graphs) if fused and supports_fused(model) else None
         self.cache = SlotCache(model, rows, slots)
         dev = self.cache.write.device
         self.ids = torch.zeros((rows, 1), dtype=torch.long, device=dev)
@@ -179,8 +184,15 @@ class StaticDecoder:
 
     def _forward(self, rows: int, slots: int) -> torch.Tensor:
         self.cache.rows = slice(0, rows)
+        mask = self.bias[:rows, None, None, :slots]
+        if self.fused is not None:
+            try:
+                return self.fused(self.ids[:rows], self.pos[:rows], self.cache, slot_attention, mask)
+            except torch._dynamo.exc.TorchDynamoException as e:  # no working compiler (e.g. no Triton)
+                warnings.warn(f"compiling the fused decode step failed ({e}); using the model's own forward", stacklevel=2)
+                self.fused = None
         return self.model(input_ids=self.ids[:rows], position_ids=self.pos[:rows], **cache_kwargs(self.model, self.cache), use_cache=True,
-                          attention_mask=self.bias[:rows, None, None, :slots], logits_to_keep=1).logits[:, -1]
+                          attention_mask=mask, logits_to_keep=1).logits[:, -1]
 
     def _capture(self, key: tuple[int, int]) -> torch.Tensor:
         """Run this step eagerly on a side stream (which also warms up), then record it as a graph."""

@@ -2,9 +2,10 @@
 
 import pytest
 import torch
-from transformers import LlamaConfig, LlamaForCausalLM, Qwen2Config, Qwen2ForCausalLM
+from transformers import LlamaConfig, LlamaForCausalLM, Qwen2Config, Qwen2ForCausalLM, Qwen3Config, Qwen3ForCausalLM
 
 from thinkgym.agents import static_decode
+from thinkgym.agents.fused_step import supports_fused
 from thinkgym.agents.engine import GenerationRequest
 from thinkgym.agents.hf_engine import HFEngine
 from thinkgym.agents.policy import Policy
@@ -61,6 +62,48 @@ def test_llama_architecture_and_small_prefill_chunks(monkeypatch):
     assert _compare(policy, _requests(seed=1)) < 1e-4
 
 
+SMALL = dict(vocab_size=259, hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=4,
+             num_key_value_heads=2, head_dim=32, max_position_embeddings=512)
+
+
+@pytest.mark.parametrize("model", [
+    lambda: Qwen2ForCausalLM(Qwen2Config(**SMALL)),                               # q/k/v biases
+    lambda: LlamaForCausalLM(LlamaConfig(**SMALL, attention_bias=True, mlp_bias=True,
+                                         rope_scaling={"rope_type": "linear", "factor": 2.0})),
+    lambda: Qwen3ForCausalLM(Qwen3Config(**SMALL)),                               # per-head q/k norms
+], ids=["qwen2", "llama", "qwen3"])
+def test_fused_step_decodes_what_the_model_forward_does(model):
+    torch.manual_seed(0)
+    m = model()
+    with torch.no_grad():  # non-trivial norm weights and biases, so that a dropped one shows
+        for name, p in m.named_parameters():
+            if "norm" in name or name.endswith("bias"):
+                p.add_(0.3 * torch.randn_like(p))
+    policy = Policy(m, builtin_tokenizer(), "cpu", torch.float32)
+    assert supports_fused(m)
+    engine = HFEngine(policy, static_cache=True)
+    assert _compare(policy, _requests(seed=6)) < 1e-4
+    engine.generate(_requests(seed=6, n=2))
+    assert engine._decoder.fused is not None  # the comparison above ran the fused step
+    assert _compare(policy, _requests(seed=6), fused=False) < 1e-4
+    assert HFEngine(policy, fused=False).static_decoder(2, 64).fused is None
+
+
+def test_models_the_fused_step_does_not_cover_run_their_own_forward():
+    gelu = Qwen2ForCausalLM(Qwen2Config(**SMALL, hidden_act="gelu"))
+    adapted = Qwen2ForCausalLM(Qwen2Config(**SMALL))
+
+    class Adapter(torch.nn.Linear):  # e.g. a LoRA layer, whose weight alone is not the map it applies
+        pass
+
+    adapted.model.layers[1].mlp.up_proj = Adapter(64, 128, bias=False)
+    for m in (gelu, adapted):
+        assert not supports_fused(m)
+        assert HFEngine(Policy(m, builtin_tokenizer(), "cpu", torch.float32)).static_decoder(2, 64).fused is None
+    policy = Policy(gelu, builtin_tokenizer(), "cpu", torch.float32)
+    assert _compare(policy, _requests(seed=7, n=4)) < 1e-4
+
+
 def test_cache_is_reused_and_reads_updated_weights():
     policy = Policy.tiny(seed=0, dtype=torch.float32)
     engine = HFEngine(policy, static_cache=True)
@@ -111,11 +154,12 @@ def test_cuda_graphs_need_a_gpu_and_the_static_cache():
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="CUDA graphs need a GPU")
-def test_cuda_graph_decoding_matches_eager_static_decoding():
+def test_compiled_cuda_graph_decoding_matches_eager_decoding():
     policy = Policy.tiny(seed=0, device="cuda", dtype=torch.float32)
     reqs = _requests(seed=5, n=40)
     graphs = HFEngine(policy, cuda_graphs=True)
     out = graphs.generate(reqs)
     assert graphs.cuda_graphs and graphs._decoder._graphs  # graphs were captured and kept
-    eager = HFEngine(policy, cuda_graphs=False).generate(reqs)
-    assert [c[0].token_ids for c in out] == [c[0].token_ids for c in eager]
+    assert graphs._decoder.fused is not None  # and the fused step was compiled, not abandoned
+    for eager in (HFEngine(policy, cuda_graphs=False), HFEngine(policy, cuda_graphs=False, fused=False)):
+        assert [c[0].token_ids for c in out] == [c[0].token_ids for c in eager.generate(reqs)]

@@ -154,13 +154,17 @@ def rollout(name: str, shape: dict, device: str, dtype, batches, prompt_len: int
     g = torch.Generator().manual_seed(0)
     weight_bytes, kv_per_token = model_bytes(cfg)
     eng = HFEngine(pol, max_batch_size=max(batches), seed=0)
+    unfused = HFEngine(pol, max_batch_size=max(batches), seed=0, fused=False)
     guard = correctness_guard(pol, eng, prompt_len, g)
     emit({"model": name, **guard})
     out = []
     for B in batches:
         prompts = torch.randint(300, cfg.vocab_size, (B, prompt_len), generator=g)
         reqs = [GenerationRequest(p.tolist(), new, temperature=1.0, ignore_eos=True) for p in prompts]
-        t_eng = timed(lambda: eng.generate(reqs))  # the untimed first call captures the graphs
+        t_eng = timed(lambda: eng.generate(reqs))  # the untimed first call captures the graphs (and compiles)
+        eng.release()
+        t_hf = timed(lambda: unfused.generate(reqs))  # the same engine running transformers' layers
+        unfused.release()
         ids = prompts.to(device)
         gen = dict(attention_mask=torch.ones_like(ids), do_sample=True, temperature=1.0, top_k=0, pad_token_id=0)
         pol.model.generate(ids, max_new_tokens=8, **gen)  # a short warm-up: the full length takes minutes
@@ -172,10 +176,11 @@ def rollout(name: str, shape: dict, device: str, dtype, batches, prompt_len: int
         mean_ctx = prompt_len + new / 2
         ceiling = B / ((weight_bytes + B * mean_ctx * kv_per_token) / ceil["bandwidth_Bps"])
         out.append({"model": name, "batch": B, "prompt": prompt_len, "new_tokens": new, "engine_tok_s": B * new / t_eng,
+                    "engine_unfused_tok_s": B * new / t_hf, "fused_speedup": t_hf / t_eng,
                     "generate_tok_s": B * new / t_gen, "speedup": t_gen / t_eng, "bw_ceiling_tok_s": ceiling,
                     "engine_frac_of_ceiling": B * new / t_eng / ceiling, **guard})
         emit(out[-1])
-    del pol, eng
+    del pol, eng, unfused
     free()
     return out
 
@@ -482,7 +487,8 @@ def main() -> None:
     (out / "results.json").write_text(json.dumps(res, indent=1))
     print(f"\ndevice: {res['device']}  bandwidth {ceil['bandwidth_Bps'] / 1e12:.2f} TB/s  matmul {ceil['matmul_flops'] / 1e12:.0f} TFLOP/s")
     for r in res.get("rollout", []):
-        print(f"rollout {r['model']:>16} B={r['batch']:<4} engine {r['engine_tok_s']:9.0f} tok/s  generate {r['generate_tok_s']:9.0f}  "
+        print(f"rollout {r['model']:>16} B={r['batch']:<4} engine {r['engine_tok_s']:9.0f} tok/s  "
+              f"(transformers layers {r['engine_unfused_tok_s']:9.0f}, fused x{r['fused_speedup']:.2f})  generate {r['generate_tok_s']:9.0f}  "
               f"x{r['speedup']:.1f}  ceiling {r['bw_ceiling_tok_s']:9.0f} ({100 * r['engine_frac_of_ceiling']:.1f}%)  "
               f"fp32 greedy match: generate {r['greedy_match_fp32_vs_generate']:.2f}, dynamic {r['greedy_match_fp32_vs_dynamic']:.2f}  "
               f"logprob gap vs forward: max {r['logprob_gap_vs_forward_max']:.3f} mean {r['logprob_gap_vs_forward_mean']:.4f}")
