@@ -18,6 +18,8 @@ import torch
 import torch.nn.functional as F
 from transformers import PreTrainedModel
 
+from .compiling import compiled
+
 FAMILIES = ("llama", "qwen2", "qwen3")  # whose decoder layers compute exactly what the pieces below do
 
 
@@ -80,7 +82,7 @@ class FusedStep:
 
     def __init__(self, model: PreTrainedModel, compile: bool):
         self.model = model
-        wrap = (lambda f: torch.compile(f, dynamic=True, fullgraph=True)) if compile else (lambda f: f)
+        wrap = compiled if compile else (lambda f: f)
         self.before, self.after, self.logits = wrap(before_attention), wrap(after_attention), wrap(final_logits)
 
     def __call__(self, ids: torch.Tensor, pos: torch.Tensor, cache, attention, bias: torch.Tensor) -> torch.Tensor:

@@ -18,6 +18,7 @@ from typing import Iterator
 import torch
 from transformers import DynamicCache
 
+from .compiling import compiled
 from .engine import Completion, GenerationRequest, find_stop
 from .policy import Policy, cache_kwargs
 from .static_decode import ATTENTION, SLOT_BUCKET, SlotCache, StaticDecoder, supports_static
@@ -61,26 +62,59 @@ def left_pad(rows: list[DecodeRow], pad_token_id: int, device: torch.device) -> 
     return ids.to(device), mask.to(device), temp, top_p
 
 
-def sample_tokens(logits: torch.Tensor, temperature: torch.Tensor, top_p: torch.Tensor,
-                  generator: torch.Generator | None, truncate: bool = True) -> tuple[torch.Tensor, torch.Tensor]:
-    """Sample one token per row; return it with its log-probability under softmax(logits / T).
+def race(logits: torch.Tensor, temperature: torch.Tensor, noise: torch.Tensor,
+         top_p: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    """Tokens drawn from softmax(logits / T) with the Exp(1) draws `noise`, and their log-probabilities.
 
-    Rows with temperature 0 are greedy and report log softmax(logits). Top-p truncates the
-    sampling distribution only, not the reported log-probability; `truncate=False` says that no
-    row has top_p < 1, which saves a sort over the vocabulary. Sampling takes the argmax of
-    p / E with E ~ Exp(1) (an exponential race), which draws from p without a cumulative sum."""
+    Sampling takes the argmax of log p - log E (an exponential race, which draws from p without a
+    cumulative sum). Rows with T <= 0 are greedy and report log softmax(logits). `top_p` truncates
+    the sampling distribution only, not the reported log-probability."""
     logits = logits.float()
     greedy = temperature <= 0
-    scaled = logits / torch.where(greedy, torch.ones_like(temperature), temperature).unsqueeze(-1)
-    logp = torch.log_softmax(scaled, dim=-1)
-    probs = logp.exp()
-    if truncate:
-        sorted_p, idx = probs.sort(dim=-1, descending=True)
-        drop = sorted_p.cumsum(-1) - sorted_p > top_p.unsqueeze(-1)
-        probs = probs.scatter(-1, idx, sorted_p.masked_fill(drop, 0.0))
-    tokens = (probs / torch.empty_like(probs).exponential_(generator=generator)).argmax(-1)
-    tokens = torch.where(greedy, logits.argmax(-1), tokens)
+    logp = torch.log_softmax(logits / torch.where(greedy, 1.0, temperature).unsqueeze(-1), dim=-1)
+    pick = logp
+    if top_p is not None:
+        sorted_lp, idx = logp.sort(dim=-1, descending=True)
+        p = sorted_lp.exp()
+        pick = logp.scatter(-1, idx, sorted_lp.masked_fill(p.cumsum(-1) - p > top_p.unsqueeze(-1), -torch.inf))
+    tokens = torch.where(greedy, logits.argmax(-1), (pick - noise.log()).argmax(-1))
     return tokens, logp.gather(-1, tokens.unsqueeze(-1)).squeeze(-1)
+
+
+compiled_race = compiled(race)  # one fused pass over the logits instead of about ten on a GPU
+
+
+def sample_tokens(logits: torch.Tensor, temperature: torch.Tensor, top_p: torch.Tensor,
+                  generator: torch.Generator | None, truncate: bool = True) -> tuple[torch.Tensor, torch.Tensor]:
+    """Sample one token per row with `race`; `truncate=False` says that no row has top_p < 1, which
+    saves a sort over the vocabulary."""
+    noise = torch.empty(logits.shape, dtype=torch.float, device=logits.device).exponential_(generator=generator)
+    return (compiled_race if logits.is_cuda else race)(logits, temperature, noise, top_p if truncate else None)
+
+
+def to_device(values: list[int], device: torch.device) -> torch.Tensor:
+    """A host list as a device tensor, copied without waiting for the GPU's queued work (from pinned memory)."""
+    t = torch.tensor(values)
+    return t.pin_memory().to(device, non_blocking=True) if device.type == "cuda" else t
+
+
+class HostTokens:
+    """The sampled tokens and log-probabilities on their way to the host.
+
+    On a GPU the copy is asynchronous, so the host can launch the next decode step before it reads
+    them; `get` waits for this copy only, not for the work queued after it."""
+
+    def __init__(self, tokens: torch.Tensor, logps: torch.Tensor):
+        cuda = tokens.is_cuda
+        self.tokens, self.logps = tokens.to("cpu", non_blocking=cuda), logps.to("cpu", non_blocking=cuda)
+        self.done = torch.cuda.Event() if cuda else None
+        if self.done is not None:
+            self.done.record()
+
+    def get(self) -> tuple[list[int], list[float]]:
+        if self.done is not None:
+            self.done.synchronize()
+        return self.tokens.tolist(), self.logps.tolist()
 
 
 class HFEngine:
@@ -143,24 +177,24 @@ class HFEngine:
         return [[Completion(r.out, tok.decode(r.out, skip_special_tokens=False), r.logps, r.finish) for r in
                  (next(done) for _ in range(req.n))] for req in requests]
 
-    def _advance(self, rows: list[DecodeRow], live: list[int], logits: torch.Tensor, temp: torch.Tensor,
-                 top_p: torch.Tensor, step: int) -> tuple[list[int], torch.Tensor]:
-        """Sample (or force) the next token of each live row and record it.
-
-        Returns the indices into `live` of the rows that keep generating, and all the tokens."""
+    def _sample(self, rows: list[DecodeRow], live: list[int], logits: torch.Tensor, temp: torch.Tensor,
+                top_p: torch.Tensor, step: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """The next token of each live row and its log-probability: sampled, or forced by a prefix."""
         truncate = any(rows[ri].req.top_p < 1 for ri in live)
         tokens, logps = sample_tokens(logits, temp, top_p, self.generator, truncate)
         forced = [(b, rows[ri].req.prefix_ids[step]) for b, ri in enumerate(live) if step < len(rows[ri].req.prefix_ids)]
         if forced:  # forced prefix tokens replace the samples and are scored instead
-            dev = logits.device
-            fb = torch.tensor([b for b, _ in forced], device=dev)
-            ft = torch.tensor([t for _, t in forced], device=dev)
+            fb, ft = to_device([b for b, _ in forced], logits.device), to_device([t for _, t in forced], logits.device)
             scale = torch.where(temp[fb] > 0, temp[fb], torch.ones_like(temp[fb])).unsqueeze(-1)
             tokens[fb] = ft
             logps[fb] = torch.log_softmax(logits[fb].float() / scale, -1).gather(-1, ft.unsqueeze(-1)).squeeze(-1)
-        host_tokens, host_logps = tokens.tolist(), logps.tolist()  # one device sync per step
+        return tokens, logps
+
+    def _record(self, rows: list[DecodeRow], live: list[int], sampled: HostTokens) -> list[int]:
+        """Add each live row's token; return the indices into `live` of the rows that keep generating."""
+        host_tokens, host_logps = sampled.get()
         eos, tok = self.policy.eos_token_id, self.policy.tokenizer
-        return [b for b, ri in enumerate(live) if rows[ri].add(host_tokens[b], host_logps[b], eos, tok)], tokens
+        return [b for b, ri in enumerate(live) if rows[ri].add(host_tokens[b], host_logps[b], eos, tok)]
 
     def _run_all_static(self, rows: list[DecodeRow]) -> None:
         model = self.policy.model
@@ -199,23 +233,30 @@ class HFEngine:
         live = list(range(len(rows)))    # row index of each live row
         where = torch.arange(len(rows), device=ids.device)  # its batch position in the decoder
         batch = dec.bucket_rows(len(rows))
-        step = 0
+        tokens, logps = self._sample(rows, live, logits, temp, top_p, 0)
+        sampled = HostTokens(tokens, logps)
+        step = 1
         while True:
-            keep, tokens = self._advance(rows, live, logits, temp, top_p, step)
-            step += 1
+            # Run step `step` as if every live row goes on, and only then read the tokens of the step
+            # before: the host's bookkeeping overlaps the GPU's step, and a row that has just
+            # finished costs one discarded step.
+            dec.ids[where, 0] = tokens
+            logits = dec.step(batch, width + step - 1)
+            logits = logits[where] if len(live) < batch else logits
+            tokens, logps = self._sample(rows, live, logits, temp, top_p, step)
+            keep = self._record(rows, live, sampled)
             if not keep:
                 return
             if len(keep) < len(live):
-                sel = torch.tensor(keep, device=ids.device)
-                tokens, temp, top_p, where = tokens[sel], temp[sel], top_p[sel], where[sel]
+                sel = to_device(keep, ids.device)
+                tokens, logps, temp, top_p, where = tokens[sel], logps[sel], temp[sel], top_p[sel], where[sel]
                 live = [live[b] for b in keep]
                 if dec.bucket_rows(len(live)) < batch:  # pack the live rows and step down to a smaller graph
                     dec.pack(where)
                     where = torch.arange(len(live), device=ids.device)
                     batch = dec.bucket_rows(len(live))
-            dec.ids[where, 0] = tokens
-            logits = dec.step(batch, width + step - 1)
-            logits = logits[where] if len(live) < batch else logits
+            sampled = HostTokens(tokens, logps)
+            step += 1
 
     def _run_dynamic(self, rows: list[DecodeRow]) -> None:
         model = self.policy.model
@@ -227,7 +268,8 @@ class HFEngine:
         live = list(range(len(rows)))  # batch position -> row index
         step = 0
         while True:
-            keep, tokens = self._advance(rows, live, logits, temp, top_p, step)
+            tokens, logps = self._sample(rows, live, logits, temp, top_p, step)
+            keep = self._record(rows, live, HostTokens(tokens, logps))
             step += 1
             if not keep:
                 return

@@ -186,11 +186,7 @@ class StaticDecoder:
         self.cache.rows = slice(0, rows)
         mask = self.bias[:rows, None, None, :slots]
         if self.fused is not None:
-            try:
-                return self.fused(self.ids[:rows], self.pos[:rows], self.cache, slot_attention, mask)
-            except torch._dynamo.exc.TorchDynamoException as e:  # no working compiler (e.g. no Triton)
-                warnings.warn(f"compiling the fused decode step failed ({e}); using the model's own forward", stacklevel=2)
-                self.fused = None
+            return self.fused(self.ids[:rows], self.pos[:rows], self.cache, slot_attention, mask)
         return self.model(input_ids=self.ids[:rows], position_ids=self.pos[:rows], **cache_kwargs(self.model, self.cache), use_cache=True,
                           attention_mask=mask, logits_to_keep=1).logits[:, -1]
 

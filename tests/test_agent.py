@@ -8,7 +8,7 @@ import thinkgym  # noqa: F401
 from thinkgym.agents.collector import Collector, episode_rows
 from thinkgym.agents.engine import GenerationRequest
 from thinkgym.agents.evaluate import evaluate, pass_at_k
-from thinkgym.agents.hf_engine import HFEngine
+from thinkgym.agents.hf_engine import HFEngine, compiled_race, race, sample_tokens
 from thinkgym.agents.policy import Policy
 from thinkgym.agents.sft import demonstration_rows, jsonl_rows, train_sft
 from thinkgym.envs import TokenAction
@@ -147,3 +147,32 @@ def test_pass_at_k_unbiased_estimator():
     assert pass_at_k(4, 0, 2) == 0.0 and pass_at_k(4, 4, 1) == 1.0
     assert pass_at_k(4, 1, 1) == pytest.approx(0.25)
     assert pass_at_k(4, 1, 2) == pytest.approx(1 - 3 / 6)
+
+
+def test_sampling_draws_from_the_tempered_and_truncated_distribution():
+    n = 40000
+    logits = torch.log(torch.tensor([0.5, 0.3, 0.15, 0.05])).repeat(n, 1)
+    g = torch.Generator().manual_seed(0)
+    temp, full = torch.full((n,), 0.5), torch.ones(n)
+    tokens, logps = sample_tokens(logits, temp, full, g, truncate=False)
+    want = torch.softmax(logits[0] / 0.5, -1)
+    freq = torch.bincount(tokens, minlength=4).float() / n
+    assert (freq - want).abs().max() < 0.01  # 4 standard errors at n = 40000
+    assert torch.allclose(logps, want.log()[tokens])
+    tokens, logps = sample_tokens(logits, full, torch.full((n,), 0.7), g)  # top-p keeps 0.5 and 0.3 only
+    freq = torch.bincount(tokens, minlength=4).float() / n
+    assert freq[2:].sum() == 0 and abs(freq[0] - 0.5 / 0.8) < 0.01
+    assert torch.allclose(logps, logits[0][tokens])  # reported under the untruncated distribution
+    greedy, logps = sample_tokens(logits[:3], torch.tensor([0.0, 0.0, 0.0]), full[:3], g)
+    assert greedy.tolist() == [0, 0, 0] and torch.allclose(logps, logits[0, :1].expand(3))
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="the sampler is compiled on a GPU only")
+def test_the_compiled_sampler_picks_what_the_eager_one_does():
+    g = torch.Generator(device="cuda").manual_seed(0)
+    logits = torch.randn(64, 50000, device="cuda", dtype=torch.bfloat16) * 3
+    temp = torch.rand(64, device="cuda").masked_fill_(torch.arange(64, device="cuda") % 7 == 0, 0.0)
+    noise = torch.empty(logits.shape, device="cuda").exponential_(generator=g)
+    for top_p in (None, torch.full((64,), 0.9, device="cuda")):
+        (a, la), (b, lb) = race(logits, temp, noise, top_p), compiled_race(logits, temp, noise, top_p)
+        assert torch.equal(a, b) and torch.allclose(la, lb, atol=1e-4)

@@ -1,0 +1,35 @@
+"""The engine's compiled functions fall back to eager code, once and with a warning, where compiling fails."""
+
+import warnings
+
+import pytest
+import torch
+from torch._dynamo.exc import TorchDynamoException
+
+from thinkgym.agents import compiling
+
+
+def test_a_failed_compile_warns_once_and_runs_eagerly(monkeypatch):
+    attempts = []
+
+    def broken_compile(fn, **kwargs):
+        def run(*args):
+            attempts.append(args)
+            raise TorchDynamoException("Cannot find a working triton installation")
+        return run
+
+    monkeypatch.setattr(compiling.torch, "compile", broken_compile)
+    double = compiling.compiled(lambda x: 2 * x)
+    with pytest.warns(UserWarning, match="triton"):
+        assert torch.equal(double(torch.ones(3)), torch.full((3,), 2.0))
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        assert torch.equal(double(torch.ones(2)), torch.full((2,), 2.0))
+    assert len(attempts) == 1
+
+
+def test_errors_of_the_function_itself_are_not_swallowed(monkeypatch):
+    monkeypatch.setattr(compiling.torch, "compile", lambda fn, **kwargs: fn)
+    bad = compiling.compiled(lambda x: x @ x)
+    with pytest.raises(RuntimeError):
+        bad(torch.ones(2, 3))
