@@ -1,10 +1,12 @@
-"""The decode step of Llama-family models, with each layer's small kernels fused by `torch.compile`.
+"""The forward of Llama-family models over the slot cache, with each layer's small kernels fused by
+`torch.compile`.
 
 transformers' layers run about 40 kernels each per decode step (RMSNorm alone is 7, the rotary
 embedding 10), and inside a CUDA graph at batch 256 on a 1.5B model those small kernels cost about
 as much as the matmuls (`benchmarks/RESULTS.md`). `FusedStep` computes the same step from the
 model's own modules, reading their parameters in place, as two compiled pieces per layer: before
-attention (norm, q/k/v, rotary) and after it (o_proj, residual, norm, MLP). The cache write and
+attention (residual, norm, q/k/v, rotary) and after it (o_proj, residual, norm, MLP). Prefill
+chunks run through it too, where the same unfused kernels each pass over every prompt token. The cache write and
 attention stay outside the compiled code on purpose: compiled whole steps that wrote the cache ran
 2.2x slower. The pieces are free functions with the weights as arguments, compiled with dynamic
 shapes, so every layer, batch bucket and model size shares one compiled graph per dtype.
@@ -34,31 +36,36 @@ def rotary(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tenso
     return x * cos + torch.cat((-x[..., half:], x[..., :half]), dim=-1) * sin
 
 
-def before_attention(x: torch.Tensor, norm: torch.Tensor, eps: float, wq: torch.Tensor, bq: torch.Tensor | None,
-                     wk: torch.Tensor, bk: torch.Tensor | None, wv: torch.Tensor, bv: torch.Tensor | None,
-                     q_norm: torch.Tensor | None, k_norm: torch.Tensor | None, cos: torch.Tensor, sin: torch.Tensor
-                     ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """Residual stream [rows, 1, hidden] -> q, k, v as [rows, heads, 1, head_dim], rotated."""
-    rows, dim = x.shape[0], cos.shape[-1]
+def before_attention(x: torch.Tensor, delta: torch.Tensor | None, norm: torch.Tensor, eps: float,
+                     wq: torch.Tensor, bq: torch.Tensor | None, wk: torch.Tensor, bk: torch.Tensor | None,
+                     wv: torch.Tensor, bv: torch.Tensor | None, q_norm: torch.Tensor | None, k_norm: torch.Tensor | None,
+                     cos: torch.Tensor, sin: torch.Tensor) -> tuple[torch.Tensor, ...]:
+    """The residual stream [rows, L, hidden] plus the last layer's MLP output `delta` -> that sum, and
+    q, k, v as [rows, heads, L, head_dim], rotated."""
+    x = x if delta is None else x + delta
+    rows, length, dim = x.shape[0], x.shape[1], cos.shape[-1]
     h = rms_norm(x, norm, eps)
-    q, k, v = (F.linear(h, w, b).view(rows, 1, -1, dim) for w, b in ((wq, bq), (wk, bk), (wv, bv)))
+    q, k, v = (F.linear(h, w, b).view(rows, length, -1, dim) for w, b in ((wq, bq), (wk, bk), (wv, bv)))
     if q_norm is not None:  # Qwen3 normalises each head
         q, k = rms_norm(q, q_norm, eps), rms_norm(k, k_norm, eps)
     cos, sin = cos.unsqueeze(1), sin.unsqueeze(1)
-    return rotary(q.transpose(1, 2), cos, sin), rotary(k.transpose(1, 2), cos, sin), v.transpose(1, 2)
+    return x, rotary(q.transpose(1, 2), cos, sin), rotary(k.transpose(1, 2), cos, sin), v.transpose(1, 2)
 
 
 def after_attention(x: torch.Tensor, attn: torch.Tensor, wo: torch.Tensor, bo: torch.Tensor | None, norm: torch.Tensor, eps: float,
                     wg: torch.Tensor, bg: torch.Tensor | None, wu: torch.Tensor, bu: torch.Tensor | None,
-                    wd: torch.Tensor, bd: torch.Tensor | None) -> torch.Tensor:
-    """The residual stream after o_proj and the SiLU MLP; `attn` is [rows, 1, heads, head_dim]."""
-    x = x + F.linear(attn.reshape(x.shape[0], 1, -1), wo, bo)
+                    wd: torch.Tensor, bd: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor]:
+    """The residual stream after o_proj, and the SiLU MLP's output, which the next piece adds to it
+    (so the add shares a kernel with the next norm); `attn` is [rows, L, heads, head_dim]."""
+    x = x + F.linear(attn.reshape(x.shape[0], x.shape[1], -1), wo, bo)
     h = rms_norm(x, norm, eps)
-    return x + F.linear(F.silu(F.linear(h, wg, bg)) * F.linear(h, wu, bu), wd, bd)
+    return x, F.linear(F.silu(F.linear(h, wg, bg)) * F.linear(h, wu, bu), wd, bd)
 
 
-def final_logits(x: torch.Tensor, norm: torch.Tensor, eps: float, w: torch.Tensor, b: torch.Tensor | None) -> torch.Tensor:
-    return F.linear(rms_norm(x, norm, eps), w, b)[:, -1]
+def final_logits(x: torch.Tensor, delta: torch.Tensor, norm: torch.Tensor, eps: float, w: torch.Tensor,
+                 b: torch.Tensor | None) -> torch.Tensor:
+    """Logits [rows, vocab] at the last position only."""
+    return F.linear(rms_norm(x[:, -1] + delta[:, -1], norm, eps), w, b)
 
 
 def supports_fused(model: PreTrainedModel) -> bool:
@@ -76,7 +83,9 @@ def supports_fused(model: PreTrainedModel) -> bool:
 
 
 class FusedStep:
-    """One decode step over a `SlotCache`: ids [rows, 1] and positions -> last-position logits.
+    """A forward over a `SlotCache`: ids [rows, L] at `pos`, attending with `attention` under the
+    additive `bias` -> the logits at the last position. It serves decode steps (L = 1) and chunks
+    of a prefill.
 
     `compile` (use it on a GPU) turns the pieces into fused kernels; without it they run eagerly."""
 
@@ -87,17 +96,17 @@ class FusedStep:
 
     def __call__(self, ids: torch.Tensor, pos: torch.Tensor, cache, attention, bias: torch.Tensor) -> torch.Tensor:
         inner = self.model.model
-        x = inner.embed_tokens(ids)
+        x, delta = inner.embed_tokens(ids), None
         cos, sin = inner.rotary_emb(x, pos)
         for i, layer in enumerate(inner.layers):
             a, m = layer.self_attn, layer.mlp
             qn, kn = getattr(a, "q_norm", None), getattr(a, "k_norm", None)
-            q, k, v = self.before(x, layer.input_layernorm.weight, layer.input_layernorm.variance_epsilon,
-                                  a.q_proj.weight, a.q_proj.bias, a.k_proj.weight, a.k_proj.bias, a.v_proj.weight, a.v_proj.bias,
-                                  None if qn is None else qn.weight, None if kn is None else kn.weight, cos, sin)
+            x, q, k, v = self.before(x, delta, layer.input_layernorm.weight, layer.input_layernorm.variance_epsilon,
+                                     a.q_proj.weight, a.q_proj.bias, a.k_proj.weight, a.k_proj.bias, a.v_proj.weight, a.v_proj.bias,
+                                     None if qn is None else qn.weight, None if kn is None else kn.weight, cos, sin)
             k, v = cache.update(k, v, i)
             out, _ = attention(a, q, k, v, bias, scaling=a.scaling)
-            x = self.after(x, out, a.o_proj.weight, a.o_proj.bias, layer.post_attention_layernorm.weight,
-                           layer.post_attention_layernorm.variance_epsilon, m.gate_proj.weight, m.gate_proj.bias,
-                           m.up_proj.weight, m.up_proj.bias, m.down_proj.weight, m.down_proj.bias)
-        return self.logits(x, inner.norm.weight, inner.norm.variance_epsilon, self.model.lm_head.weight, self.model.lm_head.bias)
+            x, delta = self.after(x, out, a.o_proj.weight, a.o_proj.bias, layer.post_attention_layernorm.weight,
+                                  layer.post_attention_layernorm.variance_epsilon, m.gate_proj.weight, m.gate_proj.bias,
+                                  m.up_proj.weight, m.up_proj.bias, m.down_proj.weight, m.down_proj.bias)
+        return self.logits(x, delta, inner.norm.weight, inner.norm.variance_epsilon, self.model.lm_head.weight, self.model.lm_head.bias)

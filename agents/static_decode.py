@@ -12,8 +12,8 @@ costs more than running them (`../shared/specs/performance_anchors.md` §1.3: pl
   transformers' `sdpa` does whenever there is a mask;
 - finished rows stay in place until at most half the batch is live; the live rows are then packed
   to the front and the next smaller graph takes over;
-- Llama-family models decode with `FusedStep`, the same step with each layer's small kernels fused
-  (compiled on a GPU); others run their transformers forward.
+- Llama-family models prefill and decode with `FusedStep`, the same forward with each layer's small
+  kernels fused (compiled on a GPU); others run their transformers forward.
 
 Any causal LM whose attention goes through `AttentionInterface` (Llama, Qwen2/3, Mistral, ...)
 and which has no sliding-window layers can use it; `supports_static` says whether one does.
@@ -99,7 +99,7 @@ class SlotCache:
 
 
 class StaticDecoder:
-    """Prefill and decode steps over a `SlotCache`; decode steps are CUDA graphs when `graphs`, and
+    """Prefill and decode steps over a `SlotCache`; decode steps are CUDA graphs when `graphs`, and both
     run `FusedStep` when `fused` and the model supports it (compiled when `graphs`)."""
 
     def __init__(self, model: PreTrainedModel, rows: int, slots: int, graphs: bool, fused: bool = True):
@@ -153,8 +153,7 @@ class StaticDecoder:
                 allowed = (keys[None, :e] <= qpos) & mask[a:a + rows, None, None, :e].bool() | (keys[None, :e] == qpos)  # pad queries see themselves
                 m4 = torch.zeros(allowed.shape, dtype=dtype, device=dev).masked_fill_(~allowed, torch.finfo(dtype).min)
                 self.cache.write = keys[q:e]
-                logits = self.model(input_ids=ids[a:a + rows, q:e], position_ids=pos[a:a + rows, q:e], attention_mask=m4,
-                                    **cache_kwargs(self.model, self.cache), use_cache=True, logits_to_keep=1).logits[:, -1]
+                logits = self._forward_chunk(ids[a:a + rows, q:e], pos[a:a + rows, q:e], m4)
             out.append(logits)
         self.cache.write = self.cache.step_slot
         return torch.cat(out)
@@ -184,11 +183,14 @@ class StaticDecoder:
 
     def _forward(self, rows: int, slots: int) -> torch.Tensor:
         self.cache.rows = slice(0, rows)
-        mask = self.bias[:rows, None, None, :slots]
+        return self._forward_chunk(self.ids[:rows], self.pos[:rows], self.bias[:rows, None, None, :slots])
+
+    def _forward_chunk(self, ids: torch.Tensor, pos: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        """Logits at the last of `ids`' positions, writing their K/V to the cache's rows and write slots."""
         if self.fused is not None:
-            return self.fused(self.ids[:rows], self.pos[:rows], self.cache, slot_attention, mask)
-        return self.model(input_ids=self.ids[:rows], position_ids=self.pos[:rows], **cache_kwargs(self.model, self.cache), use_cache=True,
-                          attention_mask=mask, logits_to_keep=1).logits[:, -1]
+            return self.fused(ids, pos, self.cache, slot_attention, mask)
+        return self.model(input_ids=ids, position_ids=pos, attention_mask=mask, **cache_kwargs(self.model, self.cache),
+                          use_cache=True, logits_to_keep=1).logits[:, -1]
 
     def _capture(self, key: tuple[int, int]) -> torch.Tensor:
         """Run this step eagerly on a side stream (which also warms up), then record it as a graph."""
