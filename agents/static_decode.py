@@ -136,6 +136,8 @@ class StaticDecoder:
         It runs in chunks of rows and of query positions, so that no mask or score tensor holds
         more than PREFILL_MASK_ELEMS entries per head, however long the prompts."""
         B, W = ids.shape
+        if self.fused is not None:
+            self.fused.refresh()  # every call begins here, and the weights may have changed since the last
         self.bias[:B].fill_(torch.finfo(self.dtype).min)
         self.bias[:B, :W].masked_fill_(mask.bool(), 0.0)
         self.pos[:B, 0] = mask.sum(-1)
