@@ -31,7 +31,7 @@ from .fused_step import FusedStep, supports_fused
 from .policy import cache_kwargs
 
 ATTENTION = "thinkgym_slots"
-SLOT_BUCKET = 256        # the finest step between the cache lengths that graphs are captured for
+SLOT_BUCKET = 64  # the finest step between cache lengths with graphs; a step reads half of one past its context on average
 PREFILL_MASK_ELEMS = 1 << 28  # rows x width^2 per prefill chunk, to bound the mask and scores
 
 
