@@ -97,6 +97,7 @@ def main() -> None:
         print(json.dumps(summary), flush=True)
         if args.out:
             Path(args.out).write_text(json.dumps({"summary": summary, "steps": results}, indent=1))
+    distributed.barrier()  # no rank tears gloo down while another still uses it (that aborted rank 0 once in the tests)
     distributed.shutdown()
 
 
