@@ -114,24 +114,25 @@ class FusedStep:
         self.before, self.after, self.logits = wrap(before_attention), wrap(after_attention), wrap(final_logits)
         self.kv_heads = model.config.get_text_config().num_key_value_heads
         with torch.no_grad():
-            self.qkv = [packed([layer.self_attn.q_proj, layer.self_attn.k_proj, layer.self_attn.v_proj]) for layer in self._layers()]
-            self.gate_up = [packed([layer.mlp.gate_proj, layer.mlp.up_proj]) for layer in self._layers()]
+            self.packs = [[packed(group) for group in self._groups(layer)] for layer in model.model.layers]
 
-    def _layers(self) -> list[torch.nn.Module]:
-        return list(self.model.model.layers)
+    @staticmethod
+    def _groups(layer: torch.nn.Module) -> tuple[list[torch.nn.Linear], list[torch.nn.Linear]]:
+        """The projections that run as one matmul: q/k/v, and gate/up."""
+        return [layer.self_attn.q_proj, layer.self_attn.k_proj, layer.self_attn.v_proj], [layer.mlp.gate_proj, layer.mlp.up_proj]
 
     @torch.no_grad()
     def refresh(self) -> None:
         """Copy the current weights into the packed matrices, in place (CUDA graphs hold their addresses)."""
-        for layer, qkv, gate_up in zip(self._layers(), self.qkv, self.gate_up):
-            packed([layer.self_attn.q_proj, layer.self_attn.k_proj, layer.self_attn.v_proj], out=qkv)
-            packed([layer.mlp.gate_proj, layer.mlp.up_proj], out=gate_up)
+        for layer, packs in zip(self.model.model.layers, self.packs):
+            for group, out in zip(self._groups(layer), packs):
+                packed(group, out=out)
 
     def __call__(self, ids: torch.Tensor, pos: torch.Tensor, cache, attention, bias: torch.Tensor) -> torch.Tensor:
         inner = self.model.model
         x, delta = inner.embed_tokens(ids), None
         cos, sin = inner.rotary_emb(x, pos)
-        for i, (layer, qkv, gate_up) in enumerate(zip(inner.layers, self.qkv, self.gate_up)):
+        for i, (layer, (qkv, gate_up)) in enumerate(zip(inner.layers, self.packs)):
             a, ln1, ln2 = layer.self_attn, layer.input_layernorm, layer.post_attention_layernorm
             qn, kn = getattr(a, "q_norm", None), getattr(a, "k_norm", None)
             x, q, k, v = self.before(x, delta, ln1.weight, ln1.variance_epsilon, *qkv, self.kv_heads,

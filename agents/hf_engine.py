@@ -108,7 +108,7 @@ class HostTokens:
         cuda = tokens.is_cuda
         self.tokens, self.logps = tokens.to("cpu", non_blocking=cuda), logps.to("cpu", non_blocking=cuda)
         self.done = torch.cuda.Event() if cuda else None
-        if self.done is not None:
+        if cuda:
             self.done.record()
 
     def get(self) -> tuple[list[int], list[float]]:

@@ -2,8 +2,9 @@
 
     python benchmarks/gpu/profile_decode.py [--shape r1-distill-1.5b] [--batch 256] [--new 64] [--unfused]
 
-Prints a step's wall time split into the graph replay, the sampling and the rest (the host), then
-the top CUDA kernels and CPU ops by total time, for one generate() call after a warm-up.
+Prints a step's wall time split into the graph replay, the sampling and the rest (the host's share
+and the prefill spread over the steps), then the top CUDA kernels and CPU ops by total time, for one
+generate() call after a warm-up.
 """
 
 from __future__ import annotations
