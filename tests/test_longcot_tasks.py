@@ -9,7 +9,8 @@ from thinkgym.envs.tasks.math_dataset import gold_answer
 
 
 @pytest.mark.parametrize("name, knob", [("running_sum", {"n_terms": 5}), ("running_sum", {"n_terms": 30}),
-                                        ("long_addition", {"digits": 3}), ("long_addition", {"digits": 25})])
+                                        ("long_addition", {"digits": 3}), ("long_addition", {"digits": 25}),
+                                        ("parity", {"n_bits": 5}), ("parity", {"n_bits": 30})])
 def test_builtin_demonstrations_are_correct_and_grow_with_difficulty(name, knob):
     task = make_task(name, **knob)
     for seed in range(20):
@@ -23,6 +24,28 @@ def test_builtin_demonstrations_are_correct_and_grow_with_difficulty(name, knob)
 def test_reasoning_length_grows_with_the_knob():
     lens = [len(make_task("running_sum", n_terms=n).demonstration(0)) for n in (4, 8, 16)]
     assert lens[0] < lens[1] < lens[2]
+
+
+def test_parity_answer_counts_ones_and_no_think_demonstrations_guess_nothing():
+    from thinkgym.rewards import NO_THINK, THINK, detect_think_mode
+
+    task = make_task("parity", n_bits=12)
+    for s in range(50):
+        p = task.sample(s)
+        bits = p.prompt.split()[2].rstrip(":")
+        assert len(bits) == 12 and set(bits) <= {"0", "1"} and p.answer == str(bits.count("1") % 2)
+    assert {task.sample(s).answer for s in range(50)} == {"0", "1"}
+    mixed = make_task("parity", n_bits=12, no_think=0.3)
+    modes = []
+    for seed in range(400):
+        p, demo = mixed.sample(seed), mixed.demonstration(seed)
+        modes.append(detect_think_mode(demo))
+        assert mixed.verify(p, demo).correct
+        assert demo == task.demonstration(seed) if modes[-1] == THINK else demo == "</think>\\boxed{" + p.answer + "}"
+    assert 0.22 < modes.count(NO_THINK) / 400 < 0.38
+    for bad in ({"no_think": 1.5}, {"no_think": -0.1}, {"n_bits": 0}):
+        with pytest.raises(ValueError, match=next(iter(bad))):
+            make_task("parity", **bad)
 
 
 def test_longcot_truncates_when_the_budget_runs_out_and_is_append_only():

@@ -7,6 +7,7 @@ from typing import Any, Callable
 from .base import Problem, Task, Verdict
 from .long_addition import LongAdditionTask
 from .math_dataset import MathDatasetTask
+from .parity import ParityTask
 from .running_sum import RunningSumTask
 from .sat import SATTask
 from .text2sql import Text2SQLTask
@@ -32,7 +33,7 @@ def make_task(task: str | Task, **kwargs: Any) -> Task:
         raise ValueError(f"task={task!r} got bad arguments {sorted(kwargs)}: {exc}") from exc
 
 
-for _cls in (RunningSumTask, LongAdditionTask, MathDatasetTask, SATTask, Text2SQLTask):
+for _cls in (RunningSumTask, LongAdditionTask, ParityTask, MathDatasetTask, SATTask, Text2SQLTask):
     register_task(_cls.name, _cls)
 
 __all__ = ["Problem", "Task", "Verdict", "TASKS", "make_task", "register_task"]
