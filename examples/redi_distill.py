@@ -65,7 +65,7 @@ def env_kwargs(task: str, no_think: float = 0.0) -> dict:
     if task == "running_sum":
         if no_think:
             raise ValueError("--no-think applies to --task parity only")
-        return {"task_kwargs": {"n_terms": 4}, "max_thinking_tokens": 200}
+        return {"task": task, "task_kwargs": {"n_terms": 4}, "max_thinking_tokens": 200}
     return {"task": "parity", "task_kwargs": {"n_bits": 10, "no_think": no_think}, "max_thinking_tokens": 200}
 
 
@@ -79,11 +79,10 @@ def correct_per_seed(policy: Policy, seeds: range, kwargs: dict, temperature: fl
     return correct.mean(1), modes.count(NO_THINK) / len(modes)
 
 
-def reference_ids(traces_path: Path, tokenizer, kwargs: dict) -> dict[str, list[int]]:
+def reference_ids(traces_path: Path, tokenizer, task: str) -> dict[str, list[int]]:
     """Each prompt's worked solution (+ EOS) as token ids: the env's own demonstration for that seed,
     never an unworked one."""
-    worked = {**kwargs, "task_kwargs": {**kwargs["task_kwargs"], **({"no_think": 0.0} if "no_think" in kwargs["task_kwargs"] else {})}}
-    env = gym.make(ENV, disable_env_checker=True, tokenizer=tokenizer, **worked).unwrapped
+    env = gym.make(ENV, disable_env_checker=True, tokenizer=tokenizer, **env_kwargs(task)).unwrapped
     refs: dict[str, list[int]] = {}
     for line in open(traces_path):
         rec = json.loads(line)
@@ -93,9 +92,9 @@ def reference_ids(traces_path: Path, tokenizer, kwargs: dict) -> dict[str, list[
     return refs
 
 
-def labelled_traces(path: Path, tokenizer, labels: str, kwargs: dict) -> tuple[list[Trace], dict[str, list[int]]]:
+def labelled_traces(path: Path, tokenizer, labels: str, task: str) -> tuple[list[Trace], dict[str, list[int]]]:
     """The traces in `path` with the verifier's labels, or ('exact') only worked-solution matches correct."""
-    traces, refs = load_traces(path, tokenizer), reference_ids(path, tokenizer, kwargs)
+    traces, refs = load_traces(path, tokenizer), reference_ids(path, tokenizer, task)
     return (label_by_reference(traces, refs) if labels == "exact" else traces), refs
 
 
@@ -155,7 +154,7 @@ def main() -> None:
     train_prompts = range(TRAIN_SEED_BASE, TRAIN_SEED_BASE + args.prompts)
     sample_traces(HFEngine(teacher, seed=0), ENV, train_prompts, traces, n=args.samples, env_kwargs=kwargs,
                   temperature=args.temperature, seeds_per_batch=64)
-    teacher_traces, refs = labelled_traces(traces, teacher.tokenizer, args.labels, kwargs)
+    teacher_traces, refs = labelled_traces(traces, teacher.tokenizer, args.labels, args.task)
     per_prompt = args.pairs_per_prompt or None
     data = build_redi_data(teacher_traces, pairs_per_prompt=per_prompt)
     say(f"teacher data ({args.labels} labels): {json.dumps(data.counts)}")
@@ -170,7 +169,7 @@ def main() -> None:
         own = out / "student_traces.jsonl"
         sample_traces(HFEngine(student, seed=0), ENV, train_prompts, own, n=args.student_samples, env_kwargs=kwargs,
                       temperature=args.student_temperature, seeds_per_batch=64)
-        student_traces, _ = labelled_traces(own, teacher.tokenizer, args.labels, kwargs)
+        student_traces, _ = labelled_traces(own, teacher.tokenizer, args.labels, args.task)
         mixed = build_redi_data(data.positives + student_traces, pairs_per_prompt=per_prompt)
         pairs = mixed.pairs
         say(f"student's own traces at T={args.student_temperature}: {sum(not t.correct for t in student_traces)} wrong of "
@@ -194,7 +193,7 @@ def main() -> None:
         score(name, redi)
 
     a0 = acc[arms[0][0]]
-    task = make_task(kwargs.get("task", "running_sum"), **kwargs["task_kwargs"])
+    task = make_task(args.task, **kwargs["task_kwargs"])
     seen = {task.sample(s).prompt for s in train_prompts}
     unseen = np.array([task.sample(s).prompt not in seen for s in eval_seeds])
     (out / "accuracy.json").write_text(json.dumps({"seeds": list(eval_seeds), "unseen": unseen.tolist(),

@@ -1,9 +1,8 @@
 """Parity: is the number of ones in a bit string odd? One line per bit, carrying the state.
 
 Each line is `p^b=q|rest`: the parity so far, the next bit, the new parity and the bits still
-to read, so the worked solution is a
-chain of local steps. Without them the answer is a global function of every bit that small models
-do not learn: guessing it is right half the time. That makes the task a clean case of a shortcut
+to read, so the worked solution is a chain of local steps. Without them the answer is a global
+function of every bit that small models do not learn: guessing it is right half the time. That makes the task a clean case of a shortcut
 that works only by luck; `no_think` puts such unworked answers into the demonstrations.
 """
 
@@ -13,7 +12,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from .base import Problem, Task, check_positive, finish
+from .base import Problem, Task, check_positive, check_share, finish
 
 
 @dataclass(frozen=True)
@@ -25,8 +24,7 @@ class ParityConfig:
 
     def __post_init__(self) -> None:
         check_positive("n_bits", self.n_bits)
-        if not 0.0 <= self.no_think <= 1.0:
-            raise ValueError(f"no_think must be in [0, 1]; got {self.no_think!r}")
+        check_share("no_think", self.no_think)
 
 
 class ParityTask(Task):

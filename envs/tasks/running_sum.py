@@ -11,7 +11,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from .base import Problem, Task, check_positive, finish
+from .base import Problem, Task, check_positive, check_share, finish
 
 
 @dataclass(frozen=True)
@@ -25,8 +25,7 @@ class RunningSumConfig:
         check_positive("n_terms", self.n_terms, 2)
         if not 1 <= self.max_digit <= 9:
             raise ValueError(f"max_digit must be in 1..9; got {self.max_digit!r}")
-        if not 0.0 <= self.recheck <= 1.0:
-            raise ValueError(f"recheck must be in [0, 1]; got {self.recheck!r}")
+        check_share("recheck", self.recheck)
 
 
 class RunningSumTask(Task):
