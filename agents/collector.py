@@ -23,10 +23,23 @@ from .engine import Engine, GenerationRequest
 
 @dataclass
 class Step:
+    """One call of the policy: the prompt it read, the action the env got, and their log-probabilities.
+
+    `eos` is (EOS id, its log-probability) when the policy ended the step by sampling EOS: the env
+    never sees that token, but the training row ends with it, so that RL teaches when to stop."""
+
     prompt_ids: list[int]
     action_ids: list[int]
     logprobs: list[float]
     finish_reason: str
+    eos: tuple[int, float] | None = None
+
+    @property
+    def sampled(self) -> tuple[list[int], list[float]]:
+        """Every token the policy sampled, EOS included, with its log-probability: what training sees."""
+        if self.eos is None:
+            return list(self.action_ids), list(self.logprobs)
+        return list(self.action_ids) + [self.eos[0]], list(self.logprobs) + [self.eos[1]]
 
 
 @dataclass
@@ -74,14 +87,15 @@ def episode_rows(ep: Episode, index: int) -> list[Row]:
     (Delethink chunks) are rows of their own."""
     rows: list[Row] = []
     for st in ep.steps:
+        ids, logps = st.sampled
         cur = rows[-1] if rows else None
         if cur is not None and st.prompt_ids[: len(cur.input_ids)] == cur.input_ids and len(st.prompt_ids) >= len(cur.input_ids):
             inserted = st.prompt_ids[len(cur.input_ids):]
-            cur.input_ids += inserted + st.action_ids
-            cur.loss_mask += [0] * len(inserted) + [1] * len(st.action_ids)
-            cur.old_logprobs += [0.0] * len(inserted) + list(st.logprobs)
+            cur.input_ids += inserted + ids
+            cur.loss_mask += [0] * len(inserted) + [1] * len(ids)
+            cur.old_logprobs += [0.0] * len(inserted) + logps
         else:
-            rows.append(Row(list(st.prompt_ids) + list(st.action_ids), len(st.prompt_ids), [1] * len(st.action_ids), list(st.logprobs), index))
+            rows.append(Row(list(st.prompt_ids) + ids, len(st.prompt_ids), [1] * len(ids), logps, index))
     return [r for r in rows if r.completion_len > 0]
 
 
@@ -95,6 +109,7 @@ class Collector:
         self.env_id, self.engine, self.group_size = env_id, engine, group_size
         self.env_kwargs = dict(env_kwargs or {})
         self.env_kwargs.setdefault("tokenizer", engine.policy.tokenizer)
+        self.eos_token_id = engine.policy.eos_token_id
         self.temperature, self.top_p = temperature, top_p
         self.thinking_budget: int | None = None  # set by SIRI's schedule; None keeps the env's own
         self._envs: list[gym.Env] = []
@@ -155,7 +170,8 @@ class Collector:
             still = []
             for k, req, out in zip(live, reqs, outs):
                 c = out[0]
-                episodes[k].steps.append(Step(list(req.prompt_ids), list(c.token_ids), list(c.logprobs), c.finish_reason))
+                eos = (self.eos_token_id, c.eos_logprob) if c.finish_reason == "eos" else None
+                episodes[k].steps.append(Step(list(req.prompt_ids), list(c.token_ids), list(c.logprobs), c.finish_reason, eos))
                 _, reward, term, trunc, info = envs[k].step(TokenAction(c.text, c.token_ids, c.finish_reason == "eos"))
                 if term or trunc:
                     ep = episodes[k]

@@ -36,12 +36,21 @@ class GenerationRequest:
 
 @dataclass
 class Completion:
-    """Generated ids (EOS excluded, stop string included), their text and log-probabilities."""
+    """Generated ids (EOS excluded, stop string included), their text and log-probabilities.
+
+    `eos_logprob` is the log-probability of the EOS that ended it (`finish_reason == "eos"`). The env
+    never sees that token, but training keeps it, as TRL and verl do, so that RL teaches when to stop."""
 
     token_ids: list[int]
     text: str
     logprobs: list[float]
     finish_reason: FinishReason
+    eos_logprob: float | None = None
+
+    def __post_init__(self) -> None:
+        if self.finish_reason == "eos" and self.eos_logprob is None:
+            raise ValueError("a completion that ended with EOS needs eos_logprob, the log-probability of that EOS, "
+                             "for the training row that ends with it")
 
 
 class Engine(Protocol):

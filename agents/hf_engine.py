@@ -33,11 +33,13 @@ class DecodeRow:
     out: list[int] = field(default_factory=list)
     logps: list[float] = field(default_factory=list)
     finish: str | None = None
+    eos_logp: float | None = None
 
     def add(self, token: int, logp: float, eos: int, tokenizer) -> bool:
-        """Record a sampled token (EOS is not kept); return True while the row keeps generating."""
+        """Record a sampled token (an EOS ends the row, with its log-probability kept apart from `out`);
+        return True while the row keeps generating."""
         if token == eos and not self.req.ignore_eos:
-            self.finish = "eos"
+            self.finish, self.eos_logp = "eos", logp
             return False
         self.out.append(token)
         self.logps.append(logp)
@@ -174,7 +176,7 @@ class HFEngine:
             model.train(training)
         tok = self.policy.tokenizer
         done = iter(rows)
-        return [[Completion(r.out, tok.decode(r.out, skip_special_tokens=False), r.logps, r.finish) for r in
+        return [[Completion(r.out, tok.decode(r.out, skip_special_tokens=False), r.logps, r.finish, r.eos_logp) for r in
                  (next(done) for _ in range(req.n))] for req in requests]
 
     def _sample(self, rows: list[DecodeRow], live: list[int], logits: torch.Tensor, temp: torch.Tensor,

@@ -202,7 +202,7 @@ class RoutedEngine:
         self.stats["wall_s"] += time.perf_counter() - t0
         tok = self.policy.tokenizer
         done = iter(rows)
-        return [[RoutedCompletion(r.out, tok.decode(r.out, skip_special_tokens=False), r.logps, r.finish, r.routed)
+        return [[RoutedCompletion(r.out, tok.decode(r.out, skip_special_tokens=False), r.logps, r.finish, r.eos_logp, r.routed)
                  for r in (next(done) for _ in range(req.n))] for req in requests]
 
     def _run(self, rows: list[_Row]) -> None:

@@ -160,11 +160,12 @@ class VLLMEngine:
         return results
 
     def _forced_prefix(self, req: GenerationRequest) -> tuple[int, str | None]:
-        """How many prefix tokens are forced, and the finish reason if the prefix alone ends the response."""
+        """How many prefix tokens are forced (an EOS that ends it included, to be scored), and the finish
+        reason if the prefix alone ends the response."""
         eos, decode = self.policy.eos_token_id, self.policy.tokenizer.decode
         for k, t in enumerate(req.prefix_ids, start=1):
             if t == eos and not req.ignore_eos:
-                return k - 1, "eos"
+                return k, "eos"
             if req.stop and find_stop(decode(req.prefix_ids[max(0, k - 32):k], skip_special_tokens=False), req.stop) is not None:
                 return k, "stop"
             if k >= req.max_new_tokens:
@@ -175,19 +176,23 @@ class VLLMEngine:
         prefix = list(req.prefix_ids[:k])
         prefix_logps = [] if not k else [out.prompt_logprobs[len(req.prompt_ids) + i][t].logprob for i, t in enumerate(prefix)]
         if finish is not None:  # the forced prefix ended the response: nothing sampled is kept
+            eos_logp = None
+            if finish == "eos":
+                prefix, prefix_logps, eos_logp = prefix[:-1], prefix_logps[:-1], prefix_logps[-1]
             text = self.policy.tokenizer.decode(prefix, skip_special_tokens=False)
-            return [Completion(prefix, text, prefix_logps, finish) for _ in out.outputs]
+            return [Completion(prefix, text, prefix_logps, finish, eos_logp) for _ in out.outputs]
         done = []
         for o in out.outputs:
             ids, logps = list(o.token_ids), [lp[t].logprob for lp, t in zip(o.logprobs, o.token_ids)]
+            eos_logp = None
             if o.finish_reason == "length":
                 reason = "length"
             elif not isinstance(o.stop_reason, str):  # "stop" for EOS too: no stop string, or an EOS id of the config
                 reason = "eos"
                 if ids and (ids[-1] == self.policy.eos_token_id or ids[-1] == o.stop_reason):
-                    ids, logps = ids[:-1], logps[:-1]
+                    ids, logps, eos_logp = ids[:-1], logps[:-1], logps[-1]
             else:
                 reason = "stop"
             ids, logps = prefix + ids, prefix_logps + logps
-            done.append(Completion(ids, self.policy.tokenizer.decode(ids, skip_special_tokens=False), logps, reason))
+            done.append(Completion(ids, self.policy.tokenizer.decode(ids, skip_special_tokens=False), logps, reason, eos_logp))
         return done

@@ -64,7 +64,7 @@ class PoolEngine:
         rng = np.random.default_rng(problem.seed)
         sqls = [problem.answer] + perturbations(problem.answer, rng, self.n - 1)
         texts = [finish_sql("", sqls[i]) for i in rng.permutation(len(sqls))]
-        return [[Completion(encode(self.tok, t), t, [0.0] * len(encode(self.tok, t)), "eos") for t in texts] for _ in requests]
+        return [[Completion(encode(self.tok, t), t, [0.0] * len(encode(self.tok, t)), "eos", 0.0) for t in texts] for _ in requests]
 
     def sync_weights(self):
         pass

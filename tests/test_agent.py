@@ -117,6 +117,38 @@ def test_append_only_steps_merge_with_env_tokens_masked():
     assert row.loss_mask == [1, 1, 0, 0, 1] and row.old_logprobs == [-0.1, -0.2, 0.0, 0.0, -0.3]
 
 
+def test_a_step_that_ended_with_eos_trains_on_it():
+    from thinkgym.agents.collector import Episode, Step
+
+    ep = Episode(0, 0, [Step([1, 2], [3, 4], [-0.1, -0.2], "length"), Step([1, 2, 9], [5], [-0.3], "eos", (0, -0.4))])
+    first, last = episode_rows(ep, 0)
+    assert first.input_ids == [1, 2, 3, 4] and first.old_logprobs == [-0.1, -0.2]
+    assert last.input_ids == [1, 2, 9, 5, 0] and last.loss_mask == [1, 1] and last.old_logprobs == [-0.3, -0.4]
+
+
+@pytest.mark.parametrize("static_cache", [True, False])
+def test_sampled_eos_ends_the_training_row_with_its_logprob(policy, static_cache):
+    """TRL and verl train on the EOS that ends a completion, so RL can teach when to stop. A random
+    tiny policy samples EOS at T=1 about once in 259 tokens: some of 48 rows of 48 tokens end with it."""
+    from thinkgym.agents.logprobs import completion_logprobs, pad_rows
+
+    eng = HFEngine(policy, seed=3, static_cache=static_cache)
+    batch = Collector("LongCoT-v0", eng, {"max_thinking_tokens": 48}, group_size=8).collect(list(range(6)))
+    eos = policy.eos_token_id
+    ended = [i for i, ep in enumerate(batch.episodes) if ep.steps[-1].finish_reason == "eos"]
+    assert ended and len(ended) < len(batch.episodes)
+    for row in batch.rows:
+        ep = batch.episodes[row.episode]
+        assert (row.input_ids[-1] == eos) == (row.episode in ended)
+        assert row.completion_len == ep.num_tokens + (row.episode in ended) == len(row.old_logprobs) == sum(row.loss_mask)
+        assert ep.info["thinking_tokens"] == ep.num_tokens  # the env saw the ids without EOS
+    rows = [batch.rows[i] for i in ended]
+    with torch.no_grad():
+        logp, _ = completion_logprobs(policy.model, pad_rows(rows, policy.tokenizer.pad_token_id, policy.device))
+    for i, r in enumerate(rows):  # the engine's log-prob of each EOS is the trainer's: the ratio starts at 1
+        assert r.old_logprobs[-1] == pytest.approx(float(logp[i, r.completion_len - 1]), abs=1e-5)
+
+
 @pytest.mark.slow
 def test_sft_on_demonstrations_lifts_success_from_zero():
     """Short running sums in one context: small enough to learn within a CI test."""
@@ -127,7 +159,7 @@ def test_sft_on_demonstrations_lifts_success_from_zero():
     before = evaluate(eng, env, range(64), n=1, temperature=0.0, env_kwargs=kw)
     rows = demonstration_rows(env, range(1000, 1400), pol.tokenizer, kw)
     assert all(r.input_ids[-1] == pol.tokenizer.eos_token_id for r in rows)
-    train_sft(pol, rows, steps=300, batch_size=32, lr=3e-3, log_every=0)
+    train_sft(pol, rows, steps=300, batch_size=32, lr=3e-3)
     after = evaluate(eng, env, range(64), n=1, temperature=0.0, env_kwargs=kw)
     print(f"SFT warm start, held-out greedy accuracy on 4-term sums: {before['accuracy']:.3f} -> {after['accuracy']:.3f}")
     assert before["accuracy"] == 0.0 and after["accuracy"] >= 0.3

@@ -22,7 +22,7 @@ def crafted(tok, text: str, word: str, p_word: float, p_other: float = 0.9) -> C
     for k in range(len(ids)):
         start, end = len(tok.decode(ids[:k])), len(tok.decode(ids[: k + 1]))
         logps.append(math.log(p_word if start <= pos < end else p_other))
-    return Completion(ids, text, logps, "eos")
+    return Completion(ids, text, logps, "eos", 0.0)
 
 
 @pytest.fixture(scope="module")
@@ -77,7 +77,7 @@ def test_fallback_when_no_verdict_parses(text):
 def test_binary_score_without_logprobs():
     tok = builtin_tokenizer()
     text = 'x {"correct": false}'
-    j = soft_score(Completion(tok.encode(text), text, [], "eos"), tok)
+    j = soft_score(Completion(tok.encode(text), text, [], "eos", 0.0), tok)
     assert (j.score, j.verdict, j.p) == (0.0, False, None)
 
 
@@ -117,7 +117,7 @@ def test_planner_selects_by_score_with_execution_feedback():
     _, info = env.reset(seed=0)
     gold = env.problem.answer
     texts = [finish_sql("", gold), finish_sql("", gold.replace("COUNT(*)", "COUNT(*) + 1")), finish_sql("", "SELECT nope FROM customers"), "no answer"]
-    gen = ScriptedEngine(tok, lambda prompt, i: Completion(tok.encode(texts[i]), texts[i], [0.0] * len(tok.encode(texts[i])), "eos"))
+    gen = ScriptedEngine(tok, lambda prompt, i: Completion(tok.encode(texts[i]), texts[i], [0.0] * len(tok.encode(texts[i])), "eos", 0.0))
 
     def judge(prompt, i):  # fond of non-executable SQL, lukewarm about the gold
         verdict = "true" if "nope" in prompt else "false"

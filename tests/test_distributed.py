@@ -56,7 +56,7 @@ class PromptSeededEngine:
             rng = np.random.default_rng([j, *req.prompt_ids])
             ids = [int(t) for t in rng.choice(self.digits, size=int(rng.integers(3, min(20, req.max_new_tokens))))]
             logps = rng.uniform(-3.0, -0.5, size=len(ids)).tolist()
-            out.append([Completion(ids, self.policy.tokenizer.decode(ids), logps, "eos")])
+            out.append([Completion(ids, self.policy.tokenizer.decode(ids), logps, "eos", -0.2)])
         return out
 
 

@@ -127,8 +127,9 @@ def test_sync_weights_updates_vllm_in_place(engine):
         assert torch.allclose(torch.tensor(c.logprobs), trainer_logprobs(pol, prompt, c.token_ids, 0.9), atol=LOGP_TOL)
 
 
-def test_sampled_eos_ends_the_response_and_is_dropped(engine):
-    """Weights that make EOS nearly certain: vLLM's "stop" with no stop string must map to eos."""
+def test_sampled_eos_ends_the_response_with_its_logprob(engine):
+    """Weights that make EOS nearly certain: vLLM's "stop" with no stop string must map to eos, and the
+    EOS leaves the ids but keeps its log-probability, for the training row."""
     pol = engine.policy
     saved = {k: v.clone() for k, v in pol.model.state_dict().items()}
     last = pol.model.model.layers[-1]
@@ -143,10 +144,12 @@ def test_sampled_eos_ends_the_response_and_is_dropped(engine):
     try:
         p = prompt_ids(pol, "hi")
         ended, ignored = engine.generate([GenerationRequest(p, 8, n=2), GenerationRequest(p, 8, ignore_eos=True)])
+        eos_logp = float(trainer_logprobs(pol, p, [pol.eos_token_id], 1.0)[0])
     finally:
         pol.model.load_state_dict(saved)
         engine.sync_weights()
     assert [c.finish_reason for c in ended] == ["eos", "eos"] and all(c.token_ids == [] == c.logprobs for c in ended)
+    assert all(c.eos_logprob == pytest.approx(eos_logp, abs=LOGP_TOL) for c in ended)
     assert ignored[0].finish_reason == "length" and ignored[0].token_ids == [pol.eos_token_id] * 8
 
 
