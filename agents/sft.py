@@ -13,6 +13,7 @@ from typing import Any, Iterable, Sequence
 
 import gymnasium as gym
 import torch
+from tqdm import tqdm
 
 import thinkgym  # noqa: F401
 from thinkgym.envs import TokenAction
@@ -45,7 +46,8 @@ def demonstration_episode(env: gym.Env, seed: int) -> Episode:
         chunk = _split_at_stop(env.tokenizer, ids[pos:pos + info["max_new_tokens"]], info["stop"])
         pos += len(chunk)
         ended = pos >= len(ids)
-        ep.steps.append(Step(list(info["prompt_token_ids"]), chunk, [0.0] * len(chunk), "eos" if ended else "length"))
+        eos = (env.tokenizer.eos_token_id, 0.0) if ended else None
+        ep.steps.append(Step(list(info["prompt_token_ids"]), chunk, [0.0] * len(chunk), "eos" if ended else "length", eos))
         _, r, term, trunc, info = env.step(TokenAction.from_ids(env.tokenizer, chunk, ended))
         if term or trunc:
             ep.reward, ep.info, ep.terminated, ep.truncated = float(r), info, term, trunc
@@ -53,7 +55,7 @@ def demonstration_episode(env: gym.Env, seed: int) -> Episode:
 
 
 def demonstration_rows(env_id: str, seeds: Iterable[int], tokenizer: Any, env_kwargs: dict | None = None) -> list[Row]:
-    """Training rows from demonstrations, with EOS appended to each final chunk so the policy learns to stop."""
+    """Training rows from demonstrations; each ends with EOS, so the policy learns to stop."""
     env = gym.make(env_id, disable_env_checker=True, **{"tokenizer": tokenizer, **(env_kwargs or {})})
     rows = []
     for seed in seeds:
@@ -61,13 +63,7 @@ def demonstration_rows(env_id: str, seeds: Iterable[int], tokenizer: Any, env_kw
         if ep.reward <= 0:
             raise ValueError(f"the demonstration for seed {seed} does not solve {env_id} (reward {ep.reward}); "
                              "check the env settings (for example a thinking budget too small for the task)")
-        ep_rows = episode_rows(ep, 0)
-        if ep.terminated:
-            last = ep_rows[-1]
-            last.input_ids.append(tokenizer.eos_token_id)
-            last.loss_mask.append(1)
-            last.old_logprobs.append(0.0)
-        rows += ep_rows
+        rows += episode_rows(ep, 0)
     return rows
 
 
@@ -87,8 +83,8 @@ def jsonl_rows(path: str | Path, tokenizer: Any, prompt_key: str = "prompt", res
 
 
 def train_sft(policy: Policy, rows: list[Row], steps: int = 300, batch_size: int = 32, lr: float = 1e-3,
-              seed: int = 0, log_every: int = 50, writer: Any = None) -> list[float]:
-    """Masked next-token cross-entropy on the rows; returns the loss curve."""
+              seed: int = 0, writer: Any = None, progress: bool = True) -> list[float]:
+    """Masked next-token cross-entropy on the rows, with a progress bar; returns the loss curve."""
     if not rows:
         raise ValueError("no rows to train on")
     model = policy.model
@@ -97,7 +93,8 @@ def train_sft(policy: Policy, rows: list[Row], steps: int = 300, batch_size: int
     sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: min(1.0, (s + 1) / max(1, steps // 10)) * max(0.0, 1 - s / steps) + 1e-3)
     g = torch.Generator().manual_seed(seed)
     losses = []
-    for step in range(steps):
+    bar = tqdm(range(steps), desc="sft", dynamic_ncols=True, disable=not progress)
+    for step in bar:
         idx = torch.randint(len(rows), (batch_size,), generator=g).tolist()
         batch = pad_rows([rows[i] for i in idx], policy.tokenizer.pad_token_id, policy.device)
         logp, _ = completion_logprobs(model, batch)
@@ -108,9 +105,9 @@ def train_sft(policy: Policy, rows: list[Row], steps: int = 300, batch_size: int
         opt.step()
         sched.step()
         losses.append(loss.item())
-        if writer is not None and step % 10 == 0:
-            writer.add_scalar("sft/loss", losses[-1], step)
-        if log_every and step % log_every == 0:
-            print(f"sft step {step}: loss {losses[-1]:.4f}", flush=True)
+        if step % 10 == 0:
+            bar.set_postfix(loss=f"{losses[-1]:.4f}")
+            if writer is not None:
+                writer.add_scalar("sft/loss", losses[-1], step)
     model.eval()
     return losses

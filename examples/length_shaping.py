@@ -50,7 +50,7 @@ t0 = time.perf_counter()
 ENV, KW = "LongCoT-v0", {"task_kwargs": {"n_terms": 4, "recheck": 0.5}, "max_thinking_tokens": 200}
 base = Policy.tiny(seed=0)
 train_sft(base, demonstration_rows(ENV, range(1_000_000, 1_000_000 + args.sft_seeds), base.tokenizer, KW),
-          steps=args.sft_steps, lr=3e-3, log_every=0)
+          steps=args.sft_steps, lr=3e-3)
 runs = {"correctness": "correctness"}
 runs.update({f"LASER {w}": f"correctness + {w}*laser(target_length={args.target_length})" for w in args.weights.split(",")})
 curves = {}

@@ -29,7 +29,7 @@ ENV_KWARGS = {"task_kwargs": {"n_terms": 4}, "max_thinking_tokens": 200}
 def trained(steps: int, seed: int, **config) -> Policy:
     policy = Policy.tiny(seed, device="cpu", **config)
     rows = demonstration_rows(ENV_ID, range(1_000_000, 1_000_300), policy.tokenizer, ENV_KWARGS)
-    train_sft(policy, rows, steps=steps, lr=3e-3, log_every=0, seed=seed)
+    train_sft(policy, rows, steps=steps, lr=3e-3, seed=seed)
     return policy
 
 

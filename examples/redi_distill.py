@@ -148,7 +148,7 @@ def main() -> None:
 
     teacher = Policy.tiny(seed=0)
     demos = range(SFT_SEED_BASE, SFT_SEED_BASE + args.teacher_demos)
-    train_sft(teacher, demonstration_rows(ENV, demos, teacher.tokenizer, kwargs), steps=args.teacher_steps, lr=3e-3, log_every=100)
+    train_sft(teacher, demonstration_rows(ENV, demos, teacher.tokenizer, kwargs), steps=args.teacher_steps, lr=3e-3)
     score("teacher", teacher)
     traces = out / "teacher_traces.jsonl"
     train_prompts = range(TRAIN_SEED_BASE, TRAIN_SEED_BASE + args.prompts)
@@ -161,7 +161,7 @@ def main() -> None:
 
     student = Policy.tiny(seed=1)
     positives = [r for t in data.positives for r in t.rows]
-    train_sft(student, positives, steps=args.student_steps, lr=3e-3, log_every=100, writer=SummaryWriter(str(out / "tb_sft_stage1")))
+    train_sft(student, positives, steps=args.student_steps, lr=3e-3, writer=SummaryWriter(str(out / "tb_sft_stage1")))
     score("stage 1 (SFT)", student)
 
     pairs = data.pairs
@@ -181,7 +181,7 @@ def main() -> None:
         f"{len(cut)}/{len(pairs)} negatives have a located first error; stage 2: {steps} steps")
 
     baseline = copy.deepcopy(student)
-    train_sft(baseline, positives, steps=steps, lr=args.stage2_lr, log_every=0, seed=1)
+    train_sft(baseline, positives, steps=steps, lr=args.stage2_lr, seed=1)
     score("+ SFT", baseline)
     arms = (("+ REDI a=0 (pair positives only)", pairs, 0.0), (f"+ REDI a={args.alpha}", pairs, args.alpha),
             (f"+ REDI a={args.alpha}, cut negatives", cut, args.alpha))
@@ -189,7 +189,7 @@ def main() -> None:
         redi = copy.deepcopy(student)
         tag = name.split("+ ")[1].split(" (")[0].replace(" ", "").replace(",", "_")
         train_redi(redi, arm_pairs, steps=steps, batch_size=16, lr=args.stage2_lr, alpha=alpha, seed=1,
-                   writer=SummaryWriter(str(out / f"tb_{tag}")), log_every=50)
+                   writer=SummaryWriter(str(out / f"tb_{tag}")))
         score(name, redi)
 
     a0 = acc[arms[0][0]]
