@@ -90,6 +90,7 @@ class GRPOTrainer:
         self.collector = Collector(cfg.env, self.engine, cfg.env_kwargs, cfg.num_generations, cfg.temperature, cfg.top_p)
         self.writer = SummaryWriter(cfg.output_dir) if self.world.is_main else None
         self.step, self.nonfinite_streak, self.nonfinite_total = 0, 0, 0
+        self.warm_started = False
         self.last_episode: Episode | None = None
         self._stop_requested = False
         self._shuffle = np.random.default_rng(cfg.seed)
@@ -403,12 +404,18 @@ class GRPOTrainer:
 
     # -- the run ----------------------------------------------------------------------------------
     def warm_start(self) -> None:
+        """SFT on the task's demonstrations (`sft_steps`), once: a second call refuses, since RL's
+        starting point would silently move."""
+        if self.warm_started:
+            raise RuntimeError("this trainer has already warm-started; a second SFT pass would move RL's starting point")
         cfg = self.cfg
         seeds = range(SFT_SEED_BASE, SFT_SEED_BASE + cfg.sft_seeds)
         rows = demonstration_rows(cfg.env, seeds, self.policy.tokenizer, cfg.env_kwargs)
-        train_sft(self.policy, rows, steps=cfg.sft_steps, lr=cfg.sft_learning_rate, seed=cfg.seed, writer=self.writer, log_every=0)
+        train_sft(self.policy, rows, steps=cfg.sft_steps, lr=cfg.sft_learning_rate, seed=cfg.seed, writer=self.writer,
+                  progress=self.world.is_main)
         distributed.broadcast_module(self.model)  # every rank ran the same SFT; rank 0's result is the one kept
         self.engine.sync_weights()
+        self.warm_started = True
 
     def _request_stop(self, signum, frame) -> None:
         self._stop_requested = True
@@ -416,8 +423,10 @@ class GRPOTrainer:
     def train(self) -> dict[str, float]:
         cfg = self.cfg
         resumed = cfg.resume and self.load()
-        if not resumed and cfg.sft_steps:
-            self.warm_start()
+        if not resumed:
+            if cfg.sft_steps and not self.warm_started:
+                self.warm_start()
+            self.save()  # checkpoint-0: exactly the weights RL starts from, for before/after comparisons
         old = {s: signal.signal(s, self._request_stop) for s in (signal.SIGINT, signal.SIGTERM)}
         last: dict[str, float] = {}
         try:
