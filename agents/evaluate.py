@@ -6,6 +6,7 @@ from math import comb
 from typing import Any, Sequence
 
 import numpy as np
+from tqdm import tqdm
 
 from .collector import Collector
 from .engine import Engine
@@ -19,16 +20,27 @@ def pass_at_k(n: int, c: int, k: int) -> float:
 
 
 def evaluate(engine: Engine, env_id: str, seeds: Sequence[int], n: int = 1, env_kwargs: dict[str, Any] | None = None,
-             temperature: float = 1.0, ks: Sequence[int] = (1,)) -> dict[str, float]:
-    """Run `n` samples per seed; report accuracy, pass@k for each k <= n, mean tokens and chunks."""
-    batch = Collector(env_id, engine, env_kwargs, group_size=n, temperature=temperature).collect(list(seeds))
-    correct = np.array([bool(ep.info.get("correct", False)) for ep in batch.episodes]).reshape(len(seeds), n)
+             temperature: float = 1.0, ks: Sequence[int] = (1,), seeds_per_call: int = 64,
+             progress: str | None = None) -> dict[str, float]:
+    """Run `n` samples per seed; report accuracy, pass@k for each k <= n, mean tokens and chunks, and
+    where the env reports it, the share of Delethink resets whose carryover held the task's state.
+
+    Seeds go to the engine `seeds_per_call` at a time; `progress` names a progress bar over those calls."""
+    collector = Collector(env_id, engine, env_kwargs, group_size=n, temperature=temperature)
+    seeds = list(seeds)
+    calls = [seeds[i:i + seeds_per_call] for i in range(0, len(seeds), seeds_per_call)]
+    episodes = [ep for part in tqdm(calls, desc=progress, disable=progress is None, dynamic_ncols=True)
+                for ep in collector.collect(part).episodes]
+    correct = np.array([bool(ep.info.get("correct", False)) for ep in episodes]).reshape(len(seeds), n)
     out = {
         "accuracy": float(correct.mean()),
-        "mean_tokens": float(np.mean([ep.num_tokens for ep in batch.episodes])),
-        "mean_chunks": float(np.mean([ep.info.get("chunks", len(ep.steps)) for ep in batch.episodes])),
-        "truncated_frac": float(np.mean([ep.truncated for ep in batch.episodes])),
+        "mean_tokens": float(np.mean([ep.num_tokens for ep in episodes])),
+        "mean_chunks": float(np.mean([ep.info.get("chunks", len(ep.steps)) for ep in episodes])),
+        "truncated_frac": float(np.mean([ep.truncated for ep in episodes])),
     }
+    carried = [held for ep in episodes for held in ep.info.get("carried_state", [])]
+    if carried:  # pooled over every reset
+        out["carried_state"] = float(np.mean(carried))
     for k in ks:
         if k <= n:
             out[f"pass@{k}"] = float(np.mean([pass_at_k(n, int(c), k) for c in correct.sum(1)]))

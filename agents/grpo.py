@@ -333,6 +333,8 @@ class GRPOTrainer:
             if "chunks" in ep.info:
                 values.setdefault("delethink/chunks_mean", []).append(ep.info["chunks"])
                 values.setdefault("delethink/thinking_tokens_mean", []).append(ep.info.get("thinking_tokens", 0))
+            if "carried_state" in ep.info:  # pooled over every reset of the batch
+                values.setdefault("delethink/carried_state_mean", []).extend(map(float, ep.info["carried_state"]))
             for knob, value in ep.info.get("difficulty", {}).items():
                 values.setdefault(f"success_by_difficulty/{knob}={value}", []).append(bool(ep.info.get("correct")))
             if "curriculum" in ep.info:

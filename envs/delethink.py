@@ -35,6 +35,10 @@ class DelethinkEnv(ReasoningEnv):
         budget = chunk_size + (max_chunks - 1) * (chunk_size - carryover)
         super().__init__(task, max_thinking_tokens=budget, **kwargs)
 
+    def reset(self, *, seed: int | None = None, options: dict[str, Any] | None = None) -> tuple[str, dict]:
+        self.carried: list[bool | None] = []  # per reset: did the carryover hold the task's state?
+        return super().reset(seed=seed, options=options)
+
     def first_budget(self) -> int:
         return self.chunk_size
 
@@ -62,9 +66,13 @@ class DelethinkEnv(ReasoningEnv):
         stream = self.carry_ids[len(head):] + ids if len(self.actions) > 1 else ids
         tail = stream[max(0, len(stream) - n_tail):]
         self._prompt_ids = self.query_ids + head + tail
+        self.carried.append(self.task.holds_state(self.problem, self.decode(head + tail)))
         self._budget = self.chunk_size - self.carryover
         obs, info = self.observe(self._prompt_ids, self._budget, self.stop, chunk=len(self.actions))
         return obs, 0.0, False, False, info
 
     def episode_stats(self) -> dict[str, Any]:
-        return {"chunks": len(self.actions), **super().episode_stats()}
+        stats = {"chunks": len(self.actions), **super().episode_stats()}
+        if None not in self.carried:  # per reset, whether the trace's state survived it
+            stats["carried_state"] = list(self.carried)
+        return stats

@@ -38,6 +38,28 @@ def test_markov_property_with_a_policy_that_never_finishes(sizes):
     assert info["thinking_tokens"] == C + (I - 1) * (C - m)
 
 
+@pytest.mark.parametrize("restate, held", [(1.0, True), (0.0, False)])
+def test_each_reset_reports_whether_the_carryover_held_the_state(restate, held):
+    """Demonstrations streamed through DelethinkDemo-v0's chunks: a restating trace carries its state
+    across every reset, one that leaves the position implicit carries it across none."""
+    env = gym.make("DelethinkDemo-v0", task_kwargs={"n_terms": 8, "restate": restate}).unwrapped
+    for seed in range(5):
+        _, info = env.reset(seed=seed)
+        ids, pos, done = env.encode(env.task.demonstration(env.problem.seed)), 0, False
+        while not done:
+            chunk = ids[pos:pos + info["max_new_tokens"]]
+            pos += len(chunk)
+            _, r, term, trunc, info = env.step(TokenAction.from_ids(env.tokenizer, chunk, eos=pos >= len(ids)))
+            done = term or trunc
+        assert r == 1.0 and info["chunks"] >= 2
+        assert info["carried_state"] == [held] * (info["chunks"] - 1)
+    env = gym.make("DelethinkDemo-v0", task="parity", task_kwargs={}).unwrapped  # a task with no state reports none
+    env.reset(seed=0)
+    env.step(TokenAction.from_ids(env.tokenizer, [50] * 64, eos=False))
+    *_, info = env.step(TokenAction.from_ids(env.tokenizer, [50] * 4, eos=True))
+    assert info["chunks"] == 2 and "carried_state" not in info
+
+
 def test_text_actions_follow_the_same_boundaries():
     env = DelethinkEnv(chunk_size=64, carryover=32, head=8, max_chunks=3)
     _, info = env.reset(seed=1)

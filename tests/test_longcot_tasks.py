@@ -48,6 +48,39 @@ def test_parity_answer_counts_ones_and_no_think_demonstrations_guess_nothing():
             make_task("parity", **bad)
 
 
+def test_running_sum_restate_mixes_markovian_and_implicit_demonstrations():
+    plain, mixed, implicit = (make_task("running_sum", n_terms=8, restate=r) for r in (1.0, 0.3, 0.0))
+    assert plain.demonstration(5) == make_task("running_sum", n_terms=8).demonstration(5)
+    restated = 0
+    for seed in range(400):
+        p, demo = mixed.sample(seed), mixed.demonstration(seed)
+        assert mixed.verify(p, demo).correct
+        lines = demo.split("</think>")[0].splitlines()
+        if "|" in lines[0]:
+            restated += 1
+            assert demo == plain.demonstration(seed)
+        else:
+            assert demo == implicit.demonstration(seed) and not any("|" in line for line in lines)
+    assert 0.24 < restated / 400 < 0.36
+    with pytest.raises(ValueError, match="restate"):
+        make_task("running_sum", restate=1.2)
+
+
+def test_running_sum_holds_state_only_for_a_true_restated_state():
+    task = make_task("running_sum", n_terms=8)
+    p = task.sample(3)
+    d = [int(c) for c in p.prompt.split(":")[1].split()]
+    rest = lambda i: "".join(map(str, d[i:]))  # noqa: E731
+    line = f"{sum(d[:2])}+{d[2]}={sum(d[:3])}|{rest(3)}\n"
+    assert task.holds_state(p, "xx\n" + line + f"{sum(d[:3])}+")
+    assert task.holds_state(p, f"{d[0]}|{rest(1)}\n" + line)  # the last whole state counts
+    assert not task.holds_state(p, line.replace(f"={sum(d[:3])}|", f"={sum(d[:3]) + 1}|"))  # a wrong total
+    assert not task.holds_state(p, line.replace(f"|{rest(3)}", f"|{rest(4)}"))  # a digit dropped
+    assert not task.holds_state(p, line[:-1])  # the line is not whole
+    assert not task.holds_state(p, f"{sum(d[:2])}+{d[2]}={sum(d[:3])}\n")  # the total alone is no position
+    assert make_task("parity").holds_state(p, line) is None
+
+
 def test_longcot_truncates_when_the_budget_runs_out_and_is_append_only():
     env = ReasoningEnv(max_thinking_tokens=50)
     _, info = env.reset(seed=0)

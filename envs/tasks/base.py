@@ -57,6 +57,11 @@ class Task(ABC):
     def answers_match(self, pred: str, gold: str) -> bool:
         return pred.strip() == gold.strip()
 
+    def holds_state(self, problem: Problem, text: str) -> bool | None:
+        """Whether `text` (a Delethink carryover) restates the true state of the work on `problem`,
+        enough to go on without what came before; None for a task with no such notion."""
+        return None
+
     @abstractmethod
     def demonstration(self, seed: int) -> str:
         """A correct worked response for `seed`, ending in `</think>` and a boxed answer."""
