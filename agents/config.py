@@ -120,7 +120,8 @@ class GRPOConfig:
     output_dir: str = "runs/latest"
     """TensorBoard logs, checkpoints and plots go here."""
     seed: int = 0
-    """Seeds the model init, the sampler and the training prompts."""
+    """Seeds the tiny model's init, the warm start, the sampler and the minibatch order. The training
+    prompts are the same for every seed."""
     save_every: int = 10
     """Checkpoint every N steps (and on SIGINT/SIGTERM, and at the end)."""
     resume: bool = False

@@ -11,7 +11,7 @@ import matplotlib.pyplot as plt  # noqa: E402
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator  # noqa: E402
 
 PANELS = [("reward", "reward"), ("length (tokens)", "completions/mean_length"), ("held-out accuracy", "eval/accuracy"),
-          ("Delethink chunks", "delethink/chunks_mean")]
+          ("Delethink chunks", "delethink/chunks_mean"), ("resets whose carryover held the state", "delethink/carried_state_mean")]
 
 
 def read_scalars(run_dir: str | Path) -> dict[str, list[tuple[int, float]]]:

@@ -78,10 +78,11 @@ class Policy:
 
     @classmethod
     def from_pretrained(cls, name_or_path: str, device: str | None = None, dtype: torch.dtype | str | None = None,
-                        tokenizer: Any = None) -> "Policy":
-        """Load a model and its tokenizer from a local folder or a hub id (`"tiny"` builds the default)."""
+                        tokenizer: Any = None, seed: int = 0) -> "Policy":
+        """Load a model and its tokenizer from a local folder or a hub id (`"tiny"` builds the default,
+        initialised from `seed`)."""
         if name_or_path == "tiny":
-            return cls.tiny(device=device, dtype=dtype)
+            return cls.tiny(seed=seed, device=device, dtype=dtype)
         local = Path(name_or_path).expanduser()
         looks_local = name_or_path.startswith((".", "/", "~")) or name_or_path.count("/") > 1  # hub ids are "org/name"
         if not local.exists() and looks_local:
