@@ -97,6 +97,9 @@ def packed(linears: list[torch.nn.Linear], out: tuple[torch.Tensor, torch.Tensor
     return w, torch.cat([m.bias for m in linears], out=None if out is None else out[1])
 
 
+PIECES = {f: compiled(f) for f in (before_attention, after_attention, final_logits)}  # compiled once, shared by every engine
+
+
 class FusedStep:
     """A forward over a `SlotCache`: ids [rows, L] at `pos`, attending with `attention` under the
     additive `bias` -> the logits at the last position. It serves decode steps (L = 1) and chunks
@@ -110,7 +113,7 @@ class FusedStep:
 
     def __init__(self, model: PreTrainedModel, compile: bool):
         self.model = model
-        wrap = compiled if compile else (lambda f: f)
+        wrap = PIECES.get if compile else (lambda f: f)
         self.before, self.after, self.logits = wrap(before_attention), wrap(after_attention), wrap(final_logits)
         self.kv_heads = model.config.get_text_config().num_key_value_heads
         with torch.no_grad():
