@@ -38,14 +38,14 @@ from thinkgym.agents.policy import Policy
 from thinkgym.envs.registration import DEMO_DELETHINK
 
 ARMS = [
-    "lr 3e-5:learning_rate=3e-5", "lr 1e-4:learning_rate=1e-4", "lr 2e-4:learning_rate=2e-4", "lr 3e-4:learning_rate=3e-4",
-    "lr 1e-4, shuffled advantages:learning_rate=1e-4,shuffle=1", "lr 3e-4, shuffled advantages:learning_rate=3e-4,shuffle=1",
+    "lr 3e-5:learning_rate=3e-5", "lr 1e-4 (the demo):", "lr 2e-4:learning_rate=2e-4", "lr 3e-4:learning_rate=3e-4",
+    "lr 1e-4, shuffled advantages:shuffle=1", "lr 3e-4, shuffled advantages:learning_rate=3e-4,shuffle=1",
     "loss grpo:loss_type=grpo", "loss dapo:loss_type=dapo", "loss dr_grpo:loss_type=dr_grpo", "loss gspo:loss_type=gspo",
-    "scale_rewards batch:scale_rewards=batch", "scale_rewards none:scale_rewards=none",
+    "scale_rewards group:scale_rewards=group", "scale_rewards batch:scale_rewards=batch",
 ]
-# the demo's run; every arm overrides some of it
+# the demo's run (loss delethink, scale_rewards none, lr 1e-4); every arm overrides some of it
 BASE = dict(env="DelethinkDemo-v0", steps=40, prompts_per_step=8, num_generations=8, temperature=1.0, learning_rate=1e-4,
-            loss_type="delethink", scale_rewards="group", epsilon=0.2, epsilon_high=0.28, micro_batch_size=64, eval_every=0,
+            loss_type="delethink", scale_rewards="none", epsilon=0.2, epsilon_high=0.28, micro_batch_size=64, eval_every=0,
             save_every=0, log_completions_every=0)
 
 
@@ -99,7 +99,8 @@ def main() -> None:
     ap.add_argument("--start", default=None, help="a saved policy to start every arm from instead of the demo's warm start")
     ap.add_argument("--size", default="{}", help="JSON overrides of the tiny policy's config for the warm start, e.g. the ~30M "
                     '\'{"hidden_size": 512, "intermediate_size": 1536, "num_hidden_layers": 8, "num_attention_heads": 8}\'')
-    ap.add_argument("--device", default=None, help="cuda or cpu (default: cuda where there is one, in bf16)")
+    ap.add_argument("--device", default=None, help="cuda or cpu (default: cuda where there is one)")
+    ap.add_argument("--dtype", default=None, help="float32 or bfloat16 (default: bf16 on a GPU, fp32 on the CPU)")
     ap.add_argument("--held-out", type=int, default=128, help="held-out seeds scored after each arm")
     ap.add_argument("--threads", type=int, default=2, help="torch CPU threads")
     ap.add_argument("--out", default="runs/grpo_learning", help="cached warm start, TensorBoard logs per arm, results.jsonl")
@@ -117,10 +118,10 @@ def main() -> None:
     if not (start_dir / "config.json").exists():
         warm = GRPOTrainer(GRPOConfig(**base, sft_steps=args.sft_steps, sft_learning_rate=args.sft_learning_rate,
                                       output_dir=str(out / "warm")),
-                           policy=Policy.tiny(seed=args.seed, device=args.device, **size))
+                           policy=Policy.tiny(seed=args.seed, device=args.device, dtype=getattr(torch, args.dtype or "", None), **size))
         warm.warm_start()
         warm.policy.save_pretrained(start_dir)
-    start = Policy.from_pretrained(str(start_dir), device=args.device)
+    start = Policy.from_pretrained(str(start_dir), device=args.device, dtype=args.dtype)
     kl_to_start = kl_probe(start, base["env"], kw)
     first = held_out(start, base["env"], kw, args.held_out)
     print(f"start {start_dir}: {json.dumps(first)}", flush=True)
