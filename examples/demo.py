@@ -1,8 +1,17 @@
-"""The main job (`make demo`): warm-start a tiny policy, train it with GRPO on Delethink, and show
-(1) held-out success rising during RL and (2) Markovian thinking: the same policy fails under
-LongCoT with a one-chunk budget, while Delethink solves the same problems in a constant context.
+"""The main job (`make demo`): The Markovian Thinker's claim in miniature, on the CPU in minutes.
 
-Runs on 2 CPU cores in a few minutes; logs to runs/demo (TensorBoard) and writes runs/demo/curves.png.
+1. Warm start. The embedded tiny policy is fine-tuned on running sums whose demonstrations restate the
+   running state (`total|digits left`) on every line only a quarter of the time. The rest label the
+   digits once at the start and add them by label, so their state sits in a table that a Delethink
+   reset drops. The policy therefore reasons well but writes Markovian traces only sometimes.
+2. GRPO in Delethink (`DelethinkDemo-v0`: chunks of 64 tokens, a 32-token carryover). Traces whose
+   carryover holds their state survive the resets and earn the reward, so RL should make them the rule.
+3. Held-out evaluation (128 problems) of exactly the weights GRPO started from (saved as
+   checkpoint-0) and of the final ones: greedy, sampled at T = 1 (4 each) with pass@4, the share of
+   resets whose carryover held the true state, and LongCoT with a one-chunk budget, which cannot finish.
+
+Logs go to runs/demo (TensorBoard); the curves are plotted to runs/demo/curves.png and the numbers
+written to runs/demo/demo_result.json.
 """
 
 from __future__ import annotations
@@ -19,55 +28,65 @@ from thinkgym.agents.grpo import GRPOTrainer
 from thinkgym.agents.plot import plot_run
 from thinkgym.envs.registration import DEMO_DELETHINK
 
-ap = argparse.ArgumentParser()
-ap.add_argument("--sft-steps", type=int, default=800)
-ap.add_argument("--rl-steps", type=int, default=30)
-ap.add_argument("--learning-rate", type=float, default=3e-4)
-ap.add_argument("--held-out", type=int, default=128)
-ap.add_argument("--out", default="runs/demo")
+ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+ap.add_argument("--seed", type=int, default=0, help="seeds the tiny policy's init, the warm start and the sampler")
+ap.add_argument("--restate", type=float, default=0.25, help="share of demonstrations that restate the state on every line")
+ap.add_argument("--n-terms", type=int, default=DEMO_DELETHINK["task_kwargs"]["n_terms"], help="terms of each running sum")
+ap.add_argument("--sft-steps", type=int, default=800, help="warm-start SFT steps")
+ap.add_argument("--rl-steps", type=int, default=40, help="GRPO steps of 8 prompts x 8 samples")
+ap.add_argument("--learning-rate", type=float, default=1e-4, help="GRPO learning rate (3e-4 collapses; benchmarks/RESULTS.md)")
+ap.add_argument("--held-out", type=int, default=128, help="held-out problems (seeds 0..N-1) scored before and after RL")
+ap.add_argument("--threads", type=int, default=2, help="torch CPU threads")
+ap.add_argument("--out", default="runs/demo", help="TensorBoard logs, checkpoints, curves and results")
 args = ap.parse_args()
-torch.set_num_threads(2)
+torch.set_num_threads(args.threads)
 
+TASK = {**DEMO_DELETHINK["task_kwargs"], "n_terms": args.n_terms, "restate": args.restate}
 cfg = GRPOConfig(
-    env="DelethinkDemo-v0", model="tiny", output_dir=args.out, seed=0,
+    env="DelethinkDemo-v0", env_kwargs={"task_kwargs": TASK}, model="tiny", output_dir=args.out, seed=args.seed,
     sft_steps=args.sft_steps, sft_learning_rate=3e-3, sft_seeds=400,
     steps=args.rl_steps, prompts_per_step=8, num_generations=8, temperature=1.0,
-    learning_rate=args.learning_rate, loss_type="delethink", scale_rewards="group", epsilon_high=0.28,
-    micro_batch_size=64, eval_every=0, save_every=10, log_completions_every=10,
+    learning_rate=args.learning_rate, loss_type="delethink", scale_rewards="none", epsilon_high=0.28,
+    micro_batch_size=64, eval_every=0, save_every=0, log_completions_every=10,
 )
 HELD_OUT = range(args.held_out)
+ONE_CHUNK = {"max_thinking_tokens": DEMO_DELETHINK["chunk_size"], "task_kwargs": TASK}
 t0 = time.time()
 trainer = GRPOTrainer(cfg)
 trainer.warm_start()
 
 
-def held_out(env: str = cfg.env, **env_kwargs) -> dict[str, float]:
-    greedy = evaluate(trainer.engine, env, HELD_OUT, n=1, temperature=0.0, env_kwargs=env_kwargs)
-    sampled = evaluate(trainer.engine, env, HELD_OUT, n=4, temperature=1.0, env_kwargs=env_kwargs, ks=(1, 4))
+def held_out(when: str) -> dict[str, float]:
+    """The policy as it is now, on the held-out problems (the same seeds and sampling seed each time)."""
+    trainer.engine.generator.manual_seed(10_000 + args.seed)
+    greedy = evaluate(trainer.engine, cfg.env, HELD_OUT, n=1, temperature=0.0, env_kwargs=cfg.env_kwargs, progress=f"{when}: greedy")
+    sampled = evaluate(trainer.engine, cfg.env, HELD_OUT, n=4, temperature=1.0, env_kwargs=cfg.env_kwargs, ks=(1, 4),
+                       progress=f"{when}: sampled")
+    longcot = evaluate(trainer.engine, "LongCoT-v0", HELD_OUT, n=1, temperature=0.0, env_kwargs=ONE_CHUNK, progress=f"{when}: LongCoT")
     return {"greedy_accuracy": greedy["accuracy"], "sampled_accuracy": sampled["accuracy"], "pass@4": sampled["pass@4"],
-            "mean_chunks": greedy["mean_chunks"], "mean_tokens": greedy["mean_tokens"]}
+            "carried_state_greedy": greedy["carried_state"], "carried_state_sampled": sampled["carried_state"],
+            "mean_chunks": greedy["mean_chunks"], "mean_tokens": greedy["mean_tokens"],
+            "longcot_one_chunk_greedy_accuracy": longcot["accuracy"]}
 
 
-before = held_out()
+before = held_out("before RL")
 trainer.log({f"eval/{k}": v for k, v in before.items()} | {"eval/accuracy": before["sampled_accuracy"]}, 0)
-print(f"after SFT warm start ({time.time() - t0:.0f}s): {before}", flush=True)
-trainer.train()
-after = held_out()
+trainer.train()  # writes checkpoint-0 (the weights scored above) before its first step
+after = held_out("after RL")
 trainer.log({f"eval/{k}": v for k, v in after.items()} | {"eval/accuracy": after["sampled_accuracy"]}, cfg.steps)
-one_chunk = {"max_thinking_tokens": DEMO_DELETHINK["chunk_size"], "task_kwargs": DEMO_DELETHINK["task_kwargs"]}
-longcot = evaluate(trainer.engine, "LongCoT-v0", HELD_OUT, n=1, temperature=0.0, env_kwargs=one_chunk)
 png = plot_run(cfg.output_dir)
 
-result = {"before_rl": before, "after_rl": after, "longcot_one_chunk_greedy_accuracy": longcot["accuracy"],
-          "seconds": round(time.time() - t0)}
+result = {"before_rl": before, "after_rl": after, "seed": args.seed, "seconds": round(time.time() - t0), "args": vars(args)}
 with open(f"{cfg.output_dir}/demo_result.json", "w") as f:
     json.dump(result, f, indent=1)
-print(f"""
-held-out accuracy on {len(HELD_OUT)} problems ({DEMO_DELETHINK['task_kwargs']['n_terms']}-term running sums, ~{before['mean_chunks']:.1f} chunks of {DEMO_DELETHINK['chunk_size']} tokens):
-                              greedy   sampled(T=1)   pass@4
-  after SFT, before RL        {before['greedy_accuracy']:.3f}    {before['sampled_accuracy']:.3f}          {before['pass@4']:.3f}
-  after {cfg.steps} GRPO steps          {after['greedy_accuracy']:.3f}    {after['sampled_accuracy']:.3f}          {after['pass@4']:.3f}
-Markovian thinking, same policy, greedy:
-  Delethink (C={DEMO_DELETHINK['chunk_size']}, m={DEMO_DELETHINK['carryover']})    {after['greedy_accuracy']:.3f}   ({after['mean_chunks']:.1f} chunks, {after['mean_tokens']:.0f} thinking tokens)
-  LongCoT, one-chunk budget   {longcot['accuracy']:.3f}
-curves: {png}   TensorBoard: tensorboard --logdir {cfg.output_dir}   ({result['seconds']} s)""")
+rows = [("greedy accuracy", "greedy_accuracy"), ("sampled accuracy (T=1, 4 each)", "sampled_accuracy"), ("pass@4", "pass@4"),
+        ("resets whose carryover held the state, greedy", "carried_state_greedy"),
+        ("resets whose carryover held the state, sampled", "carried_state_sampled"),
+        ("LongCoT with a one-chunk budget, greedy", "longcot_one_chunk_greedy_accuracy")]
+print(f"\n{len(HELD_OUT)} held-out {args.n_terms}-term running sums, Delethink with chunks of {DEMO_DELETHINK['chunk_size']} tokens "
+      f"and a {DEMO_DELETHINK['carryover']}-token carryover (seed {args.seed}):")
+print(f"  {'':48s} before RL   after {cfg.steps} GRPO steps")
+for name, key in rows:
+    print(f"  {name:48s} {before[key]:.3f}       {after[key]:.3f}")
+print(f"'before RL' is {cfg.output_dir}/checkpoint-0, the weights GRPO started from; 'after' is checkpoint-{cfg.steps}.")
+print(f"curves: {png}   TensorBoard: tensorboard --logdir {cfg.output_dir}   ({result['seconds']} s)")

@@ -61,9 +61,14 @@ def test_running_sum_restate_mixes_markovian_and_implicit_demonstrations():
             assert demo == plain.demonstration(seed)
         else:
             assert demo == implicit.demonstration(seed) and not any("|" in line for line in lines)
+            d = p.prompt.split()[1:]
+            assert lines[0].split() == [label + digit for label, digit in zip("abcdefgh", d)]  # the table
+            assert lines[1] == f"a:{d[0]}" and lines[2] == f"b:{d[0]}+{d[1]}={int(d[0]) + int(d[1])}"
     assert 0.24 < restated / 400 < 0.36
     with pytest.raises(ValueError, match="restate"):
         make_task("running_sum", restate=1.2)
+    with pytest.raises(ValueError, match="n_terms must be <= 52"):
+        make_task("running_sum", n_terms=60, restate=0.5)
 
 
 def test_running_sum_holds_state_only_for_a_true_restated_state():

@@ -4,15 +4,18 @@ Each line is `acc+d=new|rest`: the running total and the digits still to add. So
 holds one whole line holds the full state, which is what a Markovian thinker needs: its
 reasoning length grows linearly with `n_terms`, the difficulty knob.
 
-`restate < 1` makes the remaining demonstrations write `acc+d=new` instead. That line holds the
-total but not where the sum stands, which only the lines before it tell: after a Delethink reset
-it is lost. A policy taught on such a mix sometimes writes Markovian traces, the starting point
-that The Markovian Thinker describes for off-the-shelf reasoning models.
+`restate < 1` makes the other demonstrations first label the digits (`a4 b7 c9 ...`) and then add
+them by label (`c:11+9=20`). Such a line holds the total and the label, but the digit behind the next
+label is read from the table at the start of the trace, which a Delethink reset drops. A policy taught
+on such a mix sometimes writes Markovian traces, the starting point that The Markovian Thinker
+describes for off-the-shelf reasoning models. (A policy can still find the digit after a reset by
+counting labels into the prompt; the tiny one rarely learns to, a 24M-parameter one did.)
 """
 
 from __future__ import annotations
 
 import re
+import string
 from dataclasses import dataclass
 
 import numpy as np
@@ -27,7 +30,8 @@ class RunningSumConfig:
     recheck: float = 0.0
     """Share of demonstrations that needlessly re-check every line (length-shaping experiments)."""
     restate: float = 1.0
-    """Share of demonstrations that restate the digits still to add on every line (`|rest`)."""
+    """Share of demonstrations that restate the digits still to add on every line (`|rest`); the others
+    label the digits once and add them by label."""
 
     def __post_init__(self) -> None:
         check_positive("n_terms", self.n_terms, 2)
@@ -35,6 +39,11 @@ class RunningSumConfig:
             raise ValueError(f"max_digit must be in 1..9; got {self.max_digit!r}")
         check_share("recheck", self.recheck)
         check_share("restate", self.restate)
+        if self.restate < 1 and self.n_terms > len(LABELS):
+            raise ValueError(f"restate < 1 labels each digit with a letter: n_terms must be <= {len(LABELS)}; got {self.n_terms}")
+
+
+LABELS = string.ascii_letters
 
 
 # A whole restated state: the total (after `=` or a newline, so never a cut number) and the digits left, up to the newline.
@@ -59,12 +68,15 @@ class RunningSumTask(Task):
     def demonstration(self, seed: int) -> str:
         digits = self._digits(seed)
         verbose = np.random.default_rng([seed, 1]).random() < self.config.recheck
-        restate = np.random.default_rng([seed, 2]).random() < self.config.restate
-        rest = (lambda i: "|" + "".join(map(str, digits[i:]))) if restate else (lambda i: "")
         acc = digits[0]
-        lines = [f"{acc}{rest(1)}"]
-        for i, d in enumerate(digits[1:], start=2):
-            lines.append(f"{acc}+{d}={acc + d}{rest(i)}")
+        if np.random.default_rng([seed, 2]).random() < self.config.restate:
+            lines = [f"{acc}|{''.join(map(str, digits[1:]))}"]
+            step = lambda i, d: f"{acc}+{d}={acc + d}|{''.join(map(str, digits[i + 1:]))}"  # noqa: E731
+        else:  # a table of labelled digits, written once, then one line per label
+            lines = [" ".join(f"{LABELS[i]}{d}" for i, d in enumerate(digits)), f"{LABELS[0]}:{acc}"]
+            step = lambda i, d: f"{LABELS[i]}:{acc}+{d}={acc + d}"  # noqa: E731
+        for i, d in enumerate(digits[1:], start=1):
+            lines.append(step(i, d))
             if verbose:
                 lines.append(f"check {acc}+{d}={acc + d} ok")
             acc += d
