@@ -33,7 +33,7 @@ ap.add_argument("--seed", type=int, default=0, help="seeds the tiny policy's ini
 ap.add_argument("--restate", type=float, default=0.25, help="share of demonstrations that restate the state on every line")
 ap.add_argument("--n-terms", type=int, default=DEMO_DELETHINK["task_kwargs"]["n_terms"], help="terms of each running sum")
 ap.add_argument("--sft-steps", type=int, default=800, help="warm-start SFT steps")
-ap.add_argument("--rl-steps", type=int, default=40, help="GRPO steps of 8 prompts x 8 samples")
+ap.add_argument("--rl-steps", type=int, default=50, help="GRPO steps of 8 prompts x 8 samples")
 ap.add_argument("--learning-rate", type=float, default=1e-4, help="GRPO learning rate (3e-4 collapses; benchmarks/RESULTS.md)")
 ap.add_argument("--held-out", type=int, default=128, help="held-out problems (seeds 0..N-1) scored before and after RL")
 ap.add_argument("--threads", type=int, default=2, help="torch CPU threads")

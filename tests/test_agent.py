@@ -85,13 +85,13 @@ def test_collector_is_token_exact_on_delethink(policy):
             assert st.prompt_ids == info["prompt_token_ids"]
             _, _, term, trunc, info = env.step(TokenAction.from_ids(policy.tokenizer, st.action_ids, st.finish_reason == "eos"))
         assert term or trunc
-    # group members share the task; the training rows hold exactly the generated ids
+    # group members share the task; the training rows hold exactly the sampled ids, a sampled EOS included
     assert batch.episodes[0].steps[0].prompt_ids == batch.episodes[3].steps[0].prompt_ids
     assert batch.episodes[0].steps[0].prompt_ids != batch.episodes[4].steps[0].prompt_ids
     rows = [r for i, ep in enumerate(batch.episodes) for r in episode_rows(ep, i)]
     for r in rows:
         st = next(s for s in batch.episodes[r.episode].steps if s.prompt_ids == r.input_ids[: r.prompt_len])
-        assert r.input_ids[r.prompt_len:] == st.action_ids and r.old_logprobs == st.logprobs
+        assert (r.input_ids[r.prompt_len:], r.old_logprobs) == st.sampled
     assert batch.stats["generated_tokens"] == sum(ep.num_tokens for ep in batch.episodes)
 
 
