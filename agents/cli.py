@@ -15,7 +15,7 @@ from typing import Any, Sequence
 
 import yaml
 
-from .config import GRPOConfig
+from .config import GRPOConfig, field_docs
 
 
 def _parse_value(kind: Any, text: str) -> Any:
@@ -37,9 +37,13 @@ def _parse_value(kind: Any, text: str) -> Any:
 
 
 def add_config_flags(parser: argparse.ArgumentParser) -> None:
+    """One flag per `GRPOConfig` field, its help the field's docstring and default."""
+    docs, defaults = field_docs(), GRPOConfig.__dataclass_fields__
     for f in fields(GRPOConfig):
         if f.name != "resume":  # a plain switch, added by the train command
-            parser.add_argument("--" + f.name.replace("_", "-"), dest=f.name, default=None, type=lambda t, k=f.type: _parse_value(k, t))
+            default = defaults[f.name].default_factory() if callable(defaults[f.name].default_factory) else f.default
+            parser.add_argument("--" + f.name.replace("_", "-"), dest=f.name, default=None, type=lambda t, k=f.type: _parse_value(k, t),
+                                metavar=f.name.upper(), help=f"{docs[f.name]} (default: {default!r})".replace("%", "%%"))
 
 
 def config_stages(args: argparse.Namespace) -> list[GRPOConfig]:
@@ -151,62 +155,62 @@ def cmd_redi(args: argparse.Namespace) -> None:
 
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="thinkgym", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    d = argparse.ArgumentDefaultsHelpFormatter
     sub = p.add_subparsers(dest="command", required=True)
-    t = sub.add_parser("train", help="GRPO training (flags = GRPOConfig fields)")
+    t = sub.add_parser("train", help="GRPO training (flags = GRPOConfig fields)", description="GRPO training; each flag is a GRPOConfig field")
     t.add_argument("--config", help="YAML file of GRPOConfig fields")
     t.add_argument("--resume", dest="resume", action="store_const", const=True, default=None, help="continue from output_dir's latest checkpoint")
     add_config_flags(t)
     t.set_defaults(func=cmd_train)
-    for name, func in (("sft", cmd_sft), ("eval", cmd_eval)):
-        s = sub.add_parser(name)
-        s.add_argument("--model", default="tiny")
-        s.add_argument("--env", default="DelethinkDemo-v0")
-        s.add_argument("--env-kwargs", default="{}")
-        s.add_argument("--device", default=None)
+    helps = {"sft": "SFT on an env's demonstrations or a jsonl of pairs", "eval": "held-out accuracy and pass@k of a policy",
+             "sample": "write a jsonl of sampled traces", "redi": "REDI on a jsonl of (prompt, response, correct)"}
+    for name, func in (("sft", cmd_sft), ("eval", cmd_eval), ("sample", cmd_sample), ("redi", cmd_redi)):
+        s = sub.add_parser(name, help=helps[name], description=helps[name], formatter_class=d)
+        s.add_argument("--model", default="tiny", help="a local folder, a hub id, or `tiny` (the embedded default)")
+        s.add_argument("--env", default="DelethinkDemo-v0", help="registered environment id")
+        s.add_argument("--env-kwargs", default="{}", help="JSON keyword arguments for the environment")
+        s.add_argument("--device", default=None, help="cuda or cpu; unset picks cuda where there is one")
         s.set_defaults(func=func)
+    for name in ("eval", "sample", "redi"):
+        sub.choices[name].add_argument("--engine", default="hf", help="rollout engine: hf or vllm")
+    for name in ("sample", "redi"):
+        sub.choices[name].add_argument("--seed", type=int, default=0, help="seeds the sampler (and REDI's batches)")
     s = sub.choices["sft"]
-    s.add_argument("--data", help="jsonl of prompt/response pairs (default: the env's demonstrations)")
-    s.add_argument("--seeds", type=int, default=400)
-    s.add_argument("--steps", type=int, default=300)
-    s.add_argument("--batch-size", type=int, default=32)
-    s.add_argument("--learning-rate", type=float, default=1e-3)
-    s.add_argument("--output-dir", required=True)
+    s.add_argument("--data", help="jsonl of prompt/response pairs; unset trains on the env's demonstrations")
+    s.add_argument("--seeds", type=int, default=400, help="demonstrations (env seeds) to train on")
+    s.add_argument("--steps", type=int, default=300, help="optimizer steps")
+    s.add_argument("--batch-size", type=int, default=32, help="rows per step")
+    s.add_argument("--learning-rate", type=float, default=1e-3, help="AdamW learning rate (warm-up, then linear decay)")
+    s.add_argument("--output-dir", required=True, help="where the fine-tuned policy is saved (from_pretrained loads it)")
     e = sub.choices["eval"]
-    e.add_argument("--engine", default="hf")
-    e.add_argument("--seeds", type=int, default=64)
-    e.add_argument("--n", type=int, default=1)
-    e.add_argument("--temperature", type=float, default=0.0)
-    pl = sub.add_parser("plot", help="PNG curves from a run's TensorBoard logs")
-    pl.add_argument("run_dir")
-    pl.add_argument("--out")
+    e.add_argument("--seeds", type=int, default=64, help="held-out env seeds 0..N-1")
+    e.add_argument("--n", type=int, default=1, help="samples per seed (pass@k for every k <= n)")
+    e.add_argument("--temperature", type=float, default=0.0, help="sampling temperature; 0 is greedy")
+    pl = sub.add_parser("plot", help="PNG curves from a run's TensorBoard logs", formatter_class=d)
+    pl.add_argument("run_dir", help="a run's output_dir")
+    pl.add_argument("--out", help="PNG path (default: RUN_DIR/curves.png)")
     pl.set_defaults(func=cmd_plot)
-    for name, func in (("sample", cmd_sample), ("redi", cmd_redi)):
-        s = sub.add_parser(name, help="write a jsonl of sampled traces" if name == "sample" else "REDI on a jsonl of (prompt, response, correct)")
-        for flag, default in (("--model", "tiny"), ("--env", "DelethinkDemo-v0"), ("--env-kwargs", "{}"), ("--device", None), ("--engine", "hf")):
-            s.add_argument(flag, default=default)
-        s.add_argument("--seed", type=int, default=0)
-        s.set_defaults(func=func)
     s = sub.choices["sample"]
     s.add_argument("--out", required=True, help="jsonl to write; seeds already in it are skipped (resume)")
-    s.add_argument("--seeds", type=int, default=256)
-    s.add_argument("--seed-start", type=int, default=10_000_000)
+    s.add_argument("--seeds", type=int, default=256, help="prompts (env seeds) to sample")
+    s.add_argument("--seed-start", type=int, default=10_000_000, help="the first env seed")
     s.add_argument("--n", type=int, default=4, help="samples per prompt")
-    s.add_argument("--temperature", type=float, default=1.0)
-    s.add_argument("--top-p", type=float, default=1.0)
-    s.add_argument("--seeds-per-batch", type=int, default=32)
+    s.add_argument("--temperature", type=float, default=1.0, help="sampling temperature")
+    s.add_argument("--top-p", type=float, default=1.0, help="nucleus sampling threshold")
+    s.add_argument("--seeds-per-batch", type=int, default=32, help="prompts per engine call (the file is appended after each)")
     r = sub.choices["redi"]
     r.add_argument("--data", required=True, help="jsonl with prompt, response, correct per line")
-    r.add_argument("--output-dir", required=True)
-    r.add_argument("--alpha", type=float, default=0.8)
-    r.add_argument("--steps", type=int, default=100)
-    r.add_argument("--batch-size", type=int, default=8)
-    r.add_argument("--learning-rate", type=float, default=1e-6)
+    r.add_argument("--output-dir", required=True, help="TensorBoard logs, checkpoints and the final policy")
+    r.add_argument("--alpha", type=float, default=0.8, help="weight of the negatives' term (0: SFT on positives, 1: symmetric)")
+    r.add_argument("--steps", type=int, default=100, help="stage-2 optimizer steps")
+    r.add_argument("--batch-size", type=int, default=8, help="pairs per step")
+    r.add_argument("--learning-rate", type=float, default=1e-6, help="stage-2 learning rate")
     r.add_argument("--pairs-per-prompt", type=int, default=1, help="0: every (correct, incorrect) match")
     r.add_argument("--sft-steps", type=int, default=0, help="stage 1 on the positives first")
-    r.add_argument("--sft-learning-rate", type=float, default=5e-5)
-    r.add_argument("--eval-prompts", type=int, default=64)
-    r.add_argument("--eval-every", type=int, default=50)
-    r.add_argument("--save-every", type=int, default=0)
+    r.add_argument("--sft-learning-rate", type=float, default=5e-5, help="stage-1 learning rate")
+    r.add_argument("--eval-prompts", type=int, default=64, help="held-out prompts per evaluation")
+    r.add_argument("--eval-every", type=int, default=50, help="evaluate every N steps")
+    r.add_argument("--save-every", type=int, default=0, help="checkpoint every N steps (0: only at the end)")
     return p
 
 

@@ -6,7 +6,10 @@ Names follow TRL's `GRPOConfig` where TRL has one. A YAML file whose keys are th
 
 from __future__ import annotations
 
+import ast
+import inspect
 from dataclasses import asdict, dataclass, field, fields
+from functools import cache
 from typing import Any
 
 import yaml
@@ -174,3 +177,13 @@ class GRPOConfig:
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
+
+
+@cache
+def field_docs(cls: type = GRPOConfig) -> dict[str, str]:
+    """Each field's docstring (the string right after it in the class body), the one source of the CLI's
+    `--help`, as TRL's flags carry their fields' help."""
+    body = ast.parse(inspect.getsource(cls)).body[0].body
+    return {node.target.id: " ".join(doc.value.value.split()) for node, doc in zip(body, body[1:])
+            if isinstance(node, ast.AnnAssign) and isinstance(node.target, ast.Name) and isinstance(doc, ast.Expr)
+            and isinstance(doc.value, ast.Constant) and isinstance(doc.value.value, str)}

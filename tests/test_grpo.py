@@ -4,6 +4,7 @@ non-finite losses, and the CLI's errors."""
 import json
 import subprocess
 import sys
+from dataclasses import fields
 
 import numpy as np
 import pytest
@@ -132,6 +133,26 @@ def test_nonfinite_losses_are_skipped_then_stop_the_run(tmp_path, monkeypatch):
     assert all(torch.equal(a, b) for a, b in zip(snapshot, trainer.model.parameters()))
     with pytest.raises(NonFiniteLossError, match="2 optimizer steps in a row"):
         trainer.train_step()
+
+
+@pytest.mark.parametrize("command", ["train", "sft", "eval", "sample", "redi", "plot"])
+def test_every_flag_of_every_command_has_help(command):
+    """`--help` documents each flag; train's come from the GRPOConfig field docstrings, with defaults."""
+    import argparse
+
+    from thinkgym.agents.cli import build_parser
+    from thinkgym.agents.config import field_docs
+
+    sub = next(a for a in build_parser()._actions if isinstance(a, argparse._SubParsersAction)).choices[command]
+    undocumented = [a.dest for a in sub._actions if not a.help]
+    assert not undocumented
+    if command == "train":
+        text = sub.format_help()
+        docs = field_docs()
+        assert len(docs) == len(fields(GRPOConfig))
+        for name in ("learning_rate", "scale_rewards", "loss_type"):
+            assert " ".join(docs[name].split()[:4]) in " ".join(text.split())
+        assert "(default: 1e-06)" in " ".join(text.split())
 
 
 @pytest.mark.parametrize("args, needle", [(["--loss-type", "ppo9"], "valid names"), (["--env", "Nope-v0"], "not registered"),
