@@ -105,10 +105,13 @@ class TextEnv(gym.Env[str, str]):
 
         A `TokenAction` is taken as it is. A plain string is tokenised; it counts as ended when it
         contains the EOS token (cut there) or is shorter than `budget` tokens. Anything past the
-        budget is dropped. A non-string action is malformed and treated as an empty ended output.
+        budget is dropped. A non-string action, or a `TokenAction` with an id outside the tokenizer's
+        vocabulary, is malformed and treated as an empty ended output.
         """
         if isinstance(action, TokenAction):
             ids, ended = list(action.token_ids), action.eos
+            if any(not 0 <= t < len(self.tokenizer) for t in ids):
+                return [], True, True
         elif isinstance(action, str):
             ids = self.encode(action)
             eos_id = self.tokenizer.eos_token_id

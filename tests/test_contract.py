@@ -27,6 +27,16 @@ def test_info_tells_the_agent_how_to_continue(env_id):
     assert tok.decode(info["prompt_token_ids"], skip_special_tokens=False) == obs
 
 
+@pytest.mark.parametrize("env_id", thinkgym.ENV_IDS)
+@pytest.mark.parametrize("ids", [[-1], [2**63 - 1], [65, 10**12, 66]])
+def test_token_ids_outside_the_vocabulary_are_a_malformed_action(env_id, ids):
+    """They raised OverflowError inside the tokenizer; the contract says a malformed action never raises."""
+    env = gym.make(env_id).unwrapped
+    env.reset(seed=0)
+    _, reward, term, trunc, info = env.step(TokenAction("x", ids, eos=True))
+    assert term and not trunc and info["format_error"] and isinstance(reward, float)
+
+
 def test_namespaced_make_imports_the_package():
     code = "import gymnasium as gym; e = gym.make('thinkgym:Delethink-v0'); print(e.reset(seed=0)[1]['max_new_tokens'])"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
