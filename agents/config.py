@@ -127,6 +127,9 @@ class GRPOConfig:
     prompts are the same for every seed."""
     save_every: int = 10
     """Checkpoint every N steps (and on SIGINT/SIGTERM, and at the end)."""
+    save_total_limit: int = 3
+    """Keep the newest N checkpoints, besides checkpoint-0 (the weights RL started from); 0 keeps all.
+    A 1.5B policy's checkpoint, with fp32 master weights and Adam state, is about 15 GB."""
     resume: bool = False
     """Continue from the latest checkpoint in output_dir."""
     eval_every: int = 10
@@ -156,6 +159,8 @@ class GRPOConfig:
                      "vllm_tensor_parallel_size"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be >= 1; got {getattr(self, name)}")
+        if self.save_total_limit < 0:
+            raise ValueError(f"save_total_limit must be >= 0 (0 keeps every checkpoint); got {self.save_total_limit}")
         if self.train_prompts < 0:
             raise ValueError(f"train_prompts must be >= 0 (0 draws fresh prompts every step); got {self.train_prompts}")
         if not 0 <= self.epsilon < 1 or self.epsilon_high < 0:

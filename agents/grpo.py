@@ -374,7 +374,7 @@ class GRPOTrainer:
     def save(self) -> None:
         state = self.state()
         if self.world.is_main:
-            save_checkpoint(self.cfg.output_dir, self.step, self.policy, state)
+            save_checkpoint(self.cfg.output_dir, self.step, self.policy, state, keep=self.cfg.save_total_limit)
         distributed.barrier()  # no rank goes on (or exits) before the checkpoint is written
 
     def load(self) -> bool:
@@ -425,6 +425,8 @@ class GRPOTrainer:
     def train(self) -> dict[str, float]:
         cfg = self.cfg
         resumed = cfg.resume and self.load()
+        if cfg.resume and not resumed and self.world.is_main:
+            warnings.warn(f"resume: no checkpoint in {cfg.output_dir}; starting a fresh run", stacklevel=2)
         if not resumed:
             if cfg.sft_steps and not self.warm_started:
                 self.warm_start()

@@ -94,6 +94,30 @@ def test_sft_runs_once_and_checkpoint_0_holds_rls_starting_weights(tmp_path, mon
     assert len(calls) == 1
 
 
+def test_checkpoints_are_bounded_and_resume_survives_a_damaged_pointer(tmp_path):
+    import warnings
+
+    from thinkgym.agents.checkpoint import latest_checkpoint
+
+    run = tmp_path / "run"
+    GRPOTrainer(small_cfg(tmp_path, steps=4, save_every=1, eval_every=0, save_total_limit=2)).train()
+    assert sorted(p.name for p in run.glob("checkpoint-*")) == ["checkpoint-0", "checkpoint-3", "checkpoint-4"]
+    assert latest_checkpoint(run).name == "checkpoint-4"
+    (run / "checkpoint-5").mkdir()  # a checkpoint cut off before its trainer state was written
+    (run / "latest").write_text("checkpoint-5")
+    with pytest.warns(UserWarning, match="newest complete one, checkpoint-4"):
+        assert latest_checkpoint(run).name == "checkpoint-4"
+    resumed = GRPOTrainer(small_cfg(tmp_path, steps=5, eval_every=0, resume=True))
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        resumed.train()
+    assert resumed.step == 5
+    with pytest.warns(UserWarning, match="no checkpoint in .* starting a fresh run"):
+        GRPOTrainer(small_cfg(tmp_path / "empty", steps=1, eval_every=0, resume=True)).train()
+    with pytest.raises(ValueError, match="save_total_limit"):
+        small_cfg(tmp_path, save_total_limit=-1)
+
+
 def test_gradient_raises_the_rewarded_sample(tmp_path):
     trainer = GRPOTrainer(small_cfg(tmp_path, learning_rate=1e-2, loss_type="grpo", reward=""))
     tok = trainer.policy.tokenizer
