@@ -25,6 +25,7 @@ _SAMPLE_CHARSET = (
     + "àáâäçèéêëìíîïñòóôöùúûüß" + "αβγδεθλμπσφω∑∏∫√∞≤≥≠≈±×÷→⇒∈∀∃∂∇" + "你好数学答案" + "…–—“”‘’"
 )
 MAX_TEXT_CHARS = 1 << 20
+MAX_TOKEN_ID = 1 << 32  # fast tokenizers hold ids as u32; the model may pad its vocabulary past len(tokenizer)
 
 
 class LLMText(spaces.Text):
@@ -105,12 +106,13 @@ class TextEnv(gym.Env[str, str]):
 
         A `TokenAction` is taken as it is. A plain string is tokenised; it counts as ended when it
         contains the EOS token (cut there) or is shorter than `budget` tokens. Anything past the
-        budget is dropped. A non-string action, or a `TokenAction` with an id outside the tokenizer's
-        vocabulary, is malformed and treated as an empty ended output.
+        budget is dropped. A non-string action, or a `TokenAction` with an id no tokenizer can hold
+        (negative, or past 32 bits), is malformed and treated as an empty ended output. Ids between the
+        tokenizer's length and the model's padded vocabulary are real samples and decode to ''.
         """
         if isinstance(action, TokenAction):
             ids, ended = list(action.token_ids), action.eos
-            if any(not 0 <= t < len(self.tokenizer) for t in ids):
+            if any(not 0 <= t < MAX_TOKEN_ID for t in ids):
                 return [], True, True
         elif isinstance(action, str):
             ids = self.encode(action)

@@ -28,13 +28,23 @@ def test_info_tells_the_agent_how_to_continue(env_id):
 
 
 @pytest.mark.parametrize("env_id", thinkgym.ENV_IDS)
-@pytest.mark.parametrize("ids", [[-1], [2**63 - 1], [65, 10**12, 66]])
-def test_token_ids_outside_the_vocabulary_are_a_malformed_action(env_id, ids):
+@pytest.mark.parametrize("ids", [[-1], [2**63 - 1], [65, 10**12, 66], [2**32]])
+def test_token_ids_no_tokenizer_holds_are_a_malformed_action(env_id, ids):
     """They raised OverflowError inside the tokenizer; the contract says a malformed action never raises."""
     env = gym.make(env_id).unwrapped
     env.reset(seed=0)
     _, reward, term, trunc, info = env.step(TokenAction("x", ids, eos=True))
     assert term and not trunc and info["format_error"] and isinstance(reward, float)
+
+
+def test_ids_of_a_padded_vocabulary_are_a_real_action():
+    """Models pad the vocabulary past len(tokenizer) (the tiny policy: 320 rows for 259 tokens) and a
+    sampled id there is a real, empty piece of text, not a malformed action."""
+    env = gym.make("LongCoT-v0").unwrapped
+    env.reset(seed=0)
+    pad_id = len(env.tokenizer) + 5
+    _, _, term, _, info = env.step(TokenAction("", [pad_id], eos=False))
+    assert not term and "format_error" not in info  # a malformed action would end the episode
 
 
 def test_namespaced_make_imports_the_package():
