@@ -26,8 +26,6 @@ from typing import Any
 from .core import TokenAction
 from .reasoning import ReasoningEnv
 from .sandbox import Sandbox, SandboxConfig
-from .tasks import register_task
-from .tasks.arithmetic_code import ArithmeticCodeTask
 
 CODE_OPEN = "```python"
 STOP = "```\n"
@@ -39,8 +37,6 @@ NOTICE_NEAR = "[SYSTEM]\nYou have one code execution left. After it, code will n
 # CoRT's notice (Appendix B.3), here the output of every block past the cap.
 NOTICE_CAP = ("[SYSTEM]\nYou have exceeded the allowed number of code executions. You can no longer write or run code. "
               "Please continue solving the problem using your reasoning and analytical skills.")
-
-register_task(ArithmeticCodeTask.name, ArithmeticCodeTask)
 
 
 def closed_code_block(text: str) -> str | None:

@@ -2,8 +2,9 @@
 
 Observations and actions are text. `info` tells the agent how to write the next action
 (`max_new_tokens`, `stop`) and carries the exact token ids of the observation
-(`prompt_token_ids`), so that training rows are token-exact. The README's "Writing your own
-agent" section is the one description of this contract.
+(`prompt_token_ids`), so that training rows are token-exact; the step that ends an episode says
+0 tokens, no stops and an empty prompt. The README's "Writing your own agent" section is the one
+description of this contract.
 """
 
 from __future__ import annotations
@@ -134,6 +135,12 @@ class TextEnv(gym.Env[str, str]):
         info = {"max_new_tokens": int(max_new_tokens), "stop": list(stop), "prompt_token_ids": list(prompt_ids)}
         info.update(extra)
         return obs, info
+
+    def final_info(self) -> dict:
+        """The continuation keys of the step that ends an episode: its observation is empty and
+        nothing is left to write. Every step's `info` has them, so vector envs and agents need no
+        special case for the last one."""
+        return {"max_new_tokens": 0, "stop": [], "prompt_token_ids": []}
 
     def render(self) -> str | None:
         return self._last_obs if self.render_mode == "ansi" else None

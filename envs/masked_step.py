@@ -34,7 +34,7 @@ from typing import Any
 
 from thinkgym.rewards.math import THINK_CLOSE, after_think, math_equal
 
-from .reasoning import ReasoningEnv
+from .reasoning import ReasoningEnv, split_task_kwargs
 from .solutions import NUMBER, SPLITS, Solution, SolutionSource, SolutionTask, math_spans, solution_rng
 from .tasks import Problem, Verdict
 
@@ -198,13 +198,14 @@ class MaskedStepTask(SolutionTask):
 class MaskedStepEnv(ReasoningEnv):
     """Fill the masked pieces of a worked solution; defaults run offline on `running_sum`.
 
-    Task knobs (see `MaskedStepConfig`): source, source_kwargs, path, fields, split, mask,
-    n_masked, text_score. Other keyword arguments go to `ReasoningEnv`.
+    The task is `masked_step`; its knobs (see `MaskedStepConfig`: source, source_kwargs, path, fields,
+    split, mask, n_masked, text_score) go in `task_kwargs` or as keyword arguments (`mask="step"`).
+    Which task's solutions are masked is the `source` knob. Other keyword arguments go to `ReasoningEnv`.
     """
 
-    def __init__(self, source: Any = "running_sum", source_kwargs: dict[str, Any] | None = None,
-                 path: str | None = None, fields: dict[str, str] | None = None, split: str = "auto",
-                 mask: str = "number", n_masked: int = 2, text_score: str = "exact", **kwargs: Any):
-        task = MaskedStepTask(source=source, source_kwargs=dict(source_kwargs or {}), path=path,
-                              fields=dict(fields or {}), split=split, mask=mask, n_masked=n_masked, text_score=text_score)
-        super().__init__(task, **kwargs)
+    task_type = MaskedStepTask
+
+    def __init__(self, task: str | MaskedStepTask = "masked_step", task_kwargs: dict[str, Any] | None = None,
+                 **kwargs: Any):
+        task_kwargs, kwargs = split_task_kwargs(MaskedStepConfig, task_kwargs, kwargs)
+        super().__init__(task, task_kwargs, **kwargs)

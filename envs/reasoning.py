@@ -7,6 +7,7 @@ Other task environments subclass `ReasoningEnv` and change only the task or the 
 
 from __future__ import annotations
 
+from dataclasses import fields
 from typing import Any
 
 from gymnasium.error import ResetNeeded
@@ -21,8 +22,25 @@ from .tokenizer import THINK_OPEN, TokenizerLike
 _CHARS_PER_TOKEN_CAP = 32
 
 
+def split_task_kwargs(config: type, task_kwargs: dict[str, Any] | None,
+                      kwargs: dict[str, Any]) -> tuple[dict[str, Any], dict[str, Any]]:
+    """The task's knobs, from `task_kwargs` and from keyword arguments named after `config`'s fields
+    (`gym.make("SAT-v0", k=6)`), and the keyword arguments left for the env. A knob given both ways
+    is refused: silently preferring one would hide a typo or a stale default."""
+    names = {f.name for f in fields(config)}
+    flat = {k: v for k, v in kwargs.items() if k in names}
+    given = dict(task_kwargs or {})
+    both = sorted(flat.keys() & given.keys())
+    if both:
+        raise ValueError(f"{both} given both as keyword arguments and in task_kwargs; give each once")
+    return {**flat, **given}, {k: v for k, v in kwargs.items() if k not in names}
+
+
 class ReasoningEnv(TextEnv):
     """A task posed once, answered in one growing context with a total thinking budget."""
+
+    # An env built around one task narrows this: `task=` must then be that task's name or an instance.
+    task_type: type[Task] = Task
 
     def __init__(
         self,
@@ -40,6 +58,7 @@ class ReasoningEnv(TextEnv):
             raise ValueError(f"max_thinking_tokens must be a positive integer; got {max_thinking_tokens!r}")
         if chat_template not in (True, False, "auto"):
             raise ValueError(f"chat_template must be True, False or 'auto'; got {chat_template!r}")
+        self.check_task(task)
         self.task = make_task(task, **(task_kwargs or {}))
         self.max_thinking_tokens = max_thinking_tokens
         self.use_chat_template = chat_template is True or (chat_template == "auto" and bool(getattr(self.tokenizer, "chat_template", None)))
@@ -47,6 +66,15 @@ class ReasoningEnv(TextEnv):
         self.stop = list(stop)
         self.problem: Problem | None = None
         self._done = True
+
+    def check_task(self, task: Any) -> None:
+        """Refuse, before building it, a task this env cannot pose (its `task_type` decides)."""
+        kind = self.task_type
+        if kind is Task or (task == kind.name if isinstance(task, str) else isinstance(task, kind)):
+            return
+        shown = repr(task) if isinstance(task, str) else f"<{type(task).__name__}>"
+        raise ValueError(f"task={shown} is not a task {type(self).__name__} can pose: task must be "
+                         f"{kind.name!r} or a {kind.__name__}")
 
     # -- prompt -----------------------------------------------------------------------------------
     def format_prompt(self, prompt: str) -> str:
@@ -125,6 +153,7 @@ class ReasoningEnv(TextEnv):
             "thinking_tokens": self.thinking_tokens,
             "difficulty": dict(self.problem.difficulty),
             **self.episode_stats(),
+            **self.final_info(),
         }
         return "", reward, terminated, not terminated, info
 

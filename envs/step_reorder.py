@@ -29,7 +29,7 @@ from typing import Any
 
 from thinkgym.rewards.math import extract_answer
 
-from .reasoning import ReasoningEnv
+from .reasoning import ReasoningEnv, split_task_kwargs
 from .solutions import SPLITS, Solution, SolutionSource, SolutionTask, solution_rng
 from .tasks import Problem, Verdict
 from .tasks.base import finish
@@ -119,13 +119,14 @@ class StepReorderTask(SolutionTask):
 class StepReorderEnv(ReasoningEnv):
     """Restore the order of k shuffled steps; defaults run offline on `running_sum`.
 
-    Task knobs (see `StepReorderConfig`): source, source_kwargs, path, fields, split, k, reward.
-    Other keyword arguments go to `ReasoningEnv`.
+    The task is `step_reorder`; its knobs (see `StepReorderConfig`: source, source_kwargs, path, fields,
+    split, k, reward) go in `task_kwargs` or as keyword arguments (`k=4`). Which task's solutions are
+    shuffled is the `source` knob. Other keyword arguments go to `ReasoningEnv`.
     """
 
-    def __init__(self, source: Any = "running_sum", source_kwargs: dict[str, Any] | None = None,
-                 path: str | None = None, fields: dict[str, str] | None = None, split: str = "auto",
-                 k: int = 3, reward: str = "position", **kwargs: Any):
-        task = StepReorderTask(source=source, source_kwargs=dict(source_kwargs or {}), path=path,
-                               fields=dict(fields or {}), split=split, k=k, reward=reward)
-        super().__init__(task, **kwargs)
+    task_type = StepReorderTask
+
+    def __init__(self, task: str | StepReorderTask = "step_reorder", task_kwargs: dict[str, Any] | None = None,
+                 **kwargs: Any):
+        task_kwargs, kwargs = split_task_kwargs(StepReorderConfig, task_kwargs, kwargs)
+        super().__init__(task, task_kwargs, **kwargs)

@@ -14,10 +14,10 @@ from .tasks.text2sql import Text2SQLTask
 
 
 class Text2SQLEnv(ReasoningEnv):
+    task_type = Text2SQLTask
+
     def __init__(self, task: Any = "text2sql", **kwargs: Any):
         super().__init__(task, **kwargs)
-        if not isinstance(self.task, Text2SQLTask):
-            raise ValueError(f"task must be 'text2sql' or a Text2SQLTask; got {type(self.task).__name__}")
 
     def finish(self, text: str | None, terminated: bool, malformed: bool = False):
         obs, reward, term, trunc, info = super().finish(text, terminated, malformed)

@@ -95,3 +95,69 @@ def test_stepping_a_finished_episode_asks_for_reset():
     env.step("done")
     with pytest.raises(gym.error.ResetNeeded):
         env.step("again")
+
+
+def default_task_name(env_id: str) -> str:
+    return gym.make(env_id).unwrapped.task.name
+
+
+@pytest.mark.parametrize("env_id", thinkgym.ENV_IDS)
+def test_every_env_takes_task_and_task_kwargs(env_id):
+    """The README's promise: any environment takes `task=` and `task_kwargs=` (SAT-v0 and MaskedStep-v0
+    raised TypeError on `task=`, StepReorder-v0 on `task_kwargs=`)."""
+    name = default_task_name(env_id)
+    env = gym.make(env_id, task=name, task_kwargs={}).unwrapped
+    obs, info = env.reset(seed=3)
+    assert env.task.name == name and obs and info["max_new_tokens"] > 0
+
+
+@pytest.mark.parametrize("env_id", thinkgym.ENV_IDS)
+def test_a_task_an_env_cannot_pose_is_refused_naming_the_accepted_ones(env_id):
+    name = default_task_name(env_id)
+    with pytest.raises(ValueError, match=r"task='no_such_task'.*(known tasks|must be)"):
+        gym.make(env_id, task="no_such_task")
+    other = "parity" if name != "parity" else "running_sum"
+    try:
+        env = gym.make(env_id, task=other, task_kwargs={}).unwrapped
+    except ValueError as exc:  # an env built around one task names it
+        assert f"task must be {name!r}" in str(exc) and repr(other) in str(exc)
+    else:
+        assert env.task.name == other
+
+
+def test_every_task_is_registered_on_import():
+    """`make_task("arithmetic_code")` failed until CodeInterpreter's module had been imported."""
+    code = (
+        "import importlib, pkgutil, thinkgym\n"
+        "from thinkgym.envs.tasks import TASKS, Task, make_task\n"
+        "on_import = set(TASKS)\n"
+        "make_task('arithmetic_code')\n"
+        "for m in pkgutil.walk_packages(thinkgym.envs.__path__, 'thinkgym.envs.'):\n"
+        "    importlib.import_module(m.name)\n"
+        "def named(cls):\n"
+        "    for sub in cls.__subclasses__():\n"
+        "        yield from ([sub.name] if 'name' in vars(sub) else []) + list(named(sub))\n"
+        "print(sorted(set(named(Task)) - on_import))\n"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.strip() == "[]"
+
+
+@pytest.mark.parametrize("env_id", thinkgym.ENV_IDS)
+def test_the_final_step_info_says_no_further_action(env_id):
+    """The step that ends an episode carries the continuation keys too: nothing more to write, and
+    `prompt_token_ids` are still the ids of the observation (the empty text)."""
+    env = gym.make(env_id).unwrapped
+    env.reset(seed=0)
+    obs, _, term, trunc, info = env.step("</think>\\boxed{1}")
+    assert term or trunc
+    assert (obs, info["max_new_tokens"], info["stop"], info["prompt_token_ids"]) == ("", 0, [], [])
+
+
+def test_a_truncated_final_step_says_no_further_action():
+    env = gym.make("LongCoT-v0", max_thinking_tokens=4).unwrapped
+    env.reset(seed=0)
+    obs, _, term, trunc, info = env.step(TokenAction("abcd", [97, 98, 99, 100], eos=False))
+    assert trunc and not term
+    assert (obs, info["max_new_tokens"], info["stop"], info["prompt_token_ids"]) == ("", 0, [], [])

@@ -165,3 +165,13 @@ def test_the_two_stage_example_config_builds_every_stage():
     for stage in config["stages"]:
         assert stage["steps"] > 0
         gym.make(stage["env"], **stage["env_kwargs"]).reset(seed=0)
+
+
+def test_masked_step_takes_task_and_task_kwargs_like_its_keyword_knobs():
+    knobs = {"mask": "step", "n_masked": 1, "source": "long_addition"}
+    env = gym.make("MaskedStep-v0", task="masked_step", task_kwargs=knobs)
+    assert env.reset(seed=4)[0] == gym.make("MaskedStep-v0", **knobs).reset(seed=4)[0]
+    assert env.unwrapped.task.config.mask == "step" and env.unwrapped.task.source.name == "long_addition"
+    assert gym.make("MaskedStep-v0", task=MaskedStepTask(n_masked=1)).unwrapped.task.config.n_masked == 1
+    with pytest.raises(ValueError, match="task='running_sum' .* must be 'masked_step' or a MaskedStepTask"):
+        gym.make("MaskedStep-v0", task="running_sum")

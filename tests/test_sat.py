@@ -186,3 +186,26 @@ def test_bad_configs_name_the_problem(kwargs, match):
         gym.make("SAT-v0", **kwargs)
     with pytest.raises(ValueError, match=match):
         gym.make("SATCurriculum-v0", levels=[kwargs])
+
+
+def test_sat_takes_task_and_task_kwargs_like_its_keyword_knobs():
+    by_kwargs = gym.make("SAT-v0", task="sat", task_kwargs={"k": 6, "l": 10})
+    assert by_kwargs.reset(seed=0)[0] == gym.make("SAT-v0", k=6, l=10).reset(seed=0)[0]
+    assert by_kwargs.unwrapped.problem.difficulty["k"] == 6
+    assert gym.make("SAT-v0", task=SATTask(k=4)).unwrapped.task.config.k == 4
+    with pytest.raises(ValueError, match=r"\['k'\] given both"):
+        gym.make("SAT-v0", k=6, task_kwargs={"k": 7})
+    with pytest.raises(ValueError, match=r"knobs \['k'\] cannot be combined with a Task instance"):
+        gym.make("SAT-v0", task=SATTask(), k=4)
+    with pytest.raises(ValueError, match="task='running_sum' .* must be 'sat' or a SATTask"):
+        gym.make("SAT-v0", task="running_sum")
+
+
+def test_sat_curriculum_applies_task_kwargs_to_every_level():
+    env = gym.make("SATCurriculum-v0", task="sat", task_kwargs={"require_think": True}).unwrapped
+    assert all(t.config.require_think for t in env._tasks) and len(env._tasks) == 4
+    assert all(t.config.require_think for t in gym.make("SATCurriculum-v0", require_think=True).unwrapped._tasks)
+    with pytest.raises(ValueError, match=r"\['k'\] set both for every level and by the level"):
+        gym.make("SATCurriculum-v0", task_kwargs={"k": 6})
+    with pytest.raises(ValueError, match="one SAT task per level, so task must be 'sat'"):
+        gym.make("SATCurriculum-v0", task=SATTask())

@@ -130,3 +130,11 @@ def test_same_seed_same_episode_in_another_process():
             "print(repr([gym.make(e).reset(seed=9)[0] for e in ('MaskedStep-v0', 'StepReorder-v0')]))")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout.strip()
     assert out == repr([gym.make(e).reset(seed=9)[0] for e in ("MaskedStep-v0", "StepReorder-v0")])
+
+
+def test_step_reorder_takes_task_and_task_kwargs_like_its_keyword_knobs():
+    env = gym.make("StepReorder-v0", task="step_reorder", task_kwargs={"k": 4, "reward": "kendall"})
+    assert env.reset(seed=4)[0] == gym.make("StepReorder-v0", k=4, reward="kendall").reset(seed=4)[0]
+    assert env.unwrapped.task.config.k == 4
+    with pytest.raises(ValueError, match="task='running_sum' .* must be 'step_reorder' or a StepReorderTask"):
+        gym.make("StepReorder-v0", task="running_sum")

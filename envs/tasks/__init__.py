@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from typing import Any, Callable
 
+from .arithmetic_code import ArithmeticCodeTask
 from .base import Problem, Task, Verdict
 from .long_addition import LongAdditionTask
 from .math_dataset import MathDatasetTask
@@ -23,7 +24,7 @@ def make_task(task: str | Task, **kwargs: Any) -> Task:
     """A task instance from a name and its config kwargs, or the instance itself."""
     if isinstance(task, Task):
         if kwargs:
-            raise ValueError("task_kwargs cannot be combined with a Task instance")
+            raise ValueError(f"task knobs {sorted(kwargs)} cannot be combined with a Task instance; configure the instance")
         return task
     if task not in TASKS:
         raise ValueError(f"task={task!r} is unknown; known tasks: {sorted(TASKS)}")
@@ -33,7 +34,9 @@ def make_task(task: str | Task, **kwargs: Any) -> Task:
         raise ValueError(f"task={task!r} got bad arguments {sorted(kwargs)}: {exc}") from exc
 
 
-for _cls in (RunningSumTask, LongAdditionTask, ParityTask, MathDatasetTask, SATTask, Text2SQLTask):
+# The process tasks (masked_step, step_reorder) build on envs/solutions.py, which imports this
+# package, so thinkgym.envs registers them.
+for _cls in (RunningSumTask, LongAdditionTask, ParityTask, MathDatasetTask, SATTask, Text2SQLTask, ArithmeticCodeTask):
     register_task(_cls.name, _cls)
 
 __all__ = ["Problem", "Task", "Verdict", "TASKS", "make_task", "register_task"]
