@@ -6,9 +6,12 @@ the R1-style reward managers); a missing `</think>` or box is a format error, no
 
 from __future__ import annotations
 
+import re
 import threading
 
 THINK_CLOSE = "</think>"
+# A `$` that opens or closes LaTeX math; `\$` is a dollar sign (MATH's `\$36`), not a delimiter.
+_MATH_DELIMITER = re.compile(r"(?<!\\)\$")
 
 
 def after_think(text: str, require_think: bool = True) -> str | None:
@@ -54,7 +57,7 @@ def parse_math(expr: str):
     from math_verify import parse
 
     t = _timeout()
-    text = expr if "$" in expr or "\\boxed" in expr else f"${expr}$"
+    text = expr if _MATH_DELIMITER.search(expr) or "\\boxed" in expr else f"${expr}$"
     return parse(text, parsing_timeout=t) if t else parse(text, parsing_timeout=None)
 
 

@@ -2,6 +2,7 @@
 
 import json
 
+import gymnasium as gym
 import pytest
 
 from thinkgym.envs import ReasoningEnv, TokenAction, make_task
@@ -153,3 +154,16 @@ def test_chat_template_wraps_the_prompt_with_a_think_opening():
     obs, _ = env.reset(seed=0)
     assert obs.startswith("<|user|>Add:") and obs.endswith("<|assistant|><think>\n")
     assert not ReasoningEnv(tokenizer=tok, chat_template=False).reset(seed=0)[0].startswith("<|user|>")
+
+
+def test_math500_dollar_answers_score_one_through_longcot(shared_data):
+    """Boxing the gold answer scored 0 on MATH-500's LaTeX-escaped dollar answers (`\\$36`)."""
+    path = str(shared_data / "math" / "math500.jsonl")
+    task = make_task("math_dataset", path=path)
+    seeds = [s for s in range(len(task)) if "\\$" in task.sample(s).answer]
+    assert seeds
+    env = gym.make("LongCoT-v0", task="math_dataset", task_kwargs={"path": path}).unwrapped
+    for seed in seeds:
+        env.reset(seed=0, options={"problem_seed": seed})
+        _, reward, term, _, info = env.step(f"</think>\\boxed{{{env.problem.answer}}}")
+        assert term and reward == 1.0 and info["correct"], env.problem.answer

@@ -150,3 +150,13 @@ def test_spec_state_round_trips_through_json():
     assert spec.metrics()["hapo/history_mean"] == 120.0
     with pytest.raises(KeyError, match="hapo"):
         fresh.load_state_dict({"laser_d": state["laser_d"]})
+
+
+def test_an_escaped_dollar_is_a_dollar_sign_not_a_math_delimiter():
+    """MATH-500's gold `\\$36` was parsed as is (a `$` seemed to delimit math) and matched nothing."""
+    from thinkgym.rewards.math import correctness, math_equal
+
+    assert math_equal("\\$36", "\\$36") and math_equal("36", "\\$36") and math_equal("\\$18.90", "18.9")
+    assert not math_equal("\\$35", "\\$36")
+    assert correctness("work</think>\\boxed{\\$36}", "\\$36") == 1.0
+    assert math_equal("$\\frac{1}{2}$", "0.5")  # a real delimiter is still left as written
