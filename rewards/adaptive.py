@@ -7,7 +7,7 @@ block is empty (`Sample.mode`, see `base.detect_think_mode`); forced prefixes se
 from __future__ import annotations
 
 import math
-from collections.abc import Hashable, Sequence
+from collections.abc import Hashable, Iterable, Sequence
 from typing import Any
 
 import numpy as np
@@ -94,8 +94,8 @@ def adaptthink_prefixes(group_size: int, think_opener: str = "Alright") -> list[
     second half `think_opener` (Thinking), so π_IS(first token) = 0.5 each. The prefix is part of the
     response; its old log-prob is `ADAPTTHINK_FORCED_LOGPROB`."""
     if not isinstance(group_size, int) or group_size < 2 or group_size % 2:
-        raise ValueError(f"AdaptThink forces half of each group: group_size must be an even integer >= 2; "
-                         f"got {group_size!r}")
+        raise ValueError(f"AdaptThink forces half of each group: group_size (num_generations) must be an even "
+                         f"integer >= 2; got {group_size!r}")
     if not think_opener or THINK_CLOSE in think_opener:
         raise ValueError(f"think_opener must be non-empty text without {THINK_CLOSE!r}; got {think_opener!r}")
     half = group_size // 2
@@ -116,16 +116,25 @@ def adaptthink_correct(sample: Sample) -> float:
 class AdaptThink(Reward):
     """The constrained advantage A = δ·1[NoThinking] + R − R̄_ref(prompt), used as is (no group
     normalisation: `raw_advantage`). R̄_ref is the reference model's mean accuracy on the prompt,
-    set once from pre-sampled reference responses with `set_reference`."""
+    set once from pre-sampled reference responses with `set_reference`. Half of each group opens
+    with `</think>`, half with `think_opener` (`openings`). The paper's ratio is sequence-level
+    (the trainer's `loss_type="gspo"`)."""
 
     stateful = True
     raw_advantage = True
 
-    def __init__(self, delta: float = 0.05):
+    def __init__(self, delta: float = 0.05, think_opener: str = "Alright"):
         if not isinstance(delta, (int, float)) or delta < 0:
             raise ValueError(f"adaptthink delta must be a number >= 0; got {delta!r}")
-        self.delta = float(delta)
+        adaptthink_prefixes(2, think_opener)  # checks the opener
+        self.delta, self.think_opener = float(delta), think_opener
         self.reference: dict[Hashable, float] = {}
+
+    def openings(self, group_size: int) -> list[str]:
+        return adaptthink_prefixes(group_size, self.think_opener)
+
+    def missing_reference(self, prompt_ids: Iterable[Hashable]) -> set[Hashable]:
+        return set(prompt_ids) - self.reference.keys()
 
     def set_reference(self, samples: Sequence[Sample]) -> None:
         """R̄_ref per prompt = the mean of R over that prompt's reference samples."""
@@ -145,3 +154,8 @@ class AdaptThink(Reward):
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         self.reference = {(tuple(pid) if isinstance(pid, list) else pid): float(r) for pid, r in state["reference"]}
+
+    def metrics(self) -> dict[str, float]:
+        if not self.reference:
+            return {}
+        return {"reference_accuracy": sum(self.reference.values()) / len(self.reference)}

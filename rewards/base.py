@@ -7,7 +7,7 @@ passing the whole batch is always correct, and batch-level ones (AutoThink stage
 
 from __future__ import annotations
 
-from collections.abc import Hashable, Sequence
+from collections.abc import Hashable, Iterable, Sequence
 from dataclasses import dataclass
 from functools import cached_property
 from typing import Any
@@ -120,6 +120,18 @@ class Reward:
     def update(self, samples: Sequence[Sample], monitor: Sequence[Sample] | None = None) -> None:
         """Called once per training step, after scoring, with that step's samples; `monitor` holds
         rollouts of a fixed monitor set when the trainer drew them (LASER-D uses them if given)."""
+
+    def openings(self, group_size: int) -> list[str] | None:
+        """The response opening the trainer forces on each member of a group, or None to sample freely.
+        An opening given to k of the G members was drawn with probability k/G (AdaptThink's π_IS)."""
+        return None
+
+    def missing_reference(self, prompt_ids: Iterable[Hashable]) -> set[Hashable]:
+        """Prompts of `prompt_ids` that still need samples from the policy RL starts from (AdaptThink's R̄_ref)."""
+        return set()
+
+    def set_reference(self, samples: Sequence[Sample]) -> None:
+        """Take in samples of the starting policy for the prompts that `missing_reference` named."""
 
     def state_dict(self) -> dict[str, Any]:
         return {}

@@ -23,22 +23,27 @@ def _scale(given: int | None, sample: Sample, what: str) -> int:
 class OverlongPenalty(SampleReward):
     """DAPO's soft overlong penalty: 0 up to L_max − L_buf, linear down to −1 at L_max, −1 beyond.
 
-    `max_tokens` = L_max (None: the sample's budget), `buffer` = L_buf.
+    `max_tokens` = L_max (None: the sample's budget), `buffer` = L_buf (None: L_max/5, DAPO's
+    4096 of 20480, so that it follows the budget as L_max does).
     """
 
-    def __init__(self, buffer: int = 4096, max_tokens: int | None = None):
-        check_length("buffer", buffer)
+    def __init__(self, buffer: int | None = None, max_tokens: int | None = None):
+        check_length("buffer", buffer, allow_none=True)
         check_length("max_tokens", max_tokens, allow_none=True)
-        if max_tokens is not None and buffer > max_tokens:
+        if max_tokens is not None and buffer is not None and buffer > max_tokens:
             raise ValueError(f"buffer ({buffer}) must not exceed max_tokens ({max_tokens})")
         self.buffer, self.max_tokens = buffer, max_tokens
 
     def score(self, sample: Sample) -> float:
         l_max = _scale(self.max_tokens, sample, "overlong max_tokens")
-        free = l_max - self.buffer
+        buffer = self.buffer if self.buffer is not None else max(1, l_max // 5)
+        if buffer > l_max:
+            raise ValueError(f"overlong buffer ({buffer}) exceeds the sample's budget L_max ({l_max}): every length "
+                             "would be penalised; give a smaller buffer or leave it unset (L_max/5)")
+        free = l_max - buffer
         if sample.num_tokens <= free:
             return 0.0
-        return max(-1.0, (free - sample.num_tokens) / self.buffer)
+        return max(-1.0, (free - sample.num_tokens) / buffer)
 
 
 @register_reward("cosine")

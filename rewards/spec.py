@@ -8,7 +8,7 @@ Each name appears once; its value is logged as `rewards/<name>/mean`. The total 
 from __future__ import annotations
 
 import ast
-from collections.abc import Mapping, Sequence
+from collections.abc import Hashable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -66,6 +66,22 @@ class CompositeReward(Reward):
         """Once per step, after `compute` (HAPO scores against the history from before this step)."""
         for _, _, r in self.parts:
             r.update(samples, monitor)
+
+    def openings(self, group_size: int) -> list[str] | None:
+        """The one component's forced openings; two components forcing theirs cannot both be sampled."""
+        forced = {n: o for n, _, r in self.parts if (o := r.openings(group_size)) is not None}
+        if len(forced) > 1:
+            raise ValueError(f"reward spec {self.spec!r}: {sorted(forced)} each force the response openings; "
+                             "keep one of them")
+        return next(iter(forced.values()), None)
+
+    def missing_reference(self, prompt_ids: Iterable[Hashable]) -> set[Hashable]:
+        ids = list(prompt_ids)
+        return set().union(*(r.missing_reference(ids) for _, _, r in self.parts))
+
+    def set_reference(self, samples: Sequence[Sample]) -> None:
+        for _, _, r in self.parts:
+            r.set_reference(samples)
 
     def state_dict(self) -> dict[str, Any]:
         return {n: r.state_dict() for n, _, r in self.parts if r.stateful}
