@@ -44,7 +44,8 @@ class Step:
 
 @dataclass
 class Episode:
-    """One rollout: its steps, final reward and final `info`. `group` is the seed it shares."""
+    """One rollout: its steps, final reward and final `info`. `group` is the seed it shares. `budget`
+    is the thinking budget it was sampled under, in tokens over all its steps (see `thinking_budget`)."""
 
     group: int
     seed: int
@@ -53,6 +54,7 @@ class Episode:
     info: dict[str, Any] = field(default_factory=dict)
     terminated: bool = False
     truncated: bool = False
+    budget: int | None = None
 
     @property
     def num_tokens(self) -> int:
@@ -79,6 +81,13 @@ class Batch:
     episodes: list[Episode]
     rows: list[Row]
     stats: dict[str, float]
+
+
+def thinking_budget(env: gym.Env, reset_info: dict[str, Any]) -> int:
+    """An episode's token budget over all its steps: the env's `max_thinking_tokens` (what SIRI's
+    `set_thinking_budget` sets; Delethink's C + (I − 1)(C − m), where the first step gets only C), else,
+    for an env without one, the first step's `max_new_tokens`."""
+    return int(getattr(env, "max_thinking_tokens", reset_info["max_new_tokens"]))
 
 
 def episode_rows(ep: Episode, index: int) -> list[Row]:
@@ -152,7 +161,7 @@ class Collector:
         t_env = time.perf_counter()
         for k, env in enumerate(envs):
             _, info = env.reset(seed=int(seeds[k // G]))
-            episodes.append(Episode(k // G, int(seeds[k // G]), []))
+            episodes.append(Episode(k // G, int(seeds[k // G]), [], budget=thinking_budget(env, info)))
             infos.append(info)
         env_time, gen_time = time.perf_counter() - t_env, 0.0
         live = list(range(len(envs)))

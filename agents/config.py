@@ -50,7 +50,8 @@ class GRPOConfig:
     """Aggregation: `grpo`, `dapo` (token mean over the whole step; DAPO), `dr_grpo` (Dr. GRPO),
     `delethink` (trace-length normalisation; Markovian Thinker Eq. 3) or `gspo` (sequence ratio; GSPO)."""
     advantage_estimator: str = "grpo"
-    """`grpo` (group-relative), `rloo` (leave-one-out) or `raw` (the reward is the advantage; AdaptThink)."""
+    """`grpo` (group-relative), `rloo` (leave-one-out) or `raw` (the reward is the advantage). A reward that
+    already is the advantage (`adaptthink`) is always used raw."""
     scale_rewards: str = "group"
     """Divide centred rewards by the group std (`group`), the batch std (`batch`, Lite PPO) or not
     at all (`none`, as Dr. GRPO recommends)."""
@@ -76,12 +77,19 @@ class GRPOConfig:
     max_completion_length: int | None = None
     """The constant of `dr_grpo`; by default the env's first `max_new_tokens`."""
     reward: str = ""
-    """Reward spec, e.g. `correctness + 0.5*laser_d`; empty uses the environment's own reward."""
+    """Reward spec, e.g. `correctness + 0.5*laser_d`; empty uses the environment's own reward. Each sample
+    carries the thinking budget it was drawn under (the default length scale of `cosine` and `overlong`);
+    `adaptthink` forces its openings on each group and, before the first update, samples every training
+    prompt with the starting policy for its reference accuracies."""
     reward_params: dict[str, dict[str, Any]] = field(default_factory=dict)
     """Keyword arguments per reward name in `reward`."""
     siri: dict[str, Any] = field(default_factory=dict)
     """SIRI's length schedule (`l_min`, `l_max`, `period`, `shape`); empty is off. Each step's length becomes
     the environments' thinking budget (Delethink: the chunk cap whose budget fits it)."""
+    monitor_prompts: int = 32
+    """Prompts of a fixed monitor set (seeds apart from training and evaluation), rolled out num_generations
+    times whenever a stateful reward is due to recompute its state from them (LASER-D's targets, every
+    `monitor_every` steps; the paper's set is 500 training prompts). 0 recomputes from the step's own rollouts."""
 
     train_prompts: int = 0
     """Train on a fixed pool of this many prompts (seeds), in order and again each epoch, as RL datasets
@@ -161,6 +169,8 @@ class GRPOConfig:
                 raise ValueError(f"{name} must be >= 1; got {getattr(self, name)}")
         if self.save_total_limit < 0:
             raise ValueError(f"save_total_limit must be >= 0 (0 keeps every checkpoint); got {self.save_total_limit}")
+        if self.monitor_prompts < 0:
+            raise ValueError(f"monitor_prompts must be >= 0 (0 uses the step's own rollouts); got {self.monitor_prompts}")
         if self.train_prompts < 0:
             raise ValueError(f"train_prompts must be >= 0 (0 draws fresh prompts every step); got {self.train_prompts}")
         if not 0 <= self.epsilon < 1 or self.epsilon_high < 0:

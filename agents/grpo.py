@@ -17,6 +17,8 @@ import math
 import signal
 import time
 import warnings
+from collections.abc import Iterable
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -24,7 +26,7 @@ import torch
 from torch.utils.tensorboard import SummaryWriter
 from tqdm import tqdm
 
-from thinkgym.rewards import Sample, parse_reward_spec
+from thinkgym.rewards import Sample, detect_think_mode, parse_reward_spec
 
 from . import distributed
 from .advantages import get_advantage, mgpo_weight
@@ -38,7 +40,8 @@ from .policy import Policy
 from .precision import MasterAdamW
 from .sft import demonstration_rows, train_sft
 
-TRAIN_SEED_BASE, SFT_SEED_BASE = 10_000_000, 1_000_000  # eval uses seeds 0..eval_prompts-1
+# eval uses seeds 0..eval_prompts-1; the warm start, training and the monitor set each have their own range
+SFT_SEED_BASE, TRAIN_SEED_BASE, MONITOR_SEED_BASE = 1_000_000, 10_000_000, 20_000_000
 
 
 def make_engine(name: str, policy: Policy, seed: int, tensor_parallel_size: int = 1):
@@ -56,6 +59,23 @@ def make_engine(name: str, policy: Policy, seed: int, tensor_parallel_size: int 
 
 class NonFiniteLossError(RuntimeError):
     pass
+
+
+@dataclass(frozen=True)
+class Opening:
+    """A response opening forced on one member of every group: its ids, its think mode, and the
+    log-probability of its first token under the importance-sampling distribution it was drawn from
+    (its share of the group: AdaptThink's log 1/2); its later tokens follow with probability 1."""
+
+    ids: list[int]
+    mode: str
+    logprob: float
+
+
+def forced_openings(texts: list[str], tokenizer: Any) -> list[Opening]:
+    """One `Opening` per group member, from the reward's opening texts."""
+    return [Opening(tokenizer.encode(t, add_special_tokens=False), detect_think_mode(t), math.log(texts.count(t) / len(texts)))
+            for t in texts]
 
 
 class GRPOTrainer:
@@ -80,8 +100,16 @@ class GRPOTrainer:
         total = cfg.steps * cfg.num_iterations * cfg.minibatches
         self.sched = torch.optim.lr_scheduler.LambdaLR(self.opt, lambda s: self._lr_factor(s, total))
         self.loss = get_policy_loss(cfg.loss_type)
-        self.advantage = get_advantage(cfg.advantage_estimator)
         self.reward = parse_reward_spec(cfg.reward, cfg.reward_params) if cfg.reward else None
+        raw = self.reward is not None and self.reward.raw_advantage
+        if raw and cfg.dynamic_sampling:
+            raise ValueError(f"reward {cfg.reward!r} already is the advantage, which is not zero when a group's rewards are "
+                             "equal: dynamic_sampling would drop groups that teach; set dynamic_sampling=False")
+        estimator = "raw" if raw else cfg.advantage_estimator  # AdaptThink's advantage is used as it is
+        self.advantage = get_advantage(estimator)
+        self.advantage_kwargs = {"scale_rewards": cfg.scale_rewards} if estimator == "grpo" else {}
+        texts = self.reward.openings(cfg.num_generations) if self.reward is not None else None
+        self.openings = forced_openings(texts, self.policy.tokenizer) if texts else None
         self.siri = None
         if cfg.siri:
             from thinkgym.rewards import SiriSchedule
@@ -102,15 +130,54 @@ class GRPOTrainer:
         frac = (s - self.cfg.warmup_steps) / max(1, total - self.cfg.warmup_steps)
         return {"constant": 1.0, "linear": 1.0 - frac, "cosine": 0.5 * (1 + math.cos(math.pi * frac))}[self.cfg.lr_scheduler]
 
-    def train_seeds(self, step: int, round_: int = 0) -> list[int]:
-        """This rank's seeds: its contiguous share of the step's `prompts_per_step` seeds, cycling
-        through a pool of `train_prompts` seeds when that is set."""
+    def step_prompts(self, step: int, round_: int = 0) -> list[int]:
+        """The `prompts_per_step` seeds of a step's collection round (every rank's), cycling through a
+        pool of `train_prompts` seeds when that is set."""
         P = self.cfg.prompts_per_step
         start = (step * (self.cfg.max_resample_rounds + 1) + round_) * P
         pool = self.cfg.train_prompts
-        return distributed.shard([TRAIN_SEED_BASE + (i % pool if pool else i) for i in range(start, start + P)])
+        return [TRAIN_SEED_BASE + (i % pool if pool else i) for i in range(start, start + P)]
+
+    def train_seeds(self, step: int, round_: int = 0) -> list[int]:
+        """This rank's seeds: its contiguous share of `step_prompts`."""
+        return distributed.shard(self.step_prompts(step, round_))
+
+    def run_prompts(self) -> list[int]:
+        """Every seed that the `steps` of this run may train on."""
+        rounds = self.cfg.max_resample_rounds + 1 if self.cfg.dynamic_sampling else 1
+        return sorted({s for step in range(self.cfg.steps) for r in range(rounds) for s in self.step_prompts(step, r)})
 
     # -- one step ---------------------------------------------------------------------------------
+    def samples(self, batch: Batch, openings: list[Opening] | None = None) -> list[Sample]:
+        """What a reward sees of each episode, the budget it was sampled under included; with the
+        `openings` the groups were sampled with, each member's think mode is the one forced on it."""
+        tok, G = self.policy.tokenizer, self.cfg.num_generations
+        return [Sample(text=tok.decode([t for s in ep.steps for t in s.action_ids], skip_special_tokens=False),
+                       num_tokens=ep.num_tokens, prompt_id=ep.seed, correct=ep.info.get("correct"), finished=ep.terminated,
+                       think_mode=openings[i % G].mode if openings else None, max_tokens=ep.budget)
+                for i, ep in enumerate(batch.episodes)]
+
+    def rollout_samples(self, seeds: Iterable[int]) -> list[Sample]:
+        """`num_generations` freely sampled rollouts of each seed, as samples, on every rank. Each rank runs its
+        share, `prompts_per_step` seeds at a time, so that the environment pool stays the size of a step's."""
+        mine, P = distributed.shard(list(seeds)), self.cfg.prompts_per_step
+        return distributed.gather_flat([x for i in range(0, len(mine), P) for x in self.samples(self.collector.collect(mine[i:i + P]))])
+
+    def sample_reference(self) -> None:
+        """Rewards measured against the policy RL starts from (AdaptThink's R̄_ref) get its samples of every
+        prompt of the run, before the first update: later, those weights would be gone (keeping a frozen
+        copy to sample from would cost a second model, and with vLLM a second engine)."""
+        missing = self.reward.missing_reference(self.run_prompts())
+        if missing:
+            self.reward.set_reference(self.rollout_samples(sorted(missing)))
+
+    def monitor_samples(self) -> list[Sample] | None:
+        """Rollouts of the fixed monitor set (`monitor_prompts` seeds of its own range), which a stateful reward
+        recomputes its state from when it is due (LASER-D's targets); None without a monitor set."""
+        if not self.cfg.monitor_prompts:
+            return None
+        return self.rollout_samples(range(MONITOR_SEED_BASE, MONITOR_SEED_BASE + self.cfg.monitor_prompts))
+
     def score(self, batch: Batch) -> tuple[np.ndarray, dict[str, list[float]], list[Sample]]:
         """Rewards per episode: the env's own, or the configured reward spec. The spec scores every
         rank's samples together (a reward may look at the whole batch), then keeps this rank's."""
@@ -121,10 +188,7 @@ class GRPOTrainer:
                 for k, v in ep.info.get("reward_components", {}).items():
                     comps.setdefault(k, []).append(float(v))
             return np.array([ep.reward for ep in eps], dtype=float), comps, []
-        tok = self.policy.tokenizer
-        samples = [Sample(text=tok.decode([t for s in ep.steps for t in s.action_ids], skip_special_tokens=False),
-                          num_tokens=ep.num_tokens, prompt_id=ep.seed, correct=ep.info.get("correct"),
-                          finished=ep.terminated) for ep in eps]
+        samples = self.samples(batch, self.openings)
         parts = distributed.gather(samples)
         mine = slice(sum(len(p) for p in parts[:self.world.rank]), sum(len(p) for p in parts[:self.world.rank + 1]))
         out = self.reward.compute([x for p in parts for x in p])
@@ -137,7 +201,8 @@ class GRPOTrainer:
         if self.siri is not None:  # SIRI: this step's length budget becomes the environments' own
             self.collector.set_thinking_budget(int(self.siri(self.step)))
         seeds = self.train_seeds(self.step)
-        batch = self.collector.collect(seeds)
+        prefixes = [o.ids for o in self.openings] if self.openings else None
+        batch = self.collector.collect(seeds, prefixes)
         rewards, comps, samples = self.score(batch)
         if not self.cfg.dynamic_sampling:
             return batch, rewards, comps, samples, 0.0
@@ -146,7 +211,7 @@ class GRPOTrainer:
         pool_eps, pool_rows, pool_r, pool_s, pool_c = [], [], [], [], {}
         for round_ in range(self.cfg.max_resample_rounds + 1):
             if round_:
-                batch = self.collector.collect(self.train_seeds(self.step, round_) if len(kept) < quota else [])
+                batch = self.collector.collect(self.train_seeds(self.step, round_) if len(kept) < quota else [], prefixes)
                 rewards, comps, samples = self.score(batch)
             grouped = rewards.reshape(-1, G)
             for g in np.flatnonzero(grouped.std(axis=1) > 0):
@@ -176,7 +241,7 @@ class GRPOTrainer:
         cfg, G = self.cfg, self.cfg.num_generations
         parts = distributed.gather(rewards)
         grouped = np.concatenate(parts).reshape(-1, G)
-        adv = self.advantage(grouped, scale_rewards=cfg.scale_rewards) if cfg.advantage_estimator == "grpo" else self.advantage(grouped)
+        adv = self.advantage(grouped, **self.advantage_kwargs)
         first = sum(len(p) for p in parts[:self.world.rank]) // G
         adv = adv[first:first + len(rewards) // G]
         if cfg.mgpo_lambda > 0:
@@ -187,11 +252,14 @@ class GRPOTrainer:
     def train_step(self) -> dict[str, float]:
         cfg = self.cfg
         t_step = time.perf_counter()
+        if self.reward is not None and self.sched.last_epoch == 0:  # no update yet: the policy is RL's start
+            self.sample_reference()
         batch, rewards, comps, samples, dropped = self.collect_step()
         if batch.episodes:
             self.last_episode = batch.episodes[0]
         if self.reward is not None:  # stateful rewards (HAPO, LASER-D) move once per step, alike on every rank
-            self.reward.update(distributed.gather_flat(samples))
+            monitor = self.monitor_samples() if self.reward.monitor_due else None
+            self.reward.update(distributed.gather_flat(samples), monitor)
         adv = self.advantages(batch, rewards)
         rows = batch.rows
         if cfg.mask_truncated_completions:
@@ -219,6 +287,7 @@ class GRPOTrainer:
         longest = max((len(r.loss_mask) for r in rows), default=1)
         max_len = cfg.max_completion_length or int(distributed.all_reduce([longest], "max")[0])
         tis = self._engine_correction(rows) if cfg.engine != "hf" else None
+        self._opening_logprobs(rows)  # after the engine correction, which sets old log-probs to the policy's
         sums = {"tokens": 0.0, "clip_ratio/low_mean": 0.0, "clip_ratio/high_mean": 0.0, "entropy": 0.0, "kl": 0.0}
         loss_sum, grad_norm_sum, n_updates = 0.0, 0.0, 0
         self.train_model.train()
@@ -303,6 +372,19 @@ class GRPOTrainer:
             sums["clip_ratio/high_mean"] += float((high * m).sum())
             sums["entropy"] += float((ent.detach() * m).sum())
         return step_loss
+
+    def _opening_logprobs(self, rows: list[Row]) -> None:
+        """A forced opening was drawn from the importance-sampling distribution, not from the policy: the
+        ratio's denominator is its `Opening.logprob` at its first token and 1 at the rest of it."""
+        if self.openings is None:
+            return
+        seen: set[int] = set()
+        for r in rows:  # an episode's first row starts with its opening
+            if r.episode not in seen:
+                seen.add(r.episode)
+                o = self.openings[r.episode % self.cfg.num_generations]
+                n = min(len(o.ids), r.completion_len)
+                r.old_logprobs[:n] = ([o.logprob] + [0.0] * (len(o.ids) - 1))[:n]
 
     def _engine_correction(self, rows: list[Row]) -> list[torch.Tensor]:
         """Truncated importance sampling: the trainer recomputes old log-probs (used for the ratio) and
