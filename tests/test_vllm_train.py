@@ -10,6 +10,7 @@ from thinkgym.agents.plot import read_scalars  # noqa: E402
 
 
 @pytest.mark.vllm
+@pytest.mark.slow  # about 100 s on 2 CPU cores (vLLM start-up and two GRPO steps)
 def test_grpo_trains_with_the_vllm_engine(tmp_path, monkeypatch):
     monkeypatch.setenv("VLLM_CPU_KVCACHE_SPACE", "1")
     cfg = GRPOConfig(env="DelethinkDemo-v0", engine="vllm", steps=2, prompts_per_step=2, num_generations=2, micro_batch_size=8,
