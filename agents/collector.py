@@ -195,13 +195,24 @@ class Collector:
 
     @staticmethod
     def _stats(episodes: list[Episode], gen_time: float, env_time: float) -> dict[str, float]:
-        tokens = sum(ep.num_tokens for ep in episodes)
         ends = Counter(ep.steps[-1].finish_reason for ep in episodes if ep.steps)
-        return {
-            "generated_tokens": float(tokens),
-            "rollout_tokens_per_s": tokens / max(gen_time, 1e-9),
-            "env_tokens_per_s": tokens / max(env_time, 1e-9),
+        return with_throughput({
+            "generated_tokens": float(sum(ep.num_tokens for ep in episodes)),
             "time/rollout_s": gen_time,
             "time/env_s": env_time,
             **{f"finish/{k}": float(ends.get(k, 0)) for k in ("eos", "stop", "length")},
-        }
+        })
+
+
+def with_throughput(stats: dict[str, float]) -> dict[str, float]:
+    """`stats` with the tokens per second of generation and of the envs, from its totals."""
+    tokens = stats["generated_tokens"]
+    return {**stats, "rollout_tokens_per_s": tokens / max(stats["time/rollout_s"], 1e-9),
+            "env_tokens_per_s": tokens / max(stats["time/env_s"], 1e-9)}
+
+
+def summed_stats(rounds: list[dict[str, float]]) -> dict[str, float]:
+    """The stats of several collections taken as one (dynamic sampling's rounds): totals add up and
+    the throughputs are recomputed from them."""
+    keys = [k for k in rounds[0] if not k.endswith("_per_s")]
+    return with_throughput({k: sum(r[k] for r in rounds) for k in keys})

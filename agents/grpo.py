@@ -31,7 +31,7 @@ from thinkgym.rewards import Sample, detect_think_mode, parse_reward_spec
 from . import distributed
 from .advantages import get_advantage, mgpo_weight
 from .checkpoint import latest_checkpoint, load_trainer_state, rng_state, save_checkpoint, set_rng_state
-from .collector import Batch, Collector, Episode, Row
+from .collector import Batch, Collector, Episode, Row, summed_stats
 from .config import GRPOConfig
 from .evaluate import evaluate
 from .logprobs import completion_logprobs, pad_rows
@@ -209,9 +209,11 @@ class GRPOTrainer:
         quota = len(seeds)
         kept: list[int] = []
         pool_eps, pool_rows, pool_r, pool_s, pool_c = [], [], [], [], {}
+        round_stats = [batch.stats]  # the step's rollout time is every round's
         for round_ in range(self.cfg.max_resample_rounds + 1):
             if round_:
                 batch = self.collector.collect(self.train_seeds(self.step, round_) if len(kept) < quota else [], prefixes)
+                round_stats.append(batch.stats)
                 rewards, comps, samples = self.score(batch)
             grouped = rewards.reshape(-1, G)
             for g in np.flatnonzero(grouped.std(axis=1) > 0):
@@ -231,9 +233,10 @@ class GRPOTrainer:
                 break
         total_kept = distributed.all_reduce([len(kept)])[0]
         dropped = 1.0 - total_kept / self.cfg.prompts_per_step
+        stats = summed_stats(round_stats)
         if not total_kept:  # nothing to learn from: keep the last batch, its advantages are all zero
-            return batch, rewards, comps, samples, dropped
-        return Batch(pool_eps, pool_rows, batch.stats), np.array(pool_r, dtype=float), pool_c, pool_s, dropped
+            return Batch(batch.episodes, batch.rows, stats), rewards, comps, samples, dropped
+        return Batch(pool_eps, pool_rows, stats), np.array(pool_r, dtype=float), pool_c, pool_s, dropped
 
     def advantages(self, batch: Batch, rewards: np.ndarray) -> np.ndarray:
         """One advantage per episode of this rank. The estimator sees every rank's rewards in rank
