@@ -152,8 +152,14 @@ def test_lr_follows_warmup_then_decay_at_every_optimizer_step(tmp_path, collecte
     tr = GRPOTrainer(make_cfg(tmp_path, steps=2, num_iterations=2, minibatches=2, warmup_steps=3, lr_scheduler=schedule,
                               learning_rate=base))
     feed(tr, collected)
-    used = []  # the LR in force at each optimizer step
-    tr.opt.register_step_pre_hook(lambda opt, args, kwargs: used.append(opt.param_groups[0]["lr"]))
+    used = []  # the LR in force at each optimizer step. Not a step hook: once torch has patched AdamW.step for
+    step = tr.opt.step  # another optimizer in the process, MasterAdamW's hooks run twice per step.
+
+    def recording_step(*args, **kwargs):
+        used.append(tr.opt.param_groups[0]["lr"])
+        return step(*args, **kwargs)
+
+    tr.opt.step = recording_step
     logged = [tr.train_step()["learning_rate"] for _ in range(2)]
     decay = {"linear": lambda f: 1 - f, "cosine": lambda f: 0.5 * (1 + math.cos(math.pi * f))}[schedule]
     expected = [base * (s + 1) / 3 for s in range(3)] + [base * decay((s - 3) / 5) for s in range(3, 8)]
