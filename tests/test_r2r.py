@@ -22,13 +22,7 @@ from thinkgym.agents.router import RateRouter, Router, RouterConfig, binary_metr
 ENV_KWARGS = {"task_kwargs": {"n_terms": 2}, "max_thinking_tokens": 24}
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    """Tiny models decode faster on one thread, and do not fight other tests for the second core."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.fixture(scope="module")

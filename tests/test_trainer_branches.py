@@ -31,13 +31,7 @@ def make_cfg(tmp_path, **kw) -> GRPOConfig:
     return GRPOConfig(**base)
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    """The tiny model runs as fast on one thread, and leaves the second core to other work."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.fixture(scope="module")
