@@ -11,29 +11,11 @@ import argparse
 import json
 import sys
 from dataclasses import fields
-from typing import Any, Sequence
+from typing import Sequence
 
 import yaml
 
-from .config import GRPOConfig, field_docs
-
-
-def _parse_value(kind: Any, text: str) -> Any:
-    kind = str(kind)
-    if "dict" in kind or "list" in kind:
-        try:
-            return json.loads(text)
-        except json.JSONDecodeError as exc:
-            raise argparse.ArgumentTypeError(f"expected JSON, got {text!r}: {exc}") from exc
-    if "bool" in kind:
-        if text.lower() not in ("true", "false", "1", "0", "yes", "no"):
-            raise argparse.ArgumentTypeError(f"expected true or false, got {text!r}")
-        return text.lower() in ("true", "1", "yes")
-    if "int" in kind and "float" not in kind:
-        return None if text.lower() == "none" else int(text)
-    if "float" in kind:
-        return float(text)
-    return None if text.lower() == "none" and "None" in kind else text
+from .config import GRPOConfig, field_docs, parse_field_value
 
 
 def add_config_flags(parser: argparse.ArgumentParser) -> None:
@@ -42,7 +24,7 @@ def add_config_flags(parser: argparse.ArgumentParser) -> None:
     for f in fields(GRPOConfig):
         if f.name != "resume":  # a plain switch, added by the train command
             default = defaults[f.name].default_factory() if callable(defaults[f.name].default_factory) else f.default
-            parser.add_argument("--" + f.name.replace("_", "-"), dest=f.name, default=None, type=lambda t, k=f.type: _parse_value(k, t),
+            parser.add_argument("--" + f.name.replace("_", "-"), dest=f.name, default=None, type=lambda t, k=f.type: parse_field_value(k, t),
                                 metavar=f.name.upper(), help=f"{docs[f.name]} (default: {default!r})".replace("%", "%%"))
 
 

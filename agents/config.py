@@ -6,8 +6,10 @@ Names follow TRL's `GRPOConfig` where TRL has one. A YAML file whose keys are th
 
 from __future__ import annotations
 
+import argparse
 import ast
 import inspect
+import json
 from dataclasses import asdict, dataclass, field, fields
 from functools import cache
 from typing import Any
@@ -15,6 +17,7 @@ from typing import Any
 import yaml
 
 ENGINES = ("hf", "vllm")
+DTYPES = (None, "float32", "bfloat16", "float16")
 
 
 @dataclass
@@ -31,6 +34,9 @@ class GRPOConfig:
     device: str | None = None
     """`cuda` or `cpu`; by default CUDA in bf16 where there is a GPU, else the CPU in fp32. Under torchrun
     each rank takes cuda:LOCAL_RANK."""
+    dtype: str | None = None
+    """Weights' dtype: `float32`, `bfloat16` or `float16`; by default bf16 on a GPU and fp32 on the CPU.
+    fp32 on a GPU reproduces a CPU run's numerics class (the tiny policy's learning checks)."""
     vllm_tensor_parallel_size: int = 1
     """GPUs that the `vllm` engine shards its copy of the model over (vLLM's tensor parallelism), for
     models too big for one GPU's rollouts."""
@@ -159,6 +165,8 @@ class GRPOConfig:
         get_advantage(self.advantage_estimator)
         if self.engine not in ENGINES:
             raise ValueError(f"engine={self.engine!r} is unknown; valid engines: {list(ENGINES)}")
+        if self.dtype not in DTYPES:
+            raise ValueError(f"dtype={self.dtype!r} is unknown; valid: {list(DTYPES)}")
         if self.scale_rewards not in ("group", "batch", "none"):
             raise ValueError(f"scale_rewards must be 'group', 'batch' or 'none'; got {self.scale_rewards!r}")
         if self.lr_scheduler not in ("constant", "linear", "cosine"):
@@ -202,3 +210,36 @@ def field_docs(cls: type = GRPOConfig) -> dict[str, str]:
     return {node.target.id: " ".join(doc.value.value.split()) for node, doc in zip(body, body[1:])
             if isinstance(node, ast.AnnAssign) and isinstance(node.target, ast.Name) and isinstance(doc, ast.Expr)
             and isinstance(doc.value, ast.Constant) and isinstance(doc.value.value, str)}
+
+
+def parse_field_value(kind: Any, text: str) -> Any:
+    """A command-line string as a value of a field of type `kind` (JSON for dicts and lists)."""
+    kind = str(kind)
+    if "dict" in kind or "list" in kind:
+        try:
+            return json.loads(text)
+        except json.JSONDecodeError as exc:
+            raise argparse.ArgumentTypeError(f"expected JSON, got {text!r}: {exc}") from exc
+    if "bool" in kind:
+        if text.lower() not in ("true", "false", "1", "0", "yes", "no"):
+            raise argparse.ArgumentTypeError(f"expected true or false, got {text!r}")
+        return text.lower() in ("true", "1", "yes")
+    if "None" in kind and text.lower() == "none":
+        return None
+    if "int" in kind and "float" not in kind:
+        return int(text)
+    if "float" in kind:
+        return float(text)
+    return text
+
+
+def parse_overrides(pairs: list[str]) -> dict[str, Any]:
+    """`["key=value", ...]` over GRPOConfig's fields, each value parsed by its field's type."""
+    types = {f.name: f.type for f in fields(GRPOConfig)}
+    out = {}
+    for pair in pairs:
+        key, sep, text = pair.partition("=")
+        if not sep or key not in types:
+            raise ValueError(f"override {pair!r} is not key=value over a GRPOConfig field; valid keys: {sorted(types)}")
+        out[key] = parse_field_value(types[key], text)
+    return out

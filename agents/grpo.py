@@ -88,7 +88,7 @@ class GRPOTrainer:
                              "it must be at least the number of processes")
         torch.manual_seed(cfg.seed)
         np.random.seed(cfg.seed)
-        self.policy = policy or Policy.from_pretrained(cfg.model, device=device, seed=cfg.seed)
+        self.policy = policy or Policy.from_pretrained(cfg.model, device=device, dtype=cfg.dtype, seed=cfg.seed)
         self.engine = make_engine(cfg.engine, self.policy, distributed.rank_seed(cfg.seed), cfg.vllm_tensor_parallel_size)
         self.model = self.policy.model
         if cfg.gradient_checkpointing:

@@ -21,7 +21,6 @@ import argparse
 import copy
 import json
 import time
-from dataclasses import fields
 from pathlib import Path
 from typing import Any
 
@@ -29,7 +28,7 @@ import numpy as np
 import torch
 
 from thinkgym.agents.collector import Collector
-from thinkgym.agents.config import GRPOConfig
+from thinkgym.agents.config import GRPOConfig, parse_overrides
 from thinkgym.agents.evaluate import evaluate
 from thinkgym.agents.grpo import GRPOTrainer
 from thinkgym.agents.hf_engine import HFEngine
@@ -51,16 +50,12 @@ BASE = dict(env="DelethinkDemo-v0", steps=40, prompts_per_step=8, num_generation
 
 def parse_arm(spec: str) -> tuple[str, dict[str, Any], bool]:
     name, _, body = spec.partition(":")
-    types = {f.name: f.type for f in fields(GRPOConfig)}
-    over, shuffle = {}, False
-    for part in filter(None, body.split(",")):
-        key, _, value = part.partition("=")
-        if key == "shuffle":
-            shuffle = value not in ("0", "false")
-        elif key not in types:
-            raise SystemExit(f"arm {name!r}: {key!r} is not a GRPOConfig field; valid: {sorted(types)}")
-        else:
-            over[key] = value if "str" in str(types[key]) else (float(value) if "float" in str(types[key]) else int(value))
+    parts = list(filter(None, body.split(",")))
+    shuffle = any(p.partition("=")[2] not in ("0", "false") for p in parts if p.startswith("shuffle="))
+    try:
+        over = parse_overrides([p for p in parts if not p.startswith("shuffle=")])
+    except ValueError as exc:
+        raise SystemExit(f"arm {name!r}: {exc}") from exc
     return name, over, shuffle
 
 

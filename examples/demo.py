@@ -22,7 +22,7 @@ import time
 
 import torch
 
-from thinkgym.agents.config import GRPOConfig
+from thinkgym.agents.config import GRPOConfig, parse_overrides
 from thinkgym.agents.evaluate import evaluate
 from thinkgym.agents.grpo import GRPOTrainer
 from thinkgym.agents.plot import plot_run
@@ -38,6 +38,8 @@ ap.add_argument("--learning-rate", type=float, default=1e-4, help="GRPO learning
 ap.add_argument("--held-out", type=int, default=128, help="held-out problems (seeds 0..N-1) scored before and after RL")
 ap.add_argument("--threads", type=int, default=2, help="torch CPU threads")
 ap.add_argument("--out", default="runs/demo", help="TensorBoard logs, checkpoints, curves and results")
+ap.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                help="override a GRPOConfig field of the run (repeatable), e.g. --set warmup_steps=5 --set device=cuda")
 args = ap.parse_args()
 torch.set_num_threads(args.threads)
 
@@ -49,6 +51,7 @@ cfg = GRPOConfig(
     learning_rate=args.learning_rate, loss_type="delethink", scale_rewards="none", epsilon_high=0.28,
     micro_batch_size=64, eval_every=0, save_every=0, log_completions_every=10,
 )
+cfg = GRPOConfig.from_dict({**cfg.to_dict(), **parse_overrides(args.set)})
 HELD_OUT = range(args.held_out)
 ONE_CHUNK = {"max_thinking_tokens": DEMO_DELETHINK["chunk_size"], "task_kwargs": TASK}
 t0 = time.time()
