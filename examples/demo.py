@@ -32,6 +32,7 @@ ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDe
 ap.add_argument("--seed", type=int, default=0, help="seeds the tiny policy's init, the warm start and the sampler")
 ap.add_argument("--restate", type=float, default=0.25, help="share of demonstrations that restate the state on every line")
 ap.add_argument("--n-terms", type=int, default=DEMO_DELETHINK["task_kwargs"]["n_terms"], help="terms of each running sum")
+ap.add_argument("--max-digit", type=int, default=9, help="largest digit of the running sums (1..9)")
 ap.add_argument("--sft-steps", type=int, default=800, help="warm-start SFT steps")
 ap.add_argument("--rl-steps", type=int, default=50, help="GRPO steps of 8 prompts x 8 samples")
 ap.add_argument("--learning-rate", type=float, default=1e-4, help="GRPO learning rate (3e-4 collapses; benchmarks/RESULTS.md)")
@@ -43,7 +44,7 @@ ap.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
 args = ap.parse_args()
 torch.set_num_threads(args.threads)
 
-TASK = {**DEMO_DELETHINK["task_kwargs"], "n_terms": args.n_terms, "restate": args.restate}
+TASK = {**DEMO_DELETHINK["task_kwargs"], "n_terms": args.n_terms, "max_digit": args.max_digit, "restate": args.restate}
 cfg = GRPOConfig(
     env="DelethinkDemo-v0", env_kwargs={"task_kwargs": TASK}, model="tiny", output_dir=args.out, seed=args.seed,
     sft_steps=args.sft_steps, sft_learning_rate=3e-3, sft_seeds=400,

@@ -4,12 +4,14 @@ Each line is `acc+d=new|rest`: the running total and the digits still to add. So
 holds one whole line holds the full state, which is what a Markovian thinker needs: its
 reasoning length grows linearly with `n_terms`, the difficulty knob.
 
-`restate < 1` makes the other demonstrations first label the digits (`a4 b7 c9 ...`) and then add
-them by label (`c:11+9=20`). Such a line holds the total and the label, but the digit behind the next
-label is read from the table at the start of the trace, which a Delethink reset drops. A policy taught
-on such a mix sometimes writes Markovian traces, the starting point that The Markovian Thinker
-describes for off-the-shelf reasoning models. (A policy can still find the digit after a reset by
-counting labels into the prompt; the tiny one rarely learns to, a 24M-parameter one did.)
+`restate < 1` makes the other demonstrations first label the digits (`k4 l7 m9 ...`) and then add
+them by label (`m:11+9=20`). Such a line holds the total and the label, but the digit behind the next
+label is read from the table at the start of the trace, which a Delethink reset drops. The labels run
+on from a letter drawn per problem, so a label says nothing about its digit's place in the prompt:
+with sequential labels from `a`, policies learned to find the digit after a reset by counting the
+label into the prompt, and the table's loss cost them nothing. A policy taught on such a mix
+sometimes writes Markovian traces, the starting point that The Markovian Thinker describes for
+off-the-shelf reasoning models.
 """
 
 from __future__ import annotations
@@ -73,8 +75,10 @@ class RunningSumTask(Task):
             lines = [f"{acc}|{''.join(map(str, digits[1:]))}"]
             step = lambda i, d: f"{acc}+{d}={acc + d}|{''.join(map(str, digits[i + 1:]))}"  # noqa: E731
         else:  # a table of labelled digits, written once, then one line per label
-            lines = [" ".join(f"{LABELS[i]}{d}" for i, d in enumerate(digits)), f"{LABELS[0]}:{acc}"]
-            step = lambda i, d: f"{LABELS[i]}:{acc}+{d}={acc + d}"  # noqa: E731
+            first = int(np.random.default_rng([seed, 3]).integers(len(LABELS) - len(digits) + 1))
+            label = LABELS[first:first + len(digits)]
+            lines = [" ".join(f"{label[i]}{d}" for i, d in enumerate(digits)), f"{label[0]}:{acc}"]
+            step = lambda i, d: f"{label[i]}:{acc}+{d}={acc + d}"  # noqa: E731
         for i, d in enumerate(digits[1:], start=1):
             lines.append(step(i, d))
             if verbose:
