@@ -15,7 +15,7 @@ from typing import Sequence
 
 import yaml
 
-from .config import GRPOConfig, field_docs, parse_field_value
+from .learner.config import GRPOConfig, field_docs, parse_field_value
 
 
 def add_config_flags(parser: argparse.ArgumentParser) -> None:
@@ -51,7 +51,7 @@ def config_stages(args: argparse.Namespace) -> list[GRPOConfig]:
 def cmd_train(args: argparse.Namespace) -> None:
     """Train every stage; under `torchrun` this runs on every rank (see `distributed.py`) and rank 0 reports."""
     from . import distributed
-    from .grpo import GRPOTrainer
+    from .learner.trainer import GRPOTrainer
 
     policy = trainer = None
     try:
@@ -70,8 +70,8 @@ def cmd_train(args: argparse.Namespace) -> None:
 
 
 def cmd_sft(args: argparse.Namespace) -> None:
+    from .methods.sft import demonstration_rows, jsonl_rows, train_sft
     from .policy import Policy
-    from .sft import demonstration_rows, jsonl_rows, train_sft
 
     policy = Policy.from_pretrained(args.model, device=args.device)
     rows = jsonl_rows(args.data, policy.tokenizer) if args.data else demonstration_rows(
@@ -83,7 +83,7 @@ def cmd_sft(args: argparse.Namespace) -> None:
 
 def cmd_eval(args: argparse.Namespace) -> None:
     from .evaluate import evaluate
-    from .grpo import make_engine
+    from .learner.trainer import make_engine
     from .policy import Policy
 
     policy = Policy.from_pretrained(args.model, device=args.device)
@@ -99,10 +99,10 @@ def cmd_plot(args: argparse.Namespace) -> None:
 
 
 def cmd_sample(args: argparse.Namespace) -> None:
-    from .grpo import make_engine
+    from .learner.trainer import make_engine
+    from .methods.redi import build_redi_data, load_traces
+    from .methods.sample import sample_traces
     from .policy import Policy
-    from .redi import build_redi_data, load_traces
-    from .sample import sample_traces
 
     policy = Policy.from_pretrained(args.model, device=args.device)
     res = sample_traces(make_engine(args.engine, policy, args.seed), args.env, range(args.seed_start, args.seed_start + args.seeds),
@@ -115,10 +115,10 @@ def cmd_redi(args: argparse.Namespace) -> None:
     from torch.utils.tensorboard import SummaryWriter
 
     from .evaluate import evaluate
-    from .grpo import make_engine
+    from .learner.trainer import make_engine
+    from .methods.redi import build_redi_data, check_alpha, load_traces, train_redi
+    from .methods.sft import train_sft
     from .policy import Policy
-    from .redi import build_redi_data, check_alpha, load_traces, train_redi
-    from .sft import train_sft
 
     check_alpha(args.alpha)
     policy = Policy.from_pretrained(args.model, device=args.device)

@@ -8,8 +8,8 @@ from typing import Any, Sequence
 import numpy as np
 from tqdm import tqdm
 
-from .collector import Collector
-from .engine import Engine
+from .rollout.collector import Collector
+from .rollout.engine import Engine
 
 
 def pass_at_k(n: int, c: int, k: int) -> float:

@@ -23,11 +23,11 @@ import time
 import torch
 from transformers import Qwen2Config, Qwen2ForCausalLM
 
-from thinkgym.agents.engine import GenerationRequest
-from thinkgym.agents.hf_engine import HFEngine
+from thinkgym.agents.methods.r2r import RoutedEngine, n_params
+from thinkgym.agents.methods.router import RateRouter, Router, RouterConfig
 from thinkgym.agents.policy import Policy
-from thinkgym.agents.r2r import RoutedEngine, n_params
-from thinkgym.agents.router import RateRouter, Router, RouterConfig
+from thinkgym.agents.rollout.engine import GenerationRequest
+from thinkgym.agents.rollout.hf.engine import HFEngine
 from thinkgym.envs.tokenizer import builtin_tokenizer
 
 # Qwen2.5-0.5B, -1.5B and -7B shapes (their config.json), random weights

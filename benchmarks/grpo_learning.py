@@ -27,13 +27,13 @@ from typing import Any
 import numpy as np
 import torch
 
-from thinkgym.agents.collector import Collector
-from thinkgym.agents.config import GRPOConfig, parse_overrides
 from thinkgym.agents.evaluate import evaluate
-from thinkgym.agents.grpo import GRPOTrainer
-from thinkgym.agents.hf_engine import HFEngine
-from thinkgym.agents.logprobs import pad_rows
+from thinkgym.agents.learner.config import GRPOConfig, parse_overrides
+from thinkgym.agents.learner.logprobs import pad_rows
+from thinkgym.agents.learner.trainer import GRPOTrainer
 from thinkgym.agents.policy import Policy
+from thinkgym.agents.rollout.collector import Collector
+from thinkgym.agents.rollout.hf.engine import HFEngine
 from thinkgym.envs.registration import DEMO_DELETHINK
 
 ARMS = [

@@ -28,12 +28,12 @@ from typing import Any, Callable
 import numpy as np
 import torch
 
-from thinkgym.agents.config import GRPOConfig
 from thinkgym.agents.evaluate import evaluate
-from thinkgym.agents.grpo import SFT_SEED_BASE, TRAIN_SEED_BASE, GRPOTrainer
-from thinkgym.agents.hf_engine import HFEngine
+from thinkgym.agents.learner.config import GRPOConfig
+from thinkgym.agents.learner.trainer import SFT_SEED_BASE, TRAIN_SEED_BASE, GRPOTrainer
+from thinkgym.agents.methods.sft import demonstration_rows, train_sft
 from thinkgym.agents.policy import Policy
-from thinkgym.agents.sft import demonstration_rows, train_sft
+from thinkgym.agents.rollout.hf.engine import HFEngine
 
 ENV = "LongCoT-v0"
 

@@ -6,7 +6,7 @@
 import sys
 
 from thinkgym.agents.cli import main
-from thinkgym.agents.losses import RowStats, register_policy_loss
+from thinkgym.agents.learner.losses import RowStats, register_policy_loss
 from thinkgym.rewards import register_reward
 
 

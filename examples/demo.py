@@ -22,9 +22,9 @@ import time
 
 import torch
 
-from thinkgym.agents.config import GRPOConfig, parse_overrides
 from thinkgym.agents.evaluate import evaluate
-from thinkgym.agents.grpo import GRPOTrainer
+from thinkgym.agents.learner.config import GRPOConfig, parse_overrides
+from thinkgym.agents.learner.trainer import GRPOTrainer
 from thinkgym.agents.plot import plot_run
 from thinkgym.envs.registration import DEMO_DELETHINK
 

@@ -23,11 +23,11 @@ import time
 import numpy as np
 import torch
 
-from thinkgym.agents.discriminator import Discriminator
-from thinkgym.agents.engine import Completion
-from thinkgym.agents.hf_engine import HFEngine
-from thinkgym.agents.planner import Planner
+from thinkgym.agents.methods.discriminator import Discriminator
+from thinkgym.agents.methods.planner import Planner
 from thinkgym.agents.policy import Policy
+from thinkgym.agents.rollout.engine import Completion
+from thinkgym.agents.rollout.hf.engine import HFEngine
 from thinkgym.envs.tasks.text2sql import CITIES, PRODUCTS, finish_sql
 from thinkgym.envs.text2sql import Text2SQLEnv
 from thinkgym.envs.tokenizer import encode

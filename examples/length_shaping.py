@@ -24,11 +24,11 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import torch  # noqa: E402
 
-from thinkgym.agents.config import GRPOConfig  # noqa: E402
-from thinkgym.agents.grpo import GRPOTrainer  # noqa: E402
+from thinkgym.agents.learner.config import GRPOConfig  # noqa: E402
+from thinkgym.agents.learner.trainer import GRPOTrainer  # noqa: E402
+from thinkgym.agents.methods.sft import demonstration_rows, train_sft  # noqa: E402
 from thinkgym.agents.plot import read_scalars  # noqa: E402
 from thinkgym.agents.policy import Policy  # noqa: E402
-from thinkgym.agents.sft import demonstration_rows, train_sft  # noqa: E402
 
 ap = argparse.ArgumentParser()
 ap.add_argument("--steps", type=int, default=30, help="GRPO steps per arm")

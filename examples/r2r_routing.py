@@ -16,11 +16,11 @@ from pathlib import Path
 import torch
 
 from thinkgym.agents.evaluate import evaluate
-from thinkgym.agents.hf_engine import HFEngine
+from thinkgym.agents.methods.r2r import DIVERGENT, NEUTRAL, RoutedEngine, label_tokens, save_labels, select_seeds
+from thinkgym.agents.methods.router import RateRouter, RouterConfig, binary_metrics, router_probs, train_router
+from thinkgym.agents.methods.sft import demonstration_rows, train_sft
 from thinkgym.agents.policy import Policy
-from thinkgym.agents.r2r import DIVERGENT, NEUTRAL, RoutedEngine, label_tokens, save_labels, select_seeds
-from thinkgym.agents.router import RateRouter, RouterConfig, binary_metrics, router_probs, train_router
-from thinkgym.agents.sft import demonstration_rows, train_sft
+from thinkgym.agents.rollout.hf.engine import HFEngine
 
 ENV_ID = "LongCoT-v0"
 ENV_KWARGS = {"task_kwargs": {"n_terms": 4}, "max_thinking_tokens": 200}

@@ -45,14 +45,14 @@ import numpy as np
 import torch
 from torch.utils.tensorboard import SummaryWriter
 
-from thinkgym.agents.collector import Collector
-from thinkgym.agents.grpo import SFT_SEED_BASE, TRAIN_SEED_BASE
-from thinkgym.agents.hf_engine import HFEngine
-from thinkgym.agents.policy import Policy
-from thinkgym.agents.redi import (Trace, build_redi_data, cut_after_first_error, first_error, label_by_reference, load_traces,
+from thinkgym.agents.learner.trainer import SFT_SEED_BASE, TRAIN_SEED_BASE
+from thinkgym.agents.methods.redi import (Trace, build_redi_data, cut_after_first_error, first_error, label_by_reference, load_traces,
                                   train_redi)
-from thinkgym.agents.sample import sample_traces
-from thinkgym.agents.sft import demonstration_rows, train_sft
+from thinkgym.agents.methods.sample import sample_traces
+from thinkgym.agents.methods.sft import demonstration_rows, train_sft
+from thinkgym.agents.policy import Policy
+from thinkgym.agents.rollout.collector import Collector
+from thinkgym.agents.rollout.hf.engine import HFEngine
 from thinkgym.envs import make_task
 from thinkgym.envs.tokenizer import encode
 from thinkgym.rewards import NO_THINK, detect_think_mode

@@ -5,12 +5,12 @@ import pytest
 import torch
 
 import thinkgym  # noqa: F401
-from thinkgym.agents.collector import Collector, episode_rows
-from thinkgym.agents.engine import GenerationRequest
 from thinkgym.agents.evaluate import evaluate, pass_at_k
-from thinkgym.agents.hf_engine import HFEngine, compiled_race, race, sample_tokens
+from thinkgym.agents.methods.sft import demonstration_rows, jsonl_rows, train_sft
 from thinkgym.agents.policy import Policy
-from thinkgym.agents.sft import demonstration_rows, jsonl_rows, train_sft
+from thinkgym.agents.rollout.collector import Collector, episode_rows
+from thinkgym.agents.rollout.engine import GenerationRequest
+from thinkgym.agents.rollout.hf.engine import HFEngine, compiled_race, race, sample_tokens
 from thinkgym.envs import TokenAction
 
 DEMO = "DelethinkDemo-v0"
@@ -109,7 +109,7 @@ def test_collector_handles_episodes_that_end_early_and_late(policy):
 
 
 def test_append_only_steps_merge_with_env_tokens_masked():
-    from thinkgym.agents.collector import Episode, Step
+    from thinkgym.agents.rollout.collector import Episode, Step
 
     ep = Episode(0, 0, [Step([1, 2], [3, 4], [-0.1, -0.2], "stop"), Step([1, 2, 3, 4, 9, 9], [5], [-0.3], "eos")])
     (row,) = episode_rows(ep, 0)
@@ -118,7 +118,7 @@ def test_append_only_steps_merge_with_env_tokens_masked():
 
 
 def test_a_step_that_ended_with_eos_trains_on_it():
-    from thinkgym.agents.collector import Episode, Step
+    from thinkgym.agents.rollout.collector import Episode, Step
 
     ep = Episode(0, 0, [Step([1, 2], [3, 4], [-0.1, -0.2], "length"), Step([1, 2, 9], [5], [-0.3], "eos", (0, -0.4))])
     first, last = episode_rows(ep, 0)
@@ -130,7 +130,7 @@ def test_a_step_that_ended_with_eos_trains_on_it():
 def test_sampled_eos_ends_the_training_row_with_its_logprob(policy, static_cache):
     """TRL and verl train on the EOS that ends a completion, so RL can teach when to stop. A random
     tiny policy samples EOS at T=1 about once in 259 tokens: some of 48 rows of 48 tokens end with it."""
-    from thinkgym.agents.logprobs import completion_logprobs, pad_rows
+    from thinkgym.agents.learner.logprobs import completion_logprobs, pad_rows
 
     eng = HFEngine(policy, seed=3, static_cache=static_cache)
     batch = Collector("LongCoT-v0", eng, {"max_thinking_tokens": 48}, group_size=8).collect(list(range(6)))

@@ -6,7 +6,7 @@ import pytest
 import torch
 from torch._dynamo.exc import TorchDynamoException
 
-from thinkgym.agents import compiling
+from thinkgym.agents.rollout.hf import compiling
 
 
 def test_a_failed_compile_warns_once_and_runs_eagerly(monkeypatch):
@@ -43,8 +43,8 @@ def test_hitting_the_recompile_limit_falls_back_to_eager(monkeypatch):
 
 
 def test_every_fused_step_shares_one_compiled_copy_of_each_piece():
-    from thinkgym.agents.fused_step import PIECES, FusedStep
     from thinkgym.agents.policy import Policy
+    from thinkgym.agents.rollout.hf.fused_step import PIECES, FusedStep
 
     steps = [FusedStep(Policy.tiny(seed=s).model, compile=True) for s in range(3)]
     assert all((f.before, f.after, f.logits) == tuple(PIECES.values()) for f in steps)

@@ -6,9 +6,9 @@ import pytest
 from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
 from transformers import PreTrainedTokenizerFast
 
-from thinkgym.agents.discriminator import Discriminator, parse_verdict, soft_score, token_index
-from thinkgym.agents.engine import Completion
-from thinkgym.agents.planner import NO_ANSWER, Planner, random_selection_metrics, ranking, ranking_metrics
+from thinkgym.agents.methods.discriminator import Discriminator, parse_verdict, soft_score, token_index
+from thinkgym.agents.methods.planner import NO_ANSWER, Planner, random_selection_metrics, ranking, ranking_metrics
+from thinkgym.agents.rollout.engine import Completion
 from thinkgym.envs import builtin_tokenizer
 from thinkgym.envs.tasks.text2sql import finish_sql
 from thinkgym.envs.text2sql import Text2SQLEnv
@@ -155,9 +155,9 @@ def test_soft_score_matches_the_model_on_a_forced_verdict():
     """With a real (tiny) model and engine: p is the softmax probability of the verdict token at its position."""
     import torch
 
-    from thinkgym.agents.engine import GenerationRequest
-    from thinkgym.agents.hf_engine import HFEngine
     from thinkgym.agents.policy import Policy
+    from thinkgym.agents.rollout.engine import GenerationRequest
+    from thinkgym.agents.rollout.hf.engine import HFEngine
 
     policy = Policy.tiny(seed=3, device="cpu")
     tok = policy.tokenizer

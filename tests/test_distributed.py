@@ -22,11 +22,11 @@ import torch
 
 from thinkgym.agents import distributed
 from thinkgym.agents.cli import main
-from thinkgym.agents.config import GRPOConfig
-from thinkgym.agents.engine import Completion, GenerationRequest
-from thinkgym.agents.grpo import GRPOTrainer
+from thinkgym.agents.learner.config import GRPOConfig
+from thinkgym.agents.learner.trainer import GRPOTrainer
 from thinkgym.agents.plot import read_scalars
 from thinkgym.agents.policy import Policy
+from thinkgym.agents.rollout.engine import Completion, GenerationRequest
 from thinkgym.rewards import register_reward
 
 # every test here launches torchrun: the shared two-rank run takes about 70 s on 2 CPU cores, the scaling benchmark 30 s

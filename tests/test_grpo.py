@@ -11,10 +11,10 @@ import pytest
 import torch
 
 from thinkgym.agents.cli import main
-from thinkgym.agents.collector import Row
-from thinkgym.agents.config import GRPOConfig
-from thinkgym.agents.grpo import GRPOTrainer, NonFiniteLossError
+from thinkgym.agents.learner.config import GRPOConfig
+from thinkgym.agents.learner.trainer import GRPOTrainer, NonFiniteLossError
 from thinkgym.agents.plot import plot_run, read_scalars
+from thinkgym.agents.rollout.collector import Row
 from thinkgym.rewards import register_reward
 
 
@@ -73,7 +73,7 @@ def test_resume_continues_exactly(tmp_path):
 def test_sft_runs_once_and_checkpoint_0_holds_rls_starting_weights(tmp_path, monkeypatch):
     """An explicit warm start followed by train() (what the demo does), then a resumed run: one SFT pass
     in all, and checkpoint-0 is exactly the policy that GRPO's first step starts from."""
-    import thinkgym.agents.grpo as grpo
+    import thinkgym.agents.learner.trainer as grpo
     from thinkgym.agents.policy import Policy
 
     calls = []
@@ -97,7 +97,7 @@ def test_sft_runs_once_and_checkpoint_0_holds_rls_starting_weights(tmp_path, mon
 def test_checkpoints_are_bounded_and_resume_survives_a_damaged_pointer(tmp_path):
     import warnings
 
-    from thinkgym.agents.checkpoint import latest_checkpoint
+    from thinkgym.agents.learner.checkpoint import latest_checkpoint
 
     run = tmp_path / "run"
     GRPOTrainer(small_cfg(tmp_path, steps=4, save_every=1, eval_every=0, save_total_limit=2)).train()
@@ -142,7 +142,7 @@ def test_gradient_raises_the_rewarded_sample(tmp_path):
 
 
 def test_nonfinite_losses_are_skipped_then_stop_the_run(tmp_path, monkeypatch):
-    import thinkgym.agents.grpo as grpo
+    import thinkgym.agents.learner.trainer as grpo
 
     def nan_logprobs(*args, **kwargs):
         logp, ent = real(*args, **kwargs)
@@ -165,7 +165,7 @@ def test_every_flag_of_every_command_has_help(command):
     import argparse
 
     from thinkgym.agents.cli import build_parser
-    from thinkgym.agents.config import field_docs
+    from thinkgym.agents.learner.config import field_docs
 
     sub = next(a for a in build_parser()._actions if isinstance(a, argparse._SubParsersAction)).choices[command]
     undocumented = [a.dest for a in sub._actions if not a.help]

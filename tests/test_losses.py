@@ -6,10 +6,10 @@ import numpy as np
 import pytest
 import torch
 
-from thinkgym.agents.advantages import get_advantage, mgpo_weight
-from thinkgym.agents.collector import Row
-from thinkgym.agents.config import GRPOConfig
-from thinkgym.agents.losses import get_policy_loss, k3_kl, row_stats, sequence_surrogate, token_surrogate
+from thinkgym.agents.learner.advantages import get_advantage, mgpo_weight
+from thinkgym.agents.learner.config import GRPOConfig
+from thinkgym.agents.learner.losses import get_policy_loss, k3_kl, row_stats, sequence_surrogate, token_surrogate
+from thinkgym.agents.rollout.collector import Row
 
 # Two rows of one trace (episode 0: 2 + 1 tokens) and one row of another (episode 1: 3 tokens).
 ROWS = [Row([9, 1, 2], 1, [1, 1], [0.0, 0.0], 0), Row([9, 3], 1, [1], [0.0], 0), Row([9, 4, 5, 6], 1, [1, 1, 1], [0.0] * 3, 1)]
@@ -39,7 +39,7 @@ def test_dapo_normaliser_spans_micro_batches(tmp_path):
     micro-batch's (with a per-micro-batch count, rows of 1 token would weigh as much as rows of 64)."""
     import copy
 
-    from thinkgym.agents.grpo import GRPOTrainer
+    from thinkgym.agents.learner.trainer import GRPOTrainer
 
     def trainer(micro_batch_size):
         return GRPOTrainer(GRPOConfig(env="DelethinkDemo-v0", model="tiny", output_dir=str(tmp_path / f"mb{micro_batch_size}"),

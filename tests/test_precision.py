@@ -2,7 +2,7 @@
 
 import torch
 
-from thinkgym.agents.precision import MasterAdamW
+from thinkgym.agents.learner.precision import MasterAdamW
 
 
 def _model(dtype: torch.dtype) -> torch.nn.Linear:

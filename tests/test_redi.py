@@ -7,13 +7,13 @@ import pytest
 import torch
 
 from thinkgym.agents.cli import main
-from thinkgym.agents.collector import Row
-from thinkgym.agents.hf_engine import HFEngine
+from thinkgym.agents.methods.redi import (Trace, build_redi_data, cut_after_first_error, first_error, label_by_reference, load_traces,
+                                  record_trace, redi_loss, sequence_logprobs, train_redi)
+from thinkgym.agents.methods.sample import sample_traces
 from thinkgym.agents.plot import read_scalars
 from thinkgym.agents.policy import Policy
-from thinkgym.agents.redi import (Trace, build_redi_data, cut_after_first_error, first_error, label_by_reference, load_traces,
-                                  record_trace, redi_loss, sequence_logprobs, train_redi)
-from thinkgym.agents.sample import sample_traces
+from thinkgym.agents.rollout.collector import Row
+from thinkgym.agents.rollout.hf.engine import HFEngine
 
 ENV, KW = "LongCoT-v0", {"task_kwargs": {"n_terms": 2}, "max_thinking_tokens": 12}
 

@@ -4,11 +4,11 @@ import pytest
 import torch
 from transformers import LlamaConfig, LlamaForCausalLM, Qwen2Config, Qwen2ForCausalLM, Qwen3Config, Qwen3ForCausalLM
 
-from thinkgym.agents import static_decode
-from thinkgym.agents.fused_step import supports_fused
-from thinkgym.agents.engine import GenerationRequest
-from thinkgym.agents.hf_engine import HFEngine
 from thinkgym.agents.policy import Policy
+from thinkgym.agents.rollout.engine import GenerationRequest
+from thinkgym.agents.rollout.hf import static_cache
+from thinkgym.agents.rollout.hf.engine import HFEngine
+from thinkgym.agents.rollout.hf.fused_step import supports_fused
 from thinkgym.envs.tokenizer import builtin_tokenizer
 
 DEVICES = ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
@@ -58,7 +58,7 @@ def test_llama_architecture_and_small_prefill_chunks(monkeypatch):
                       num_key_value_heads=2, head_dim=32, max_position_embeddings=512)
     torch.manual_seed(0)
     policy = Policy(LlamaForCausalLM(cfg), builtin_tokenizer(), "cpu", torch.float32)
-    monkeypatch.setattr(static_decode, "PREFILL_MASK_ELEMS", 2000)  # one row, and query chunks of about 40 positions
+    monkeypatch.setattr(static_cache, "PREFILL_MASK_ELEMS", 2000)  # one row, and query chunks of about 40 positions
     assert _compare(policy, _requests(seed=1)) < 1e-4
 
 
@@ -123,7 +123,7 @@ def test_kv_budget_bounds_rows_per_batch():
     policy = Policy.tiny(seed=0, dtype=torch.float32)
     reqs = _requests(seed=3, n=6)
     per_row = (max(len(r.prompt_ids) for r in reqs) + max(r.max_new_tokens for r in reqs)) * \
-        static_decode.SlotCache.bytes_per_slot(policy.model)
+        static_cache.SlotCache.bytes_per_slot(policy.model)
     engine = HFEngine(policy, static_cache=True, kv_cache_gb=2.5 * per_row / 1e9)
     fast = engine.generate(reqs)
     assert engine._decoder.cache.n_rows == 2
@@ -143,9 +143,9 @@ def test_sliding_window_models_fall_back_to_the_dynamic_cache():
     cfg = Qwen2Config(vocab_size=259, hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=2,
                       num_key_value_heads=1, use_sliding_window=True, sliding_window=16, max_window_layers=1)
     model = Qwen2ForCausalLM(cfg)
-    assert not static_decode.supports_static(model)
+    assert not static_cache.supports_static(model)
     assert HFEngine(Policy(model, builtin_tokenizer(), "cpu", torch.float32)).static_cache is False
-    assert static_decode.supports_static(Policy.tiny().model)
+    assert static_cache.supports_static(Policy.tiny().model)
 
 
 def test_cuda_graphs_need_a_gpu_and_the_static_cache():

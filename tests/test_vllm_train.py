@@ -4,8 +4,8 @@ import pytest
 
 pytest.importorskip("vllm")
 
-from thinkgym.agents.config import GRPOConfig  # noqa: E402
-from thinkgym.agents.grpo import GRPOTrainer  # noqa: E402
+from thinkgym.agents.learner.config import GRPOConfig  # noqa: E402
+from thinkgym.agents.learner.trainer import GRPOTrainer  # noqa: E402
 from thinkgym.agents.plot import read_scalars  # noqa: E402
 
 
@@ -24,7 +24,7 @@ def test_grpo_trains_with_the_vllm_engine(tmp_path, monkeypatch):
     # after the updates, vLLM scores a sequence as the trained model does (in-place weight sync)
     import torch
 
-    from thinkgym.agents.engine import GenerationRequest
+    from thinkgym.agents.rollout.engine import GenerationRequest
 
     req = GenerationRequest(trainer.policy.tokenizer.encode("Add: 1 2 3\n"), 12, temperature=1.0, ignore_eos=True)
     c = trainer.engine.generate([req])[0][0]

@@ -11,7 +11,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from thinkgym.agents.static_decode import slot_attention
+from thinkgym.agents.rollout.hf.static_cache import slot_attention
 
 
 def timed(fn, reps: int = 50) -> float:

@@ -27,12 +27,12 @@ from pathlib import Path
 import torch
 from transformers import Qwen2Config, Qwen2ForCausalLM
 
-from thinkgym.agents.collector import Row
-from thinkgym.agents.engine import GenerationRequest
-from thinkgym.agents.hf_engine import HFEngine
-from thinkgym.agents.logprobs import completion_logprobs, pad_rows
+from thinkgym.agents.learner.logprobs import completion_logprobs, pad_rows
 from thinkgym.agents.policy import Policy
-from thinkgym.agents.static_decode import SlotCache
+from thinkgym.agents.rollout.collector import Row
+from thinkgym.agents.rollout.engine import GenerationRequest
+from thinkgym.agents.rollout.hf.engine import HFEngine
+from thinkgym.agents.rollout.hf.static_cache import SlotCache
 from thinkgym.envs.compute import attention_cost
 
 SHAPES = {
@@ -194,8 +194,8 @@ def train(name: str, shape: dict, device: str, lengths, ceil: dict, tiny: bool) 
     """The GRPO learner's own optimize() on rows of fixed length, with and without gradient
     checkpointing, 32K tokens per optimizer step in micro-batches of 8K: tokens/s, MFU and peak memory. MFU counts 6N per token (N without the input
     embedding) plus causal attention's FLOPs; recomputation is not counted as useful work."""
-    from thinkgym.agents.config import GRPOConfig
-    from thinkgym.agents.grpo import GRPOTrainer
+    from thinkgym.agents.learner.config import GRPOConfig
+    from thinkgym.agents.learner.trainer import GRPOTrainer
 
     out = []
     for checkpointing in (False, True):
@@ -234,8 +234,8 @@ def grpo_step(shape: dict, device: str, prompts: int, group: int, prompt_len: in
     """thinkgym's GRPO step, end to end: the hf engine's rollout of prompts x group completions of a
     fixed length, then the learner's optimize(). Advantages are random (a random-weight model has
     no task to solve); rewards and env stepping cost < 1 ms (benchmarks/env_speed.py)."""
-    from thinkgym.agents.config import GRPOConfig
-    from thinkgym.agents.grpo import GRPOTrainer
+    from thinkgym.agents.learner.config import GRPOConfig
+    from thinkgym.agents.learner.trainer import GRPOTrainer
 
     pol = build(shape, device, torch.bfloat16 if device == "cuda" else torch.float32)
     trainer = GRPOTrainer(GRPOConfig(env="DelethinkDemo-v0", micro_batch_size=8, output_dir="/tmp/bench_step", eval_every=0,
@@ -321,7 +321,7 @@ def trl_step(shape: dict, device: str, prompts: int, group: int, prompt_len: int
 def step_time(eng: HFEngine, batch: int, context: int, reps: int = 8) -> float:
     """Seconds of one decode step of `batch` rows at `context` cached tokens, doing what the engine's
     loop does per step: sample, read the tokens back, write them, replay the graph."""
-    from thinkgym.agents.hf_engine import sample_tokens
+    from thinkgym.agents.rollout.hf.engine import sample_tokens
 
     dec = eng.static_decoder(batch, context + 1)
     dec.bias[:batch].fill_(0.0)
@@ -419,8 +419,8 @@ def delethink_vs_longcot(name: str, shape: dict, device: str, thinking, batch: i
 
 def grpo(out_dir: Path, device: str, tiny: bool) -> dict:
     """A short GRPO run of a ~30M model from the SFT warm start on DelethinkDemo-v0."""
-    from thinkgym.agents.config import GRPOConfig
-    from thinkgym.agents.grpo import GRPOTrainer
+    from thinkgym.agents.learner.config import GRPOConfig
+    from thinkgym.agents.learner.trainer import GRPOTrainer
     from thinkgym.agents.plot import plot_run, read_scalars
 
     size = {} if tiny else dict(hidden_size=512, intermediate_size=1536, num_hidden_layers=8, num_attention_heads=8, num_key_value_heads=2)

@@ -16,8 +16,8 @@ import torch
 from torch.profiler import ProfilerActivity, profile
 
 from bench import SHAPES, build, timed  # noqa: E402  (run from this folder's parent or with it on sys.path)
-from thinkgym.agents.engine import GenerationRequest
-from thinkgym.agents.hf_engine import HFEngine, sample_tokens
+from thinkgym.agents.rollout.engine import GenerationRequest
+from thinkgym.agents.rollout.hf.engine import HFEngine, sample_tokens
 
 
 def main() -> None:

@@ -26,10 +26,10 @@ import torch
 
 from bench import SHAPES, TINY, build, sync  # beside this script
 from thinkgym.agents import distributed
-from thinkgym.agents.collector import Row
-from thinkgym.agents.config import GRPOConfig
-from thinkgym.agents.engine import GenerationRequest
-from thinkgym.agents.grpo import GRPOTrainer
+from thinkgym.agents.learner.config import GRPOConfig
+from thinkgym.agents.learner.trainer import GRPOTrainer
+from thinkgym.agents.rollout.collector import Row
+from thinkgym.agents.rollout.engine import GenerationRequest
 
 
 def step_rows(trainer: GRPOTrainer, prompt_ids: list[list[int]], G: int, new_tokens: int) -> list[Row]:

@@ -13,8 +13,8 @@ import json
 from pathlib import Path
 from typing import Any, Sequence
 
-from .collector import Collector, Episode
-from .engine import Engine
+from ..rollout.collector import Collector, Episode
+from ..rollout.engine import Engine
 
 
 def done_seeds(path: str | Path, n: int) -> set[int]:

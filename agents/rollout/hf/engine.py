@@ -4,7 +4,7 @@ It is its own decode loop rather than `model.generate` because rollouts need wha
 does not give together: a budget and stop strings per request, the log-probability of each
 sampled token, forced response prefixes, and finished rows leaving the batch.
 
-Models whose attention is pluggable decode over a preallocated cache (`static_decode`), with each
+Models whose attention is pluggable decode over a preallocated cache (`static_cache`), with each
 step replayed as a CUDA graph on a GPU; any other causal LM uses transformers' `DynamicCache`.
 """
 
@@ -18,10 +18,10 @@ from typing import Iterator
 import torch
 from transformers import DynamicCache
 
+from ...policy import Policy, cache_kwargs
+from ..engine import Completion, GenerationRequest, find_stop
 from .compiling import compiled
-from .engine import Completion, GenerationRequest, find_stop
-from .policy import Policy, cache_kwargs
-from .static_decode import ATTENTION, SLOT_BUCKET, SlotCache, StaticDecoder, supports_static
+from .static_cache import ATTENTION, SLOT_BUCKET, SlotCache, StaticDecoder, supports_static
 
 
 @dataclass

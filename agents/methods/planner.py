@@ -21,8 +21,8 @@ import numpy as np
 
 from thinkgym.envs import TokenAction
 
+from ..rollout.engine import Completion, Engine, GenerationRequest
 from .discriminator import Discriminator, Judgement
-from .engine import Completion, Engine, GenerationRequest
 
 NO_ANSWER = -2.0
 EXEC_PENALTY = 1.0

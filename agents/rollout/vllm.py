@@ -27,9 +27,9 @@ from typing import Any, Callable
 import numpy as np
 import torch
 
-from . import distributed
+from .. import distributed
+from ..policy import Policy
 from .engine import Completion, GenerationRequest, find_stop
-from .policy import Policy
 
 try:
     from vllm import LLM, SamplingParams

@@ -28,17 +28,17 @@ from tqdm import tqdm
 
 from thinkgym.rewards import Sample, detect_think_mode, parse_reward_spec
 
-from . import distributed
+from .. import distributed
+from ..evaluate import evaluate
+from ..methods.sft import demonstration_rows, train_sft
+from ..policy import Policy
+from ..rollout.collector import Batch, Collector, Episode, Row, summed_stats
 from .advantages import get_advantage, mgpo_weight
 from .checkpoint import latest_checkpoint, load_trainer_state, rng_state, save_checkpoint, set_rng_state
-from .collector import Batch, Collector, Episode, Row, summed_stats
 from .config import GRPOConfig
-from .evaluate import evaluate
 from .logprobs import completion_logprobs, pad_rows
 from .losses import get_policy_loss, k3_kl, row_stats, sequence_surrogate, token_surrogate
-from .policy import Policy
 from .precision import MasterAdamW
-from .sft import demonstration_rows, train_sft
 
 # eval uses seeds 0..eval_prompts-1; the warm start, training and the monitor set each have their own range
 SFT_SEED_BASE, TRAIN_SEED_BASE, MONITOR_SEED_BASE = 1_000_000, 10_000_000, 20_000_000
@@ -47,11 +47,11 @@ SFT_SEED_BASE, TRAIN_SEED_BASE, MONITOR_SEED_BASE = 1_000_000, 10_000_000, 20_00
 def make_engine(name: str, policy: Policy, seed: int, tensor_parallel_size: int = 1):
     """A rollout engine by name; `tensor_parallel_size` shards vLLM's copy of the model over GPUs."""
     if name == "hf":
-        from .hf_engine import HFEngine
+        from ..rollout.hf.engine import HFEngine
 
         return HFEngine(policy, seed=seed)
     if name == "vllm":
-        from .vllm_engine import VLLMEngine
+        from ..rollout.vllm import VLLMEngine
 
         return VLLMEngine(policy, seed=seed, tensor_parallel_size=tensor_parallel_size)
     raise ValueError(f"engine={name!r} is unknown; valid engines: ['hf', 'vllm']")

@@ -22,7 +22,7 @@ from typing import Any, Sequence
 
 from thinkgym.envs.tokenizer import THINK_OPEN, decode, encode
 
-from .engine import Completion, Engine, GenerationRequest
+from ..rollout.engine import Completion, Engine, GenerationRequest
 
 FAIL_VALUE = 0.5
 ASSISTANT_PREFIX = "\nOkay,"

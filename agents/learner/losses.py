@@ -19,7 +19,7 @@ from typing import Callable, Sequence
 
 import torch
 
-from .collector import Row
+from ..rollout.collector import Row
 
 
 @dataclass

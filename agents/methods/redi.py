@@ -27,11 +27,11 @@ import torch
 
 from thinkgym.envs.tokenizer import encode
 
-from .checkpoint import save_checkpoint
-from .collector import Row
-from .logprobs import completion_logprobs, pad_rows
-from .policy import Policy
-from .precision import MasterAdamW
+from ..learner.checkpoint import save_checkpoint
+from ..learner.logprobs import completion_logprobs, pad_rows
+from ..learner.precision import MasterAdamW
+from ..policy import Policy
+from ..rollout.collector import Row
 
 REQUIRED = ("prompt", "response", "correct")
 

@@ -30,9 +30,9 @@ from transformers import DynamicCache
 import thinkgym  # noqa: F401  (registers the environment ids)
 from thinkgym.envs import TokenAction
 
-from .engine import Completion, GenerationRequest
-from .hf_engine import DecodeRow, HFEngine, left_pad, sample_tokens
-from .policy import Policy, cache_kwargs
+from ..policy import Policy, cache_kwargs
+from ..rollout.engine import Completion, GenerationRequest
+from ..rollout.hf.engine import DecodeRow, HFEngine, left_pad, sample_tokens
 from .router import RoutingRule
 
 IDENTICAL, NEUTRAL, DIVERGENT = 0, 1, 2

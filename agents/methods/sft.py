@@ -19,11 +19,11 @@ import thinkgym  # noqa: F401
 from thinkgym.envs import TokenAction
 from thinkgym.envs.tokenizer import encode
 
-from .collector import Episode, Row, Step, episode_rows
-from .engine import find_stop
-from .logprobs import completion_logprobs, pad_rows
-from .policy import Policy
-from .precision import MasterAdamW
+from ..learner.logprobs import completion_logprobs, pad_rows
+from ..learner.precision import MasterAdamW
+from ..policy import Policy
+from ..rollout.collector import Episode, Row, Step, episode_rows
+from ..rollout.engine import find_stop
 
 
 def _split_at_stop(tokenizer, ids: list[int], stop: Sequence[str]) -> list[int]:

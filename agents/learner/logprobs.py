@@ -6,7 +6,7 @@ from dataclasses import dataclass
 
 import torch
 
-from .collector import Row
+from ..rollout.collector import Row
 
 
 @dataclass

@@ -27,8 +27,8 @@ import torch
 import torch.nn.functional as F
 from transformers import AttentionInterface, PreTrainedModel
 
+from ...policy import cache_kwargs
 from .fused_step import FusedStep, supports_fused
-from .policy import cache_kwargs
 
 ATTENTION = "thinkgym_slots"
 SLOT_BUCKET = 64  # the finest step between cache lengths with graphs; a step reads half of one past its context on average
