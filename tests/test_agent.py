@@ -8,9 +8,10 @@ import thinkgym  # noqa: F401
 from thinkgym.agents.evaluate import evaluate, pass_at_k
 from thinkgym.agents.methods.sft import demonstration_rows, jsonl_rows, train_sft
 from thinkgym.agents.policy import Policy
-from thinkgym.agents.rollout.collector import Collector, episode_rows
+from thinkgym.agents.rollout.collector import Collector
 from thinkgym.agents.rollout.engine import GenerationRequest
 from thinkgym.agents.rollout.hf.engine import HFEngine, compiled_race, race, sample_tokens
+from thinkgym.agents.types import episode_rows
 from thinkgym.envs import TokenAction
 
 DEMO = "DelethinkDemo-v0"
@@ -109,7 +110,7 @@ def test_collector_handles_episodes_that_end_early_and_late(policy):
 
 
 def test_append_only_steps_merge_with_env_tokens_masked():
-    from thinkgym.agents.rollout.collector import Episode, Step
+    from thinkgym.agents.types import Episode, Step
 
     ep = Episode(0, 0, [Step([1, 2], [3, 4], [-0.1, -0.2], "stop"), Step([1, 2, 3, 4, 9, 9], [5], [-0.3], "eos")])
     (row,) = episode_rows(ep, 0)
@@ -118,7 +119,7 @@ def test_append_only_steps_merge_with_env_tokens_masked():
 
 
 def test_a_step_that_ended_with_eos_trains_on_it():
-    from thinkgym.agents.rollout.collector import Episode, Step
+    from thinkgym.agents.types import Episode, Step
 
     ep = Episode(0, 0, [Step([1, 2], [3, 4], [-0.1, -0.2], "length"), Step([1, 2, 9], [5], [-0.3], "eos", (0, -0.4))])
     first, last = episode_rows(ep, 0)

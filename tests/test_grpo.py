@@ -14,7 +14,7 @@ from thinkgym.agents.cli import main
 from thinkgym.agents.learner.config import GRPOConfig
 from thinkgym.agents.learner.trainer import GRPOTrainer, NonFiniteLossError
 from thinkgym.agents.plot import plot_run, read_scalars
-from thinkgym.agents.rollout.collector import Row
+from thinkgym.agents.types import Row
 from thinkgym.rewards import register_reward
 
 

@@ -9,7 +9,7 @@ import torch
 from thinkgym.agents.learner.advantages import get_advantage, mgpo_weight
 from thinkgym.agents.learner.config import GRPOConfig
 from thinkgym.agents.learner.losses import get_policy_loss, k3_kl, row_stats, sequence_surrogate, token_surrogate
-from thinkgym.agents.rollout.collector import Row
+from thinkgym.agents.types import Row
 
 # Two rows of one trace (episode 0: 2 + 1 tokens) and one row of another (episode 1: 3 tokens).
 ROWS = [Row([9, 1, 2], 1, [1, 1], [0.0, 0.0], 0), Row([9, 3], 1, [1], [0.0], 0), Row([9, 4, 5, 6], 1, [1, 1, 1], [0.0] * 3, 1)]

@@ -12,8 +12,8 @@ from thinkgym.agents.methods.redi import (Trace, build_redi_data, cut_after_firs
 from thinkgym.agents.methods.sample import sample_traces
 from thinkgym.agents.plot import read_scalars
 from thinkgym.agents.policy import Policy
-from thinkgym.agents.rollout.collector import Row
 from thinkgym.agents.rollout.hf.engine import HFEngine
+from thinkgym.agents.types import Row
 
 ENV, KW = "LongCoT-v0", {"task_kwargs": {"n_terms": 2}, "max_thinking_tokens": 12}
 

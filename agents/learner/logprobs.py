@@ -6,7 +6,7 @@ from dataclasses import dataclass
 
 import torch
 
-from ..rollout.collector import Row
+from ..types import Row
 
 
 @dataclass

@@ -19,7 +19,7 @@ from typing import Callable, Sequence
 
 import torch
 
-from ..rollout.collector import Row
+from ..types import Row
 
 
 @dataclass

@@ -32,7 +32,8 @@ from .. import distributed
 from ..evaluate import evaluate
 from ..methods.sft import demonstration_rows, train_sft
 from ..policy import Policy
-from ..rollout.collector import Batch, Collector, Episode, Row, summed_stats
+from ..rollout.collector import Collector, summed_stats
+from ..types import Batch, Episode, Row
 from .advantages import get_advantage, mgpo_weight
 from .checkpoint import latest_checkpoint, load_trainer_state, rng_state, save_checkpoint, set_rng_state
 from .config import GRPOConfig

@@ -31,7 +31,7 @@ from ..learner.checkpoint import save_checkpoint
 from ..learner.logprobs import completion_logprobs, pad_rows
 from ..learner.precision import MasterAdamW
 from ..policy import Policy
-from ..rollout.collector import Row
+from ..types import Row
 
 REQUIRED = ("prompt", "response", "correct")
 

@@ -13,8 +13,9 @@ import json
 from pathlib import Path
 from typing import Any, Sequence
 
-from ..rollout.collector import Collector, Episode
+from ..rollout.collector import Collector
 from ..rollout.engine import Engine
+from ..types import Episode
 
 
 def done_seeds(path: str | Path, n: int) -> set[int]:

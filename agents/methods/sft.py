@@ -22,8 +22,8 @@ from thinkgym.envs.tokenizer import encode
 from ..learner.logprobs import completion_logprobs, pad_rows
 from ..learner.precision import MasterAdamW
 from ..policy import Policy
-from ..rollout.collector import Episode, Row, Step, episode_rows
 from ..rollout.engine import find_stop
+from ..types import Episode, Row, Step, episode_rows
 
 
 def _split_at_stop(tokenizer, ids: list[int], stop: Sequence[str]) -> list[int]:

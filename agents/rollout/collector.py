@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import time
 from collections import Counter
-from dataclasses import dataclass, field
 from typing import Any, Sequence
 
 import gymnasium as gym
@@ -18,69 +17,8 @@ import gymnasium as gym
 import thinkgym  # noqa: F401  (registers the environment ids)
 from thinkgym.envs import TokenAction
 
+from ..types import Batch, Episode, Step, episode_rows
 from .engine import Engine, GenerationRequest
-
-
-@dataclass
-class Step:
-    """One call of the policy: the prompt it read, the action the env got, and their log-probabilities.
-
-    `eos` is (EOS id, its log-probability) when the policy ended the step by sampling EOS: the env
-    never sees that token, but the training row ends with it, so that RL teaches when to stop."""
-
-    prompt_ids: list[int]
-    action_ids: list[int]
-    logprobs: list[float]
-    finish_reason: str
-    eos: tuple[int, float] | None = None
-
-    @property
-    def sampled(self) -> tuple[list[int], list[float]]:
-        """Every token the policy sampled, EOS included, with its log-probability: what training sees."""
-        if self.eos is None:
-            return list(self.action_ids), list(self.logprobs)
-        return list(self.action_ids) + [self.eos[0]], list(self.logprobs) + [self.eos[1]]
-
-
-@dataclass
-class Episode:
-    """One rollout: its steps, final reward and final `info`. `group` is the seed it shares. `budget`
-    is the thinking budget it was sampled under, in tokens over all its steps (see `thinking_budget`)."""
-
-    group: int
-    seed: int
-    steps: list[Step]
-    reward: float = 0.0
-    info: dict[str, Any] = field(default_factory=dict)
-    terminated: bool = False
-    truncated: bool = False
-    budget: int | None = None
-
-    @property
-    def num_tokens(self) -> int:
-        return sum(len(s.action_ids) for s in self.steps)
-
-
-@dataclass
-class Row:
-    """One training sequence: prompt then completion; the loss sees only masked-in completion tokens."""
-
-    input_ids: list[int]
-    prompt_len: int
-    loss_mask: list[int]
-    old_logprobs: list[float]
-    episode: int
-
-    @property
-    def completion_len(self) -> int:
-        return len(self.input_ids) - self.prompt_len
-
-
-@dataclass
-class Batch:
-    episodes: list[Episode]
-    rows: list[Row]
-    stats: dict[str, float]
 
 
 def thinking_budget(env: gym.Env, reset_info: dict[str, Any]) -> int:
@@ -88,24 +26,6 @@ def thinking_budget(env: gym.Env, reset_info: dict[str, Any]) -> int:
     `set_thinking_budget` sets; Delethink's C + (I − 1)(C − m), where the first step gets only C), else,
     for an env without one, the first step's `max_new_tokens`."""
     return int(getattr(env, "max_thinking_tokens", reset_info["max_new_tokens"]))
-
-
-def episode_rows(ep: Episode, index: int) -> list[Row]:
-    """Rows of an episode. Steps whose prompt extends the previous sequence (append-only, as in
-    tool calls) merge into one row, with the tokens the env inserted masked out; other steps
-    (Delethink chunks) are rows of their own."""
-    rows: list[Row] = []
-    for st in ep.steps:
-        ids, logps = st.sampled
-        cur = rows[-1] if rows else None
-        if cur is not None and st.prompt_ids[: len(cur.input_ids)] == cur.input_ids and len(st.prompt_ids) >= len(cur.input_ids):
-            inserted = st.prompt_ids[len(cur.input_ids):]
-            cur.input_ids += inserted + ids
-            cur.loss_mask += [0] * len(inserted) + [1] * len(ids)
-            cur.old_logprobs += [0.0] * len(inserted) + logps
-        else:
-            rows.append(Row(list(st.prompt_ids) + ids, len(st.prompt_ids), [1] * len(ids), logps, index))
-    return [r for r in rows if r.completion_len > 0]
 
 
 class Collector:

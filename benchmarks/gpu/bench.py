@@ -29,10 +29,10 @@ from transformers import Qwen2Config, Qwen2ForCausalLM
 
 from thinkgym.agents.learner.logprobs import completion_logprobs, pad_rows
 from thinkgym.agents.policy import Policy
-from thinkgym.agents.rollout.collector import Row
 from thinkgym.agents.rollout.engine import GenerationRequest
 from thinkgym.agents.rollout.hf.engine import HFEngine
 from thinkgym.agents.rollout.hf.static_cache import SlotCache
+from thinkgym.agents.types import Row
 from thinkgym.envs.compute import attention_cost
 
 SHAPES = {

@@ -28,8 +28,8 @@ from bench import SHAPES, TINY, build, sync  # beside this script
 from thinkgym.agents import distributed
 from thinkgym.agents.learner.config import GRPOConfig
 from thinkgym.agents.learner.trainer import GRPOTrainer
-from thinkgym.agents.rollout.collector import Row
 from thinkgym.agents.rollout.engine import GenerationRequest
+from thinkgym.agents.types import Row
 
 
 def step_rows(trainer: GRPOTrainer, prompt_ids: list[list[int]], G: int, new_tokens: int) -> list[Row]:
