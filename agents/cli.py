@@ -83,8 +83,8 @@ def cmd_sft(args: argparse.Namespace) -> None:
 
 def cmd_eval(args: argparse.Namespace) -> None:
     from .evaluate import evaluate
-    from .learner.trainer import make_engine
     from .policy import Policy
+    from .rollout.engine import make_engine
 
     policy = Policy.from_pretrained(args.model, device=args.device)
     res = evaluate(make_engine(args.engine, policy, 0), args.env, range(args.seeds), n=args.n, env_kwargs=json.loads(args.env_kwargs),
@@ -99,10 +99,10 @@ def cmd_plot(args: argparse.Namespace) -> None:
 
 
 def cmd_sample(args: argparse.Namespace) -> None:
-    from .learner.trainer import make_engine
     from .methods.redi import build_redi_data, load_traces
     from .methods.sample import sample_traces
     from .policy import Policy
+    from .rollout.engine import make_engine
 
     policy = Policy.from_pretrained(args.model, device=args.device)
     res = sample_traces(make_engine(args.engine, policy, args.seed), args.env, range(args.seed_start, args.seed_start + args.seeds),
@@ -115,10 +115,10 @@ def cmd_redi(args: argparse.Namespace) -> None:
     from torch.utils.tensorboard import SummaryWriter
 
     from .evaluate import evaluate
-    from .learner.trainer import make_engine
     from .methods.redi import build_redi_data, check_alpha, load_traces, train_redi
     from .methods.sft import train_sft
     from .policy import Policy
+    from .rollout.engine import make_engine
 
     check_alpha(args.alpha)
     policy = Policy.from_pretrained(args.model, device=args.device)

@@ -10,7 +10,8 @@ from thinkgym.agents.methods.sft import demonstration_rows, jsonl_rows, train_sf
 from thinkgym.agents.policy import Policy
 from thinkgym.agents.rollout.collector import Collector
 from thinkgym.agents.rollout.engine import GenerationRequest
-from thinkgym.agents.rollout.hf.engine import HFEngine, compiled_race, race, sample_tokens
+from thinkgym.agents.rollout.hf.engine import HFEngine
+from thinkgym.agents.rollout.sampling import compiled_race, race, sample_tokens
 from thinkgym.agents.types import episode_rows
 from thinkgym.envs import TokenAction
 

@@ -18,7 +18,6 @@ import signal
 import time
 import warnings
 from collections.abc import Iterable
-from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -26,13 +25,15 @@ import torch
 from torch.utils.tensorboard import SummaryWriter
 from tqdm import tqdm
 
-from thinkgym.rewards import Sample, detect_think_mode, parse_reward_spec
+from thinkgym.rewards import Sample, parse_reward_spec
 
 from .. import distributed
 from ..evaluate import evaluate
 from ..methods.sft import demonstration_rows, train_sft
 from ..policy import Policy
 from ..rollout.collector import Collector, summed_stats
+from ..rollout.engine import make_engine
+from ..rollout.sampling import Opening, forced_openings
 from ..types import Batch, Episode, Row
 from .advantages import get_advantage, mgpo_weight
 from .checkpoint import latest_checkpoint, load_trainer_state, rng_state, save_checkpoint, set_rng_state
@@ -45,38 +46,8 @@ from .precision import MasterAdamW
 SFT_SEED_BASE, TRAIN_SEED_BASE, MONITOR_SEED_BASE = 1_000_000, 10_000_000, 20_000_000
 
 
-def make_engine(name: str, policy: Policy, seed: int, tensor_parallel_size: int = 1):
-    """A rollout engine by name; `tensor_parallel_size` shards vLLM's copy of the model over GPUs."""
-    if name == "hf":
-        from ..rollout.hf.engine import HFEngine
-
-        return HFEngine(policy, seed=seed)
-    if name == "vllm":
-        from ..rollout.vllm import VLLMEngine
-
-        return VLLMEngine(policy, seed=seed, tensor_parallel_size=tensor_parallel_size)
-    raise ValueError(f"engine={name!r} is unknown; valid engines: ['hf', 'vllm']")
-
-
 class NonFiniteLossError(RuntimeError):
     pass
-
-
-@dataclass(frozen=True)
-class Opening:
-    """A response opening forced on one member of every group: its ids, its think mode, and the
-    log-probability of its first token under the importance-sampling distribution it was drawn from
-    (its share of the group: AdaptThink's log 1/2); its later tokens follow with probability 1."""
-
-    ids: list[int]
-    mode: str
-    logprob: float
-
-
-def forced_openings(texts: list[str], tokenizer: Any) -> list[Opening]:
-    """One `Opening` per group member, from the reward's opening texts."""
-    return [Opening(tokenizer.encode(t, add_special_tokens=False), detect_think_mode(t), math.log(texts.count(t) / len(texts)))
-            for t in texts]
 
 
 class GRPOTrainer:

@@ -32,7 +32,8 @@ from thinkgym.envs import TokenAction
 
 from ..policy import Policy, cache_kwargs
 from ..rollout.engine import Completion, GenerationRequest
-from ..rollout.hf.engine import DecodeRow, HFEngine, left_pad, sample_tokens
+from ..rollout.hf.engine import DecodeRow, HFEngine, left_pad
+from ..rollout.sampling import sample_tokens
 from .router import RoutingRule
 
 IDENTICAL, NEUTRAL, DIVERGENT = 0, 1, 2

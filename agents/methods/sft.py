@@ -22,7 +22,7 @@ from thinkgym.envs.tokenizer import encode
 from ..learner.logprobs import completion_logprobs, pad_rows
 from ..learner.precision import MasterAdamW
 from ..policy import Policy
-from ..rollout.engine import find_stop
+from ..rollout.sampling import find_stop
 from ..types import Episode, Row, Step, episode_rows
 
 

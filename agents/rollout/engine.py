@@ -9,7 +9,10 @@ the trainer recomputes for importance ratios (see README, "Log-probabilities").
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Literal, Protocol, Sequence
+from typing import TYPE_CHECKING, Literal, Protocol, Sequence
+
+if TYPE_CHECKING:
+    from ..policy import Policy
 
 FinishReason = Literal["eos", "stop", "length"]
 
@@ -62,7 +65,14 @@ class Engine(Protocol):
         """Make generation use the policy's current weights (after an optimizer step)."""
 
 
-def find_stop(text: str, stops: Sequence[str]) -> int | None:
-    """End index (exclusive) of the earliest stop string in `text`, or None."""
-    ends = [text.find(s) + len(s) for s in stops if s and s in text]
-    return min(ends) if ends else None
+def make_engine(name: str, policy: Policy, seed: int, tensor_parallel_size: int = 1):
+    """A rollout engine by name; `tensor_parallel_size` shards vLLM's copy of the model over GPUs."""
+    if name == "hf":
+        from .hf.engine import HFEngine
+
+        return HFEngine(policy, seed=seed)
+    if name == "vllm":
+        from .vllm import VLLMEngine
+
+        return VLLMEngine(policy, seed=seed, tensor_parallel_size=tensor_parallel_size)
+    raise ValueError(f"engine={name!r} is unknown; valid engines: ['hf', 'vllm']")

@@ -29,7 +29,8 @@ import torch
 
 from .. import distributed
 from ..policy import Policy
-from .engine import Completion, GenerationRequest, find_stop
+from .engine import Completion, GenerationRequest
+from .sampling import find_stop
 
 try:
     from vllm import LLM, SamplingParams

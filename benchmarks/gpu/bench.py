@@ -321,7 +321,7 @@ def trl_step(shape: dict, device: str, prompts: int, group: int, prompt_len: int
 def step_time(eng: HFEngine, batch: int, context: int, reps: int = 8) -> float:
     """Seconds of one decode step of `batch` rows at `context` cached tokens, doing what the engine's
     loop does per step: sample, read the tokens back, write them, replay the graph."""
-    from thinkgym.agents.rollout.hf.engine import sample_tokens
+    from thinkgym.agents.rollout.sampling import sample_tokens
 
     dec = eng.static_decoder(batch, context + 1)
     dec.bias[:batch].fill_(0.0)

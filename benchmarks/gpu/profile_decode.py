@@ -17,7 +17,8 @@ from torch.profiler import ProfilerActivity, profile
 
 from bench import SHAPES, build, timed  # noqa: E402  (run from this folder's parent or with it on sys.path)
 from thinkgym.agents.rollout.engine import GenerationRequest
-from thinkgym.agents.rollout.hf.engine import HFEngine, sample_tokens
+from thinkgym.agents.rollout.hf.engine import HFEngine
+from thinkgym.agents.rollout.sampling import sample_tokens
 
 
 def main() -> None:

@@ -19,8 +19,8 @@ import torch
 from transformers import DynamicCache
 
 from ...policy import Policy, cache_kwargs
-from ..engine import Completion, GenerationRequest, find_stop
-from .compiling import compiled
+from ..engine import Completion, GenerationRequest
+from ..sampling import find_stop, sample_tokens
 from .static_cache import ATTENTION, SLOT_BUCKET, SlotCache, StaticDecoder, supports_static
 
 
@@ -62,36 +62,6 @@ def left_pad(rows: list[DecodeRow], pad_token_id: int, device: torch.device) -> 
     temp = torch.tensor([r.req.temperature for r in rows], device=device, dtype=torch.float)
     top_p = torch.tensor([r.req.top_p for r in rows], device=device, dtype=torch.float)
     return ids.to(device), mask.to(device), temp, top_p
-
-
-def race(logits: torch.Tensor, temperature: torch.Tensor, noise: torch.Tensor,
-         top_p: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
-    """Tokens drawn from softmax(logits / T) with the Exp(1) draws `noise`, and their log-probabilities.
-
-    Sampling takes the argmax of log p - log E (an exponential race, which draws from p without a
-    cumulative sum). Rows with T <= 0 are greedy and report log softmax(logits). `top_p` truncates
-    the sampling distribution only, not the reported log-probability."""
-    logits = logits.float()
-    greedy = temperature <= 0
-    logp = torch.log_softmax(logits / torch.where(greedy, 1.0, temperature).unsqueeze(-1), dim=-1)
-    pick = logp
-    if top_p is not None:
-        sorted_lp, idx = logp.sort(dim=-1, descending=True)
-        p = sorted_lp.exp()
-        pick = logp.scatter(-1, idx, sorted_lp.masked_fill(p.cumsum(-1) - p > top_p.unsqueeze(-1), -torch.inf))
-    tokens = torch.where(greedy, logits.argmax(-1), (pick - noise.log()).argmax(-1))
-    return tokens, logp.gather(-1, tokens.unsqueeze(-1)).squeeze(-1)
-
-
-compiled_race = compiled(race)  # one fused pass over the logits instead of about ten on a GPU
-
-
-def sample_tokens(logits: torch.Tensor, temperature: torch.Tensor, top_p: torch.Tensor,
-                  generator: torch.Generator | None, truncate: bool = True) -> tuple[torch.Tensor, torch.Tensor]:
-    """Sample one token per row with `race`; `truncate=False` says that no row has top_p < 1, which
-    saves a sort over the vocabulary."""
-    noise = torch.empty(logits.shape, dtype=torch.float, device=logits.device).exponential_(generator=generator)
-    return (compiled_race if logits.is_cuda else race)(logits, temperature, noise, top_p if truncate else None)
 
 
 def to_device(values: list[int], device: torch.device) -> torch.Tensor:
