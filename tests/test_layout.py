@@ -1,0 +1,78 @@
+"""agents/ is a hall (policy, types, distributed, evaluate, plot, cli) and three rooms: rollout/ (engines,
+sampling, the collector), learner/ (GRPO) and methods/ (SFT, REDI, R2R, planning). Rollout never
+imports the learner or the methods, so sampling and evaluation load neither."""
+
+import ast
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+AGENTS = ROOT / "agents"
+FORBIDDEN = ("thinkgym.agents.learner", "thinkgym.agents.methods")
+
+
+def module_name(path: Path) -> str:
+    parts = path.relative_to(ROOT).with_suffix("").parts
+    return ".".join(("thinkgym", *(parts[:-1] if parts[-1] == "__init__" else parts)))
+
+
+def module_file(name: str) -> Path | None:
+    """The source of a thinkgym.agents module or package, or None for anything else."""
+    if not (name == "thinkgym.agents" or name.startswith("thinkgym.agents.")):
+        return None
+    base = ROOT.joinpath(*name.split(".")[1:])
+    for candidate in (base.with_suffix(".py"), base / "__init__.py"):
+        if candidate.is_file():
+            return candidate
+    return None
+
+
+def imported_modules(path: Path) -> set[str]:
+    """Every module a file imports, at the top or inside a function, with relative imports resolved.
+    `from pkg import name` counts pkg.name where that is a module, else pkg."""
+    package = module_name(path) if path.name == "__init__.py" else module_name(path).rpartition(".")[0]
+    found = set()
+    for node in ast.walk(ast.parse(path.read_text(), str(path))):
+        if isinstance(node, ast.Import):
+            found |= {alias.name for alias in node.names}
+        elif isinstance(node, ast.ImportFrom):
+            if node.level:
+                base = package.split(".")[: len(package.split(".")) - node.level + 1]
+                mod = ".".join(base + ([node.module] if node.module else []))
+            else:
+                mod = node.module
+            found.add(mod)
+            found |= {f"{mod}.{alias.name}" for alias in node.names if module_file(f"{mod}.{alias.name}")}
+    return found
+
+
+def test_rollout_never_imports_the_learner_or_the_methods():
+    """Directly, and through the hall: follow every thinkgym.agents import out of rollout/."""
+    seen, todo, via = set(), [module_name(p) for p in sorted((AGENTS / "rollout").rglob("*.py"))], {}
+    assert "thinkgym.agents.rollout.hf.engine" in todo
+    while todo:
+        name = todo.pop()
+        if name in seen:
+            continue
+        seen.add(name)
+        for dep in imported_modules(module_file(name)):
+            if module_file(dep) and dep not in seen:
+                via.setdefault(dep, name)
+                todo.append(dep)
+    bad = sorted(m for m in seen if m.startswith(FORBIDDEN))
+    assert not bad, {m: via[m] for m in bad}  # each offender, with the module that imported it
+
+
+def test_eval_help_loads_neither_the_learner_nor_tensorboard():
+    code = ("import json, sys\n"
+            "from thinkgym.agents.cli import main\n"
+            "try:\n    main(['eval', '--help'])\nexcept SystemExit:\n    pass\n"
+            "print(json.dumps(sorted(sys.modules)))\n")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    modules = json.loads(out.splitlines()[-1])
+    assert "thinkgym.agents.cli" in modules
+    loaded = [m for m in modules if m.startswith(("thinkgym.agents.learner.trainer", "thinkgym.agents.methods", "tensorboard",
+                                                  "torch.utils.tensorboard"))]
+    assert loaded == []
