@@ -15,7 +15,7 @@ $(BIN)/python:
 	$(PY) -m venv $(VENV)
 
 # Core install: enough for the demo (no vLLM).
-$(VENV)/.core: $(BIN)/python pyproject.toml
+$(VENV)/.core: $(BIN)/python pyproject.toml setup.py
 	$(PIP) install $(TORCH_PIN)
 	$(PIP) install -e ".[sat]"
 	touch $@
