@@ -13,9 +13,9 @@ from typing import Any
 from tokenizers import Tokenizer, decoders, models, pre_tokenizers
 from transformers import AutoTokenizer, PreTrainedTokenizerBase, PreTrainedTokenizerFast
 
+from thinkgym.rewards.math import THINK_CLOSE, THINK_OPEN
+
 EOS_TOKEN = "<|endoftext|>"
-THINK_OPEN = "<think>"
-THINK_CLOSE = "</think>"
 SPECIAL_TOKENS = (EOS_TOKEN, THINK_OPEN, THINK_CLOSE)
 
 TokenizerLike = PreTrainedTokenizerBase | str | None

@@ -9,7 +9,7 @@ from __future__ import annotations
 import re
 import threading
 
-THINK_CLOSE = "</think>"
+THINK_OPEN, THINK_CLOSE = "<think>", "</think>"
 # A `$` that opens or closes LaTeX math; `\$` is a dollar sign (MATH's `\$36`), not a delimiter.
 _MATH_DELIMITER = re.compile(r"(?<!\\)\$")
 

@@ -10,7 +10,7 @@ import pytest
 
 import thinkgym  # noqa: F401
 from thinkgym.envs.tasks import make_task
-from thinkgym.envs.tasks.sql_sandbox import Sandbox, is_ordered, results_match
+from thinkgym.envs.tasks.sql_sandbox import SQLSandbox, is_ordered, results_match
 from thinkgym.envs.tasks.text2sql import TEMPLATES, extract_sql, finish_sql
 from thinkgym.envs.text2sql import Text2SQLEnv
 
@@ -179,12 +179,12 @@ def test_sandbox_blocks_writes_even_within_one_episode():
     src.execute("CREATE TABLE t (x)")
     src.execute("INSERT INTO t VALUES (1)")
     src.commit()
-    with Sandbox(src, timeout_s=1.0) as box:
+    with SQLSandbox(src, timeout_s=1.0) as box:
         for sql in ("DELETE FROM t", "PRAGMA query_only=OFF", "UPDATE t SET x = 2"):
             assert not box.run(sql).ok
         assert box.run("SELECT x FROM t").rows == [(1,)]
         assert not box.run("SELECT randomblob(100000000)").ok  # size cap, not an allocation
-        assert "result too large" in Sandbox(src, max_rows=5).run(
+        assert "result too large" in SQLSandbox(src, max_rows=5).run(
             "WITH RECURSIVE c(i) AS (SELECT 1 UNION ALL SELECT i + 1 FROM c LIMIT 50) SELECT i FROM c").error
 
 

@@ -50,7 +50,7 @@ def open_readonly(path: str | Path) -> sqlite3.Connection:
     return sqlite3.connect(f"{p.resolve().as_uri()}?mode=ro", uri=True, check_same_thread=False)
 
 
-class Sandbox:
+class SQLSandbox:
     """A private, locked-down in-memory copy of `source` for one episode's queries.
 
     `source` must have no uncommitted writes (SQLite's backup waits for them to end).
@@ -90,7 +90,7 @@ class Sandbox:
     def close(self) -> None:
         self.conn.close()
 
-    def __enter__(self) -> "Sandbox":
+    def __enter__(self) -> "SQLSandbox":
         return self
 
     def __exit__(self, *exc: Any) -> None:

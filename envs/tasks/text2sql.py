@@ -5,7 +5,7 @@ questions from templates with their gold SQL (filters, joins, group-by, order/li
 Users' own data: a Spider/BIRD-style jsonl (question, db_id, gold SQL) plus a folder of .sqlite
 files. The answer is the last ```sql fenced block after `</think>`; it is right when its result
 set equals the gold query's (order-insensitive unless the gold query has ORDER BY). Queries run in
-a `Sandbox` (read-only, time-limited, on a per-episode copy), so bad SQL is only a wrong answer.
+a `SQLSandbox` (read-only, time-limited, on a per-episode copy), so bad SQL is only a wrong answer.
 """
 
 from __future__ import annotations
@@ -24,7 +24,7 @@ from thinkgym.rewards.math import THINK_CLOSE, after_think
 
 from .base import Problem, Task, Verdict, check_positive
 from .math_dataset import load_records
-from .sql_sandbox import Sandbox, is_ordered, open_readonly, results_match
+from .sql_sandbox import SQLSandbox, is_ordered, open_readonly, results_match
 
 PROMPT = ("Answer the question with one SQLite query.\n\nSchema:\n{schema}\n\nQuestion: {question}\n\n"
           "Think step by step, then after </think> write the query in a ```sql fenced block.\n")
@@ -252,14 +252,14 @@ class Text2SQLTask(Task):
             self._schemas[db_id] = ";\n".join(r[0].strip() for r in ddl) + ";"
         return self._schemas[db_id]
 
-    def sandbox(self, problem: Problem) -> Sandbox:
+    def sandbox(self, problem: Problem) -> SQLSandbox:
         """A fresh locked-down copy of the problem's database (one per verification)."""
         if self.records:
             source = open_readonly(self.db_path(problem.meta["db_id"]))
         else:
             source = shop_database(make_shop(np.random.default_rng(problem.seed), self.config.n_rows))
         try:
-            return Sandbox(source, self.config.timeout_s, self.config.max_rows)
+            return SQLSandbox(source, self.config.timeout_s, self.config.max_rows)
         finally:
             source.close()
 
