@@ -15,7 +15,7 @@ $(BIN)/python:
 	$(PY) -m venv $(VENV)
 
 # Core install: enough for the demo (no vLLM).
-$(VENV)/.core: $(BIN)/python pyproject.toml setup.py
+$(VENV)/.core: $(BIN)/python pyproject.toml
 	$(PIP) install $(TORCH_PIN)
 	$(PIP) install -e ".[sat]"
 	touch $@
