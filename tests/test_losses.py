@@ -91,14 +91,14 @@ def test_gspo_sequence_ratio():
 
 def test_advantages():
     r = np.array([[1.0, 0.0, 0.0, 1.0], [1.0, 1.0, 1.0, 1.0]])
-    a = get_advantage("grpo")(r, scale_rewards="none")
+    a = get_advantage("grpo")(r, "none")
     assert a.tolist() == [[0.5, -0.5, -0.5, 0.5], [0, 0, 0, 0]]
-    g = get_advantage("grpo")(r, scale_rewards="group")
+    g = get_advantage("grpo")(r, "group")
     x = 0.5 / (0.5 + 1e-4)
     assert g[0] == pytest.approx([x, -x, -x, x])
-    b = get_advantage("grpo")(r, scale_rewards="batch")
+    b = get_advantage("grpo")(r, "batch")
     assert b[0, 0] == pytest.approx(0.5 / (r.std() + 1e-4))
-    loo = get_advantage("rloo")(np.array([[1.0, 0.0, 0.0]]))
+    loo = get_advantage("rloo")(np.array([[1.0, 0.0, 0.0]]), "group")
     assert loo[0].tolist() == pytest.approx([1 - 0, 0 - 0.5, 0 - 0.5])
 
 

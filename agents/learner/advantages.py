@@ -1,7 +1,8 @@
 """Advantage estimators (a registry, as in verl's core_algos) and MGPO's group weighting.
 
-An estimator maps a [groups, G] array of rewards to advantages of the same shape; every row of a
-rollout (every Delethink chunk of a trace) shares its rollout's advantage.
+Every estimator has one signature, `fn(rewards, scale_rewards) -> advantages`: a [groups, G] array of
+rewards to advantages of the same shape, every row of a rollout (every Delethink chunk of a trace)
+sharing its rollout's advantage. A name registers once; a second registration is refused.
 """
 
 from __future__ import annotations
@@ -10,11 +11,14 @@ from typing import Callable
 
 import numpy as np
 
-AdvantageFn = Callable[..., np.ndarray]
+AdvantageFn = Callable[[np.ndarray, str], np.ndarray]
 ADVANTAGE_ESTIMATORS: dict[str, AdvantageFn] = {}
 
 
 def register_advantage(name: str) -> Callable[[AdvantageFn], AdvantageFn]:
+    if name in ADVANTAGE_ESTIMATORS:
+        raise ValueError(f"advantage estimator {name!r} is already registered; registered: {sorted(ADVANTAGE_ESTIMATORS)}")
+
     def deco(fn: AdvantageFn) -> AdvantageFn:
         ADVANTAGE_ESTIMATORS[name] = fn
         return fn
@@ -27,23 +31,27 @@ def get_advantage(name: str) -> AdvantageFn:
     return ADVANTAGE_ESTIMATORS[name]
 
 
+STD_EPS = 1e-4
+
+
 @register_advantage("grpo")
-def grpo_advantage(rewards: np.ndarray, scale_rewards: str = "group", eps: float = 1e-4) -> np.ndarray:
+def grpo_advantage(rewards: np.ndarray, scale_rewards: str) -> np.ndarray:
     """r − group mean, divided by the group std (DeepSeekMath), the batch std ("Lite PPO"), or
     nothing (Dr. GRPO: `scale_rewards="none"`)."""
     centred = rewards - rewards.mean(axis=1, keepdims=True)
     if scale_rewards == "group":
-        return centred / (rewards.std(axis=1, keepdims=True) + eps)
+        return centred / (rewards.std(axis=1, keepdims=True) + STD_EPS)
     if scale_rewards == "batch":
-        return centred / (rewards.std() + eps)
+        return centred / (rewards.std() + STD_EPS)
     if scale_rewards == "none":
         return centred
     raise ValueError(f"scale_rewards must be 'group', 'batch' or 'none'; got {scale_rewards!r}")
 
 
 @register_advantage("rloo")
-def rloo_advantage(rewards: np.ndarray, **_: object) -> np.ndarray:
-    """r − the mean of the other G−1 rewards of the group (REINFORCE leave-one-out)."""
+def rloo_advantage(rewards: np.ndarray, scale_rewards: str) -> np.ndarray:
+    """r − the mean of the other G−1 rewards of the group (REINFORCE leave-one-out); unscaled, as
+    in verl and TRL's RLOO, whatever `scale_rewards` says."""
     G = rewards.shape[1]
     if G < 2:
         raise ValueError("rloo needs num_generations >= 2")
@@ -51,8 +59,9 @@ def rloo_advantage(rewards: np.ndarray, **_: object) -> np.ndarray:
 
 
 @register_advantage("raw")
-def raw_advantage(rewards: np.ndarray, **_: object) -> np.ndarray:
-    """The reward itself: for rewards that already are advantages (AdaptThink's δ·1[NoThink] + R − R̄_ref)."""
+def raw_advantage(rewards: np.ndarray, scale_rewards: str) -> np.ndarray:
+    """The reward itself: for rewards that already are advantages (AdaptThink's δ·1[NoThink] + R − R̄_ref);
+    never scaled."""
     return rewards.astype(float)
 
 

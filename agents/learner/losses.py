@@ -58,7 +58,11 @@ def register_policy_loss(name: str, sequence_level: bool = False):
     """Decorate `fn(stats: RowStats) -> list[float]` (one weight per row) to add a `loss_type`.
 
     Normalise by the counts (`num_rows`, `num_tokens`, `num_traces`), not by `len(stats.lengths)`:
-    under torchrun the lists hold one rank's rows only."""
+    under torchrun the lists hold one rank's rows only. A name registers once; a second
+    registration is refused."""
+    if name in POLICY_LOSSES:
+        raise ValueError(f"loss_type {name!r} is already registered; registered: {sorted(POLICY_LOSSES)}")
+
     def deco(fn: Callable[[RowStats], list[float]]):
         POLICY_LOSSES[name] = PolicyLoss(name, fn, sequence_level)
         return fn

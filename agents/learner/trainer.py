@@ -79,7 +79,6 @@ class GRPOTrainer:
                              "equal: dynamic_sampling would drop groups that teach; set dynamic_sampling=False")
         estimator = "raw" if raw else cfg.advantage_estimator  # AdaptThink's advantage is used as it is
         self.advantage = get_advantage(estimator)
-        self.advantage_kwargs = {"scale_rewards": cfg.scale_rewards} if estimator == "grpo" else {}
         texts = self.reward.openings(cfg.num_generations) if self.reward is not None else None
         self.openings = forced_openings(texts, self.policy.tokenizer) if texts else None
         self.siri = None
@@ -216,7 +215,7 @@ class GRPOTrainer:
         cfg, G = self.cfg, self.cfg.num_generations
         parts = distributed.gather(rewards)
         grouped = np.concatenate(parts).reshape(-1, G)
-        adv = self.advantage(grouped, **self.advantage_kwargs)
+        adv = self.advantage(grouped, self.cfg.scale_rewards)
         first = sum(len(p) for p in parts[:self.world.rank]) // G
         adv = adv[first:first + len(rewards) // G]
         if cfg.mgpo_lambda > 0:

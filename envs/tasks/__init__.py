@@ -17,6 +17,9 @@ TASKS: dict[str, Callable[..., Task]] = {}
 
 
 def register_task(name: str, factory: Callable[..., Task]) -> None:
+    """Add a task by name; a name registers once (a second registration is refused, not overwritten)."""
+    if name in TASKS:
+        raise ValueError(f"task {name!r} is already registered; registered: {sorted(TASKS)}")
     TASKS[name] = factory
 
 
