@@ -64,7 +64,7 @@ def cmd_train(args: argparse.Namespace) -> None:
                                   **{k: round(v, 4) for k, v in last.items() if k.startswith(("reward", "eval/", "accuracy"))}}))
         distributed.barrier()  # no rank tears gloo down while another still uses it (that aborts the process)
     finally:
-        if trainer is not None and hasattr(trainer.engine, "close"):
+        if trainer is not None:
             trainer.engine.close()  # vLLM tears the process groups down itself, and must do it first
         distributed.shutdown()
 

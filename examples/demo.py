@@ -62,7 +62,7 @@ trainer.warm_start()
 
 def held_out(when: str) -> dict[str, float]:
     """The policy as it is now, on the held-out problems (the same seeds and sampling seed each time)."""
-    trainer.engine.generator.manual_seed(10_000 + args.seed)
+    trainer.engine.seed(10_000 + args.seed)
     greedy = evaluate(trainer.engine, cfg.env, HELD_OUT, n=1, temperature=0.0, env_kwargs=cfg.env_kwargs, progress=f"{when}: greedy")
     sampled = evaluate(trainer.engine, cfg.env, HELD_OUT, n=4, temperature=1.0, env_kwargs=cfg.env_kwargs, ks=(1, 4),
                        progress=f"{when}: sampled")

@@ -82,7 +82,7 @@ def main() -> None:
 
     def show(name: str, engine) -> dict:
         res, wall = timed_eval(engine, seeds)
-        rep = engine.report() if hasattr(engine, "report") else {
+        rep = engine.report() if isinstance(engine, RoutedEngine) else {
             "routed_frac": float(engine.policy is large), "avg_active_params": sum(p.numel() for p in engine.policy.model.parameters())}
         print(f"{name:>14} | {res['accuracy']:>8.3f} | {rep['routed_frac']:>6.1%} | {rep['avg_active_params'] / 1e6:>16.2f}M | {wall:>6.1f}")
         return rep

@@ -14,28 +14,31 @@ import re
 import shutil
 import warnings
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
 
+if TYPE_CHECKING:
+    from ..rollout.engine import Engine
+
 LATEST = "latest"
 
 
-def rng_state(engine_generator: torch.Generator | None) -> dict[str, Any]:
+def rng_state(engine: Engine) -> dict[str, Any]:
     return {"torch": torch.get_rng_state(), "numpy": np.random.get_state(), "python": random.getstate(),
             "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None,
-            "engine": engine_generator.get_state() if engine_generator is not None else None}
+            "engine": engine.get_rng_state()}
 
 
-def set_rng_state(state: dict[str, Any], engine_generator: torch.Generator | None) -> None:
+def set_rng_state(state: dict[str, Any], engine: Engine) -> None:
     torch.set_rng_state(state["torch"])
     np.random.set_state(state["numpy"])
     random.setstate(state["python"])
     if state.get("cuda") is not None and torch.cuda.is_available():
         torch.cuda.set_rng_state_all(state["cuda"])
-    if engine_generator is not None and state.get("engine") is not None:
-        engine_generator.set_state(state["engine"])
+    if state.get("engine") is not None:  # None: written before the vllm engine saved its RNG
+        engine.set_rng_state(state["engine"])
 
 
 def _replace(path: Path, write: Any) -> None:

@@ -32,7 +32,7 @@ from ..evaluate import evaluate
 from ..methods.sft import demonstration_rows, train_sft
 from ..policy import Policy
 from ..rollout.collector import Collector, summed_stats
-from ..rollout.engine import make_engine
+from ..rollout.engine import Engine, make_engine
 from ..rollout.sampling import Opening, forced_openings
 from ..types import Batch, Episode, Row
 from .advantages import get_advantage, mgpo_weight
@@ -51,7 +51,12 @@ class NonFiniteLossError(RuntimeError):
 
 
 class GRPOTrainer:
-    def __init__(self, cfg: GRPOConfig, policy: Policy | None = None):
+    def __init__(self, cfg: GRPOConfig, policy: Policy | None = None, engine: Engine | None = None):
+        """`policy` replaces loading `cfg.model`; `engine` (sampling from the policy it trains) replaces
+        building `cfg.engine`."""
+        if engine is not None and policy is not None and engine.policy is not policy:
+            raise ValueError("the engine samples from another policy than the one given: pass the engine alone "
+                             "(its policy is trained), or the policy alone")
         self.cfg = cfg
         self.world = distributed.world()
         device = distributed.setup(cfg.device)
@@ -60,8 +65,9 @@ class GRPOTrainer:
                              "it must be at least the number of processes")
         torch.manual_seed(cfg.seed)
         np.random.seed(cfg.seed)
-        self.policy = policy or Policy.from_pretrained(cfg.model, device=device, dtype=cfg.dtype, seed=cfg.seed)
-        self.engine = make_engine(cfg.engine, self.policy, distributed.rank_seed(cfg.seed), cfg.vllm_tensor_parallel_size)
+        self.policy = (engine.policy if engine is not None else policy) or Policy.from_pretrained(
+            cfg.model, device=device, dtype=cfg.dtype, seed=cfg.seed)
+        self.engine = engine or make_engine(cfg.engine, self.policy, distributed.rank_seed(cfg.seed), cfg.vllm_tensor_parallel_size)
         self.model = self.policy.model
         if cfg.gradient_checkpointing:
             self.model.gradient_checkpointing_enable()
@@ -260,7 +266,7 @@ class GRPOTrainer:
             ep_len[r.episode] = ep_len.get(r.episode, 0) + sum(r.loss_mask)
         longest = max((len(r.loss_mask) for r in rows), default=1)
         max_len = cfg.max_completion_length or int(distributed.all_reduce([longest], "max")[0])
-        tis = self._engine_correction(rows) if cfg.engine != "hf" else None
+        tis = None if self.engine.logprobs_are_trainers else self._engine_correction(rows)
         self._opening_logprobs(rows)  # after the engine correction, which sets old log-probs to the policy's
         sums = {"tokens": 0.0, "clip_ratio/low_mean": 0.0, "clip_ratio/high_mean": 0.0, "entropy": 0.0, "kl": 0.0}
         loss_sum, grad_norm_sum, n_updates = 0.0, 0.0, 0
@@ -421,7 +427,7 @@ class GRPOTrainer:
     # -- checkpoints ------------------------------------------------------------------------------
     def state(self) -> dict[str, Any]:
         """The trainer's state; `ranks` holds every rank's RNGs, shuffle and environment state (a collective)."""
-        mine = {"rng": rng_state(getattr(self.engine, "generator", None)), "shuffle": self._shuffle.bit_generator.state,
+        mine = {"rng": rng_state(self.engine), "shuffle": self._shuffle.bit_generator.state,
                 "env": self.collector.env_state()}
         return {"step": self.step, "optimizer": self.opt.state_dict(), "scheduler": self.sched.state_dict(),
                 "ranks": distributed.gather(mine), "reward": self.reward.state_dict() if self.reward is not None else None,
@@ -446,7 +452,7 @@ class GRPOTrainer:
         per_rank = st.get("ranks") or [{"rng": st["rng"], "shuffle": st["shuffle"], "env": st.get("env")}]
         if len(per_rank) == self.world.size:
             mine = per_rank[self.world.rank]
-            set_rng_state(mine["rng"], getattr(self.engine, "generator", None))
+            set_rng_state(mine["rng"], self.engine)
             self._shuffle.bit_generator.state = mine["shuffle"]
         else:
             mine = per_rank[0]

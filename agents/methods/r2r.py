@@ -33,7 +33,7 @@ from thinkgym.envs import TokenAction
 from ..policy import Policy, cache_kwargs
 from ..rollout.engine import Completion, GenerationRequest
 from ..rollout.hf.engine import DecodeRow, HFEngine, left_pad
-from ..rollout.sampling import sample_tokens
+from ..rollout.sampling import TorchSampler, sample_tokens
 from .router import RoutingRule
 
 IDENTICAL, NEUTRAL, DIVERGENT = 0, 1, 2
@@ -161,7 +161,7 @@ class _Row(DecodeRow):
     routed: list[bool] = field(default_factory=list)
 
 
-class RoutedEngine:
+class RoutedEngine(TorchSampler):
     """An `Engine` that decodes with `small` and hands the router's tokens to `large`.
 
     `policy` is the small policy (the collector reads its tokenizer). `stats` accumulates over calls:
@@ -172,13 +172,16 @@ class RoutedEngine:
         _check_pair(small, large)
         self.policy, self.large, self.router = small, large, router
         self.max_batch_size = max_batch_size
-        self.generator = torch.Generator(device=small.device)
-        if seed is not None:
-            self.generator.manual_seed(seed)
+        TorchSampler.__init__(self, small.device, seed)
         self.stats = {"tokens": 0, "routed": 0, "large_calls": 0, "wall_s": 0.0}
+
+    logprobs_are_trainers = False  # tokens of the large model are in its rows
 
     def sync_weights(self) -> None:
         """Nothing to do: both models are read directly."""
+
+    def close(self) -> None:
+        """Nothing held beyond the two models."""
 
     def report(self) -> dict[str, float]:
         """Routed fraction, average active parameters per token (small + router every token, large on

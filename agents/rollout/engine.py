@@ -9,7 +9,7 @@ the trainer recomputes for importance ratios (see README, "Log-probabilities").
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Literal, Protocol, Sequence
+from typing import TYPE_CHECKING, Any, Literal, Protocol, Sequence
 
 if TYPE_CHECKING:
     from ..policy import Policy
@@ -57,12 +57,29 @@ class Completion:
 
 
 class Engine(Protocol):
-    """What the collector, evaluation and the learner need from a rollout engine."""
+    """What the collector, evaluation and the learner need from a rollout engine, and all they use."""
+
+    policy: Policy
+    """The policy it samples from: its tokenizer and EOS are the env's and the collector's."""
+    logprobs_are_trainers: bool
+    """Whether its log-probabilities come from the trainer's own model and kernels (then the importance
+    ratio at the first iteration is exactly 1 and no truncated-IS correction is needed)."""
 
     def generate(self, requests: list[GenerationRequest]) -> list[list[Completion]]: ...
 
     def sync_weights(self) -> None:
         """Make generation use the policy's current weights (after an optimizer step)."""
+
+    def seed(self, seed: int) -> None:
+        """Restart the sampling RNG from `seed` (evaluations that must draw the same samples each time)."""
+
+    def get_rng_state(self) -> Any:
+        """The sampling RNG's state, saved in checkpoints so that a resumed run draws what it would have."""
+
+    def set_rng_state(self, state: Any) -> None: ...
+
+    def close(self) -> None:
+        """Free what the engine holds outside Python's reach (vLLM's engine core and process groups)."""
 
 
 def make_engine(name: str, policy: Policy, seed: int, tensor_parallel_size: int = 1):

@@ -44,6 +44,25 @@ def race(logits: torch.Tensor, temperature: torch.Tensor, noise: torch.Tensor,
 compiled_race = compiled(race)  # one fused pass over the logits instead of about ten on a GPU
 
 
+class TorchSampler:
+    """The sampling RNG of an engine that samples with torch (`hf`, R2R), with the Engine protocol's
+    seed and state methods."""
+
+    def __init__(self, device: torch.device, seed: int | None):
+        self.generator = torch.Generator(device=device)
+        if seed is not None:
+            self.generator.manual_seed(seed)
+
+    def seed(self, seed: int) -> None:
+        self.generator.manual_seed(seed)
+
+    def get_rng_state(self) -> torch.Tensor:
+        return self.generator.get_state()
+
+    def set_rng_state(self, state: torch.Tensor) -> None:
+        self.generator.set_state(state)
+
+
 def sample_tokens(logits: torch.Tensor, temperature: torch.Tensor, top_p: torch.Tensor,
                   generator: torch.Generator | None, truncate: bool = True) -> tuple[torch.Tensor, torch.Tensor]:
     """Sample one token per row with `race`; `truncate=False` says that no row has top_p < 1, which

@@ -126,6 +126,17 @@ class VLLMEngine:
             warnings.warn("this vLLM's sampler could not be wrapped: with top_p < 1 the vllm engine reports "
                           "log-probabilities of the truncated, renormalised distribution", stacklevel=2)
 
+    logprobs_are_trainers = False
+
+    def seed(self, seed: int) -> None:
+        self.rng = np.random.default_rng(seed)
+
+    def get_rng_state(self) -> dict[str, Any]:
+        return self.rng.bit_generator.state
+
+    def set_rng_state(self, state: dict[str, Any]) -> None:
+        self.rng.bit_generator.state = state
+
     def close(self) -> None:
         """Shut vLLM's in-process engine down now. Its teardown destroys torch.distributed's groups,
         the trainer's too under torchrun, so it must come before the trainer's own (`thinkgym train` does this)."""

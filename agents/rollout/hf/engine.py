@@ -20,7 +20,7 @@ from transformers import DynamicCache
 
 from ...policy import Policy, cache_kwargs
 from ..engine import Completion, GenerationRequest
-from ..sampling import find_stop, sample_tokens
+from ..sampling import TorchSampler, find_stop, sample_tokens
 from .static_cache import ATTENTION, SLOT_BUCKET, SlotCache, StaticDecoder, supports_static
 
 
@@ -89,7 +89,7 @@ class HostTokens:
         return self.tokens.tolist(), self.logps.tolist()
 
 
-class HFEngine:
+class HFEngine(TorchSampler):
     """Generates with the policy's own model, so its weights are always current.
 
     `static_cache` (default: when the model supports it) decodes over a preallocated cache of at most
@@ -98,14 +98,14 @@ class HFEngine:
     decodes Llama-family models with `FusedStep`, compiled when there are graphs. The cache and graphs
     are kept between calls, and read the weights in place after optimizer steps."""
 
+    logprobs_are_trainers = True
+
     def __init__(self, policy: Policy, max_batch_size: int = 256, seed: int | None = None,
                  static_cache: bool | None = None, cuda_graphs: bool | None = None, kv_cache_gb: float | None = None,
                  fused: bool = True):
         self.policy = policy
         self.max_batch_size = max_batch_size
-        self.generator = torch.Generator(device=policy.device)
-        if seed is not None:
-            self.generator.manual_seed(seed)
+        TorchSampler.__init__(self, policy.device, seed)
         cuda = policy.device.type == "cuda"
         self.static_cache = supports_static(policy.model) if static_cache is None else static_cache
         self.cuda_graphs = (cuda and self.static_cache) if cuda_graphs is None else cuda_graphs
@@ -119,6 +119,9 @@ class HFEngine:
 
     def sync_weights(self) -> None:
         """Nothing to do: the engine reads the training model's parameters directly."""
+
+    def close(self) -> None:
+        self.release()
 
     def release(self) -> None:
         """Free the static cache and its graphs (they are rebuilt on the next call)."""
