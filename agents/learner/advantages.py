@@ -32,6 +32,7 @@ def get_advantage(name: str) -> AdvantageFn:
 
 
 STD_EPS = 1e-4
+SCALE_REWARDS = ("group", "batch", "none")
 
 
 @register_advantage("grpo")
@@ -45,7 +46,7 @@ def grpo_advantage(rewards: np.ndarray, scale_rewards: str) -> np.ndarray:
         return centred / (rewards.std() + STD_EPS)
     if scale_rewards == "none":
         return centred
-    raise ValueError(f"scale_rewards must be 'group', 'batch' or 'none'; got {scale_rewards!r}")
+    raise ValueError(f"scale_rewards={scale_rewards!r} is unknown; valid: {list(SCALE_REWARDS)}")
 
 
 @register_advantage("rloo")

@@ -16,8 +16,10 @@ from typing import Any
 
 import yaml
 
-ENGINES = ("hf", "vllm")
+from ..rollout.engine import ENGINES
+
 DTYPES = (None, "float32", "bfloat16", "float16")
+LR_SCHEDULERS = ("constant", "linear", "cosine")
 
 
 @dataclass
@@ -158,19 +160,15 @@ class GRPOConfig:
     """Log one sample completion as text every N steps."""
 
     def __post_init__(self) -> None:
-        from .advantages import get_advantage
+        from .advantages import SCALE_REWARDS, get_advantage
         from .losses import get_policy_loss
 
         get_policy_loss(self.loss_type)
         get_advantage(self.advantage_estimator)
-        if self.engine not in ENGINES:
-            raise ValueError(f"engine={self.engine!r} is unknown; valid engines: {list(ENGINES)}")
-        if self.dtype not in DTYPES:
-            raise ValueError(f"dtype={self.dtype!r} is unknown; valid: {list(DTYPES)}")
-        if self.scale_rewards not in ("group", "batch", "none"):
-            raise ValueError(f"scale_rewards must be 'group', 'batch' or 'none'; got {self.scale_rewards!r}")
-        if self.lr_scheduler not in ("constant", "linear", "cosine"):
-            raise ValueError(f"lr_scheduler must be 'constant', 'linear' or 'cosine'; got {self.lr_scheduler!r}")
+        for name, choices in (("engine", ENGINES), ("dtype", DTYPES), ("scale_rewards", SCALE_REWARDS),
+                              ("lr_scheduler", LR_SCHEDULERS)):
+            if getattr(self, name) not in choices:
+                raise ValueError(f"{name}={getattr(self, name)!r} is unknown; valid: {list(choices)}")
         for name in ("num_generations", "prompts_per_step", "steps", "num_iterations", "minibatches", "micro_batch_size",
                      "vllm_tensor_parallel_size"):
             if getattr(self, name) < 1:

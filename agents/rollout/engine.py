@@ -15,6 +15,7 @@ if TYPE_CHECKING:
     from ..policy import Policy
 
 FinishReason = Literal["eos", "stop", "length"]
+ENGINES = ("hf", "vllm")
 
 
 @dataclass
@@ -92,4 +93,4 @@ def make_engine(name: str, policy: Policy, seed: int, tensor_parallel_size: int 
         from .vllm import VLLMEngine
 
         return VLLMEngine(policy, seed=seed, tensor_parallel_size=tensor_parallel_size)
-    raise ValueError(f"engine={name!r} is unknown; valid engines: ['hf', 'vllm']")
+    raise ValueError(f"engine={name!r} is unknown; valid engines: {list(ENGINES)}")
