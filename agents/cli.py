@@ -16,6 +16,7 @@ from typing import Sequence
 import yaml
 
 from .learner.config import GRPOConfig, field_docs, parse_field_value
+from .types import SFT_SEED_BASE, TRAIN_SEED_BASE
 
 
 def add_config_flags(parser: argparse.ArgumentParser) -> None:
@@ -75,7 +76,7 @@ def cmd_sft(args: argparse.Namespace) -> None:
 
     policy = Policy.from_pretrained(args.model, device=args.device)
     rows = jsonl_rows(args.data, policy.tokenizer) if args.data else demonstration_rows(
-        args.env, range(1_000_000, 1_000_000 + args.seeds), policy.tokenizer, json.loads(args.env_kwargs))
+        args.env, range(SFT_SEED_BASE, SFT_SEED_BASE + args.seeds), policy.tokenizer, json.loads(args.env_kwargs))
     train_sft(policy, rows, steps=args.steps, lr=args.learning_rate, batch_size=args.batch_size)
     policy.save_pretrained(args.output_dir)
     print(f"saved the fine-tuned policy to {args.output_dir}")
@@ -175,7 +176,7 @@ def build_parser() -> argparse.ArgumentParser:
     s = sub.choices["sample"]
     s.add_argument("--out", required=True, help="jsonl to write; seeds already in it are skipped (resume)")
     s.add_argument("--seeds", type=int, default=256, help="prompts (env seeds) to sample")
-    s.add_argument("--seed-start", type=int, default=10_000_000, help="the first env seed")
+    s.add_argument("--seed-start", type=int, default=TRAIN_SEED_BASE, help="the first env seed (default: the training range)")
     s.add_argument("--n", type=int, default=4, help="samples per prompt")
     s.add_argument("--temperature", type=float, default=1.0, help="sampling temperature")
     s.add_argument("--top-p", type=float, default=1.0, help="nucleus sampling threshold")

@@ -1,12 +1,17 @@
 """The data that passes between rollout and learning: a policy call (`Step`), a rollout (`Episode`),
 a training sequence (`Row`) and a collection (`Batch`), and `episode_rows`, which turns an episode
-into its rows. The collector fills them; the learner, SFT and REDI read them.
+into its rows. The collector fills them; the learner, SFT and REDI read them. Also the env seed
+ranges, so that no two uses draw the same problems.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
 from typing import Any
+
+# Env seeds: evaluation uses 0..N-1; the warm start's demonstrations, RL training prompts and the
+# monitor set of stateful rewards each start at their own base, far apart.
+SFT_SEED_BASE, TRAIN_SEED_BASE, MONITOR_SEED_BASE = 1_000_000, 10_000_000, 20_000_000
 
 
 @dataclass

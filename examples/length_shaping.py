@@ -29,6 +29,7 @@ from thinkgym.agents.learner.trainer import GRPOTrainer  # noqa: E402
 from thinkgym.agents.methods.sft import demonstration_rows, train_sft  # noqa: E402
 from thinkgym.agents.plot import read_scalars  # noqa: E402
 from thinkgym.agents.policy import Policy  # noqa: E402
+from thinkgym.agents.types import SFT_SEED_BASE  # noqa: E402
 
 ap = argparse.ArgumentParser()
 ap.add_argument("--steps", type=int, default=30, help="GRPO steps per arm")
@@ -49,7 +50,7 @@ t0 = time.perf_counter()
 
 ENV, KW = "LongCoT-v0", {"task_kwargs": {"n_terms": 4, "recheck": 0.5}, "max_thinking_tokens": 200}
 base = Policy.tiny(seed=0)
-train_sft(base, demonstration_rows(ENV, range(1_000_000, 1_000_000 + args.sft_seeds), base.tokenizer, KW),
+train_sft(base, demonstration_rows(ENV, range(SFT_SEED_BASE, SFT_SEED_BASE + args.sft_seeds), base.tokenizer, KW),
           steps=args.sft_steps, lr=3e-3)
 runs = {"correctness": "correctness"}
 runs.update({f"LASER {w}": f"correctness + {w}*laser(target_length={args.target_length})" for w in args.weights.split(",")})

@@ -21,6 +21,7 @@ from thinkgym.agents.methods.router import RateRouter, RouterConfig, binary_metr
 from thinkgym.agents.methods.sft import demonstration_rows, train_sft
 from thinkgym.agents.policy import Policy
 from thinkgym.agents.rollout.hf.engine import HFEngine
+from thinkgym.agents.types import SFT_SEED_BASE
 
 ENV_ID = "LongCoT-v0"
 ENV_KWARGS = {"task_kwargs": {"n_terms": 4}, "max_thinking_tokens": 200}
@@ -28,7 +29,7 @@ ENV_KWARGS = {"task_kwargs": {"n_terms": 4}, "max_thinking_tokens": 200}
 
 def trained(steps: int, seed: int, **config) -> Policy:
     policy = Policy.tiny(seed, device="cpu", **config)
-    rows = demonstration_rows(ENV_ID, range(1_000_000, 1_000_300), policy.tokenizer, ENV_KWARGS)
+    rows = demonstration_rows(ENV_ID, range(SFT_SEED_BASE, SFT_SEED_BASE + 300), policy.tokenizer, ENV_KWARGS)
     train_sft(policy, rows, steps=steps, lr=3e-3, seed=seed)
     return policy
 

@@ -45,7 +45,7 @@ import numpy as np
 import torch
 from torch.utils.tensorboard import SummaryWriter
 
-from thinkgym.agents.learner.trainer import SFT_SEED_BASE, TRAIN_SEED_BASE
+from thinkgym.agents.types import SFT_SEED_BASE, TRAIN_SEED_BASE
 from thinkgym.agents.methods.redi import (Trace, build_redi_data, cut_after_first_error, first_error, label_by_reference, load_traces,
                                   train_redi)
 from thinkgym.agents.methods.sample import sample_traces

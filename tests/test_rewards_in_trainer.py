@@ -6,7 +6,8 @@ import math
 import pytest
 
 from thinkgym.agents.learner.config import GRPOConfig
-from thinkgym.agents.learner.trainer import MONITOR_SEED_BASE, TRAIN_SEED_BASE, GRPOTrainer
+from thinkgym.agents.learner.trainer import GRPOTrainer
+from thinkgym.agents.types import MONITOR_SEED_BASE, TRAIN_SEED_BASE
 from thinkgym.rewards import (ADAPTTHINK_FORCED_LOGPROB, NO_THINK, THINK, AdaptThink, CompositeReward, Sample,
                               adaptthink_correct, available_rewards, get_reward, parse_reward_spec)
 

@@ -17,7 +17,8 @@ import torch
 
 import thinkgym.agents.learner.trainer as grpo
 from thinkgym.agents.learner.config import GRPOConfig
-from thinkgym.agents.learner.trainer import TRAIN_SEED_BASE, GRPOTrainer
+from thinkgym.agents.learner.trainer import GRPOTrainer
+from thinkgym.agents.types import TRAIN_SEED_BASE
 
 G = 3  # num_generations of the shared batch: 2 prompts x 3 rollouts
 REWARDS = np.array([1.0, 0.0, 0.0, 2.0, 5.0, 8.0])  # a known reward matrix [[1, 0, 0], [2, 5, 8]] with variance in both groups

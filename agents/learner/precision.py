@@ -14,7 +14,8 @@ still holds the masters' rounded values.
 
 from __future__ import annotations
 
-from typing import Any, Iterable
+import math
+from typing import Any, Callable, Iterable
 
 import torch
 
@@ -64,3 +65,22 @@ class MasterAdamW(torch.optim.AdamW):
             for m, s in zip(ours, saved):
                 m.copy_(s)
         super().load_state_dict(state_dict)
+
+
+def lr_schedule(kind: str, warmup: int, total: int) -> Callable[[int], float]:
+    """The learning-rate factor at optimizer step s: linear warm-up over `warmup` steps, then
+    `constant`, `linear` (to 0 at `total`) or `cosine` decay."""
+    def factor(s: int) -> float:
+        if s < warmup:
+            return (s + 1) / warmup
+        frac = (s - warmup) / max(1, total - warmup)
+        return {"constant": 1.0, "linear": 1.0 - frac, "cosine": 0.5 * (1 + math.cos(math.pi * frac))}[kind]
+    return factor
+
+
+def build_optimizer(model: torch.nn.Module, lr: float, schedule: Callable[[int], float],
+                    weight_decay: float = 0.0) -> tuple[MasterAdamW, torch.optim.lr_scheduler.LambdaLR]:
+    """The one optimizer set-up of GRPO, SFT and REDI: AdamW over fp32 master weights (fused on a GPU)
+    and a LambdaLR schedule."""
+    opt = MasterAdamW(model.parameters(), lr=lr, weight_decay=weight_decay, fused=next(model.parameters()).is_cuda)
+    return opt, torch.optim.lr_scheduler.LambdaLR(opt, schedule)

@@ -34,16 +34,13 @@ from ..policy import Policy
 from ..rollout.collector import Collector, summed_stats
 from ..rollout.engine import Engine, make_engine
 from ..rollout.sampling import Opening, forced_openings
-from ..types import Batch, Episode, Row
+from ..types import MONITOR_SEED_BASE, SFT_SEED_BASE, TRAIN_SEED_BASE, Batch, Episode, Row
 from .advantages import get_advantage, mgpo_weight
 from .checkpoint import latest_checkpoint, load_trainer_state, rng_state, save_checkpoint, set_rng_state
 from .config import GRPOConfig
 from .logprobs import completion_logprobs, pad_rows
 from .losses import get_policy_loss, k3_kl, row_stats, sequence_surrogate, token_surrogate
-from .precision import MasterAdamW
-
-# eval uses seeds 0..eval_prompts-1; the warm start, training and the monitor set each have their own range
-SFT_SEED_BASE, TRAIN_SEED_BASE, MONITOR_SEED_BASE = 1_000_000, 10_000_000, 20_000_000
+from .precision import build_optimizer, lr_schedule
 
 
 class NonFiniteLossError(RuntimeError):
@@ -73,10 +70,9 @@ class GRPOTrainer:
             self.model.gradient_checkpointing_enable()
         self.train_model = distributed.wrap(self.model)  # forward/backward go through DDP under torchrun
         self.ref_model = copy.deepcopy(self.model).eval().requires_grad_(False) if cfg.beta > 0 else None
-        fused = self.policy.device.type == "cuda"
-        self.opt = MasterAdamW(self.model.parameters(), lr=cfg.learning_rate, weight_decay=cfg.weight_decay, fused=fused)
         total = cfg.steps * cfg.num_iterations * cfg.minibatches
-        self.sched = torch.optim.lr_scheduler.LambdaLR(self.opt, lambda s: self._lr_factor(s, total))
+        self.opt, self.sched = build_optimizer(self.model, cfg.learning_rate, lr_schedule(cfg.lr_scheduler, cfg.warmup_steps, total),
+                                               cfg.weight_decay)
         self.loss = get_policy_loss(cfg.loss_type)
         self.reward = parse_reward_spec(cfg.reward, cfg.reward_params) if cfg.reward else None
         raw = self.reward is not None and self.reward.raw_advantage
@@ -99,13 +95,6 @@ class GRPOTrainer:
         self.last_episode: Episode | None = None
         self._stop_requested = False
         self._shuffle = np.random.default_rng(cfg.seed)
-
-    # -- schedules --------------------------------------------------------------------------------
-    def _lr_factor(self, s: int, total: int) -> float:
-        if s < self.cfg.warmup_steps:
-            return (s + 1) / self.cfg.warmup_steps
-        frac = (s - self.cfg.warmup_steps) / max(1, total - self.cfg.warmup_steps)
-        return {"constant": 1.0, "linear": 1.0 - frac, "cosine": 0.5 * (1 + math.cos(math.pi * frac))}[self.cfg.lr_scheduler]
 
     def step_prompts(self, step: int, round_: int = 0) -> list[int]:
         """The `prompts_per_step` seeds of a step's collection round (every rank's), cycling through a

@@ -29,7 +29,7 @@ from thinkgym.envs.tokenizer import encode
 
 from ..learner.checkpoint import save_checkpoint
 from ..learner.logprobs import completion_logprobs, pad_rows
-from ..learner.precision import MasterAdamW
+from ..learner.precision import build_optimizer, lr_schedule
 from ..policy import Policy
 from ..types import Row
 
@@ -196,9 +196,7 @@ def train_redi(policy: Policy, pairs: list[tuple[Trace, Trace]], steps: int = 10
     if not pairs:
         raise ValueError("no (correct, incorrect) pairs to train on: the data needs prompts with both kinds of trace")
     model = policy.model
-    opt = MasterAdamW(model.parameters(), lr=lr, weight_decay=0.0, fused=next(model.parameters()).is_cuda)
-    warm = max(1, int(warmup_frac * steps))
-    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: min((s + 1) / warm, max(0.0, (steps - s) / max(1, steps - warm))))
+    opt, sched = build_optimizer(model, lr, lr_schedule("linear", max(1, int(warmup_frac * steps)), steps))
     g = torch.Generator().manual_seed(seed)
     history: list[dict[str, float]] = []
 

@@ -20,7 +20,7 @@ from thinkgym.envs import TokenAction
 from thinkgym.envs.tokenizer import encode
 
 from ..learner.logprobs import completion_logprobs, pad_rows
-from ..learner.precision import MasterAdamW
+from ..learner.precision import build_optimizer
 from ..policy import Policy
 from ..rollout.sampling import find_stop
 from ..types import Episode, Row, Step, episode_rows
@@ -89,8 +89,8 @@ def train_sft(policy: Policy, rows: list[Row], steps: int = 300, batch_size: int
         raise ValueError("no rows to train on")
     model = policy.model
     model.train()
-    opt = MasterAdamW(model.parameters(), lr=lr, weight_decay=0.0, fused=policy.device.type == "cuda")
-    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: min(1.0, (s + 1) / max(1, steps // 10)) * max(0.0, 1 - s / steps) + 1e-3)
+    # warm-up over the first tenth, linear decay over the whole run, and a floor of 1e-3 (the demo's warm start)
+    opt, sched = build_optimizer(model, lr, lambda s: min(1.0, (s + 1) / max(1, steps // 10)) * max(0.0, 1 - s / steps) + 1e-3)
     g = torch.Generator().manual_seed(seed)
     losses = []
     bar = tqdm(range(steps), desc="sft", dynamic_ncols=True, disable=not progress)
