@@ -1,13 +1,26 @@
 """thinkgym: reasoning tasks as text Gymnasium environments, and a GRPO agent that trains on them.
 
 `import thinkgym` registers every environment id with Gymnasium, so `gym.make("Delethink-v0")`
-works; `gym.make("thinkgym:Delethink-v0")` imports it for you.
+works; `gym.make("thinkgym:Delethink-v0")` imports it for you. The subpackages (`envs`, `rewards`,
+`agents`) load on first use, so `import thinkgym.rewards` stays cheap.
 """
 
-from . import envs, rewards
-from .envs import ENV_SPECS
+from __future__ import annotations
+
+import importlib
+from typing import Any
+
+from .envs.registration import ENV_SPECS, register_all
+
+register_all()
 
 __version__ = "0.1.0"
 ENV_IDS = [spec[0] for spec in ENV_SPECS]
 
-__all__ = ["envs", "rewards", "ENV_IDS", "__version__"]
+__all__ = ["envs", "rewards", "agents", "ENV_IDS", "__version__"]
+
+
+def __getattr__(name: str) -> Any:
+    if name in ("envs", "rewards", "agents"):
+        return importlib.import_module(f".{name}", __name__)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

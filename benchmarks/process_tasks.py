@@ -17,8 +17,8 @@ from pathlib import Path
 
 import numpy as np
 
-from thinkgym.envs.masked_step import MaskedStepTask
-from thinkgym.envs.step_reorder import StepReorderTask
+from thinkgym.envs.tasks.masked_step import MaskedStepTask
+from thinkgym.envs.tasks.step_reorder import StepReorderTask
 
 KINDS = [("MaskedStep number", MaskedStepTask, {"mask": "number"}), ("MaskedStep formula", MaskedStepTask, {"mask": "formula"}),
          ("MaskedStep step", MaskedStepTask, {"mask": "step"}), ("StepReorder k=3", StepReorderTask, {"k": 3}),

@@ -1,20 +1,24 @@
-"""Text environments for LLM policies, and the tasks they pose."""
+"""Text environments for LLM policies, and the tasks they pose.
 
-from .core import LLMText, TextEnv, TokenAction
-from .delethink import DelethinkEnv
-from .masked_step import MaskedStepTask
-from .reasoning import ReasoningEnv
-from .registration import ENV_SPECS, register_all
-from .step_reorder import StepReorderTask
-from .tasks import Problem, Task, Verdict, make_task, register_task
-from .tokenizer import builtin_tokenizer, resolve_tokenizer
+Names load on first use (PEP 562): `import thinkgym` registers every environment id through
+`envs.registration`, which needs only Gymnasium, so importing thinkgym (or `thinkgym.rewards`) does
+not load transformers or any environment until one is used.
+"""
 
-# Tasks that live beside their environment (they build on solutions.py, which imports .tasks).
-for _cls in (MaskedStepTask, StepReorderTask):
-    register_task(_cls.name, _cls)
-register_all()
+from __future__ import annotations
 
-__all__ = [
-    "DelethinkEnv", "LLMText", "Problem", "ReasoningEnv", "Task", "TextEnv", "TokenAction", "Verdict",
-    "ENV_SPECS", "builtin_tokenizer", "make_task", "register_task", "resolve_tokenizer",
-]
+import importlib
+from typing import Any
+
+_HOME = {
+    "LLMText": "core", "TextEnv": "core", "TokenAction": "core", "DelethinkEnv": "delethink", "ReasoningEnv": "reasoning",
+    "ENV_SPECS": "registration", "Problem": "tasks", "Task": "tasks", "Verdict": "tasks", "make_task": "tasks",
+    "register_task": "tasks", "builtin_tokenizer": "tokenizer", "resolve_tokenizer": "tokenizer",
+}
+__all__ = sorted(_HOME)
+
+
+def __getattr__(name: str) -> Any:
+    if name not in _HOME:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    return getattr(importlib.import_module(f".{_HOME[name]}", __name__), name)

@@ -76,3 +76,16 @@ def test_eval_help_loads_neither_the_learner_nor_tensorboard():
     loaded = [m for m in modules if m.startswith(("thinkgym.agents.learner.trainer", "thinkgym.agents.methods", "tensorboard",
                                                   "torch.utils.tensorboard"))]
     assert loaded == []
+
+
+def test_rewards_import_without_transformers_torch_or_any_environment():
+    """`thinkgym.rewards` is the bottom layer, used inside other trainers' reward functions: importing it
+    loads no model library and no environment. (Gymnasium loads: `import thinkgym` registers the ids.)"""
+    code = "import json, sys\nimport thinkgym.rewards\nprint(json.dumps(sorted(sys.modules)))\n"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    modules = json.loads(out.splitlines()[-1])
+    heavy = [m for m in modules if m.split(".")[0] in ("transformers", "torch", "tokenizers", "math_verify")
+             or (m.startswith("thinkgym.envs.") and m != "thinkgym.envs.registration")]
+    assert heavy == []
+    code = "import gymnasium as gym\nimport thinkgym\nprint(type(gym.make('DelethinkDemo-v0').unwrapped).__name__)\n"
+    assert subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout.split() == ["DelethinkEnv"]

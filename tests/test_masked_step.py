@@ -8,8 +8,9 @@ import yaml
 from gymnasium.utils.env_checker import check_env
 
 import thinkgym  # noqa: F401
-from thinkgym.envs.masked_step import MASKS, MaskedStepEnv, MaskedStepTask, candidates, math_score, text_score
-from thinkgym.envs.solutions import Solution, SolutionSource, calculator_lines, split_sentences, split_steps
+from thinkgym.envs.masked_step import MaskedStepEnv
+from thinkgym.envs.tasks.masked_step import MASKS, MaskedStepTask, candidates, math_score, text_score
+from thinkgym.envs.tasks.solutions import Solution, SolutionSource, calculator_lines, split_sentences, split_steps
 
 
 def fills(golds):

@@ -8,8 +8,9 @@ import pytest
 from gymnasium.utils.env_checker import check_env
 
 import thinkgym  # noqa: F401
-from thinkgym.envs.solutions import Solution
-from thinkgym.envs.step_reorder import StepReorderEnv, StepReorderTask, parse_order
+from thinkgym.envs.step_reorder import StepReorderEnv
+from thinkgym.envs.tasks.solutions import Solution
+from thinkgym.envs.tasks.step_reorder import StepReorderTask, parse_order
 
 
 def boxed(order):

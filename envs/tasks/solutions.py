@@ -31,10 +31,10 @@ from typing import Any
 
 import numpy as np
 
-from thinkgym.rewards.math import THINK_CLOSE, extract_answer
+from thinkgym.rewards.math import THINK_CLOSE, THINK_OPEN, extract_answer
 
-from .tasks import Problem, Task, make_task
-from .tokenizer import THINK_OPEN
+from .base import Problem, Task
+from .registry import make_task
 
 SPLITS = ("auto", "lines", "sentences")
 _CALCULATOR = re.compile(r"<<[^<>]*>>")
