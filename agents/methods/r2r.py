@@ -32,8 +32,8 @@ from thinkgym.envs import TokenAction
 
 from ..policy import Policy, cache_kwargs
 from ..rollout.engine import Completion, GenerationRequest
-from ..rollout.hf.engine import DecodeRow, HFEngine, left_pad
-from ..rollout.sampling import TorchSampler, sample_tokens
+from ..rollout.hf.engine import DecodeRow, HFEngine, left_pad, per_request, request_rows
+from ..rollout.sampling import TorchSampler, force_prefixes, sample_tokens
 from .router import RoutingRule
 
 IDENTICAL, NEUTRAL, DIVERGENT = 0, 1, 2
@@ -196,18 +196,16 @@ class RoutedEngine(TorchSampler):
     @torch.no_grad()
     def generate(self, requests: list[GenerationRequest]) -> list[list[RoutedCompletion]]:
         t0 = time.perf_counter()
-        rows = []
         for req in requests:
             self.policy.check_prompt(len(req.prompt_ids), req.max_new_tokens)
             self.large.check_prompt(len(req.prompt_ids), req.max_new_tokens)
-            rows += [_Row(list(req.prompt_ids), req) for _ in range(req.n)]
+        rows = request_rows(requests, _Row)
         for i in range(0, len(rows), self.max_batch_size):
             self._run(rows[i:i + self.max_batch_size])
         self.stats["wall_s"] += time.perf_counter() - t0
         tok = self.policy.tokenizer
-        done = iter(rows)
-        return [[RoutedCompletion(r.out, tok.decode(r.out, skip_special_tokens=False), r.logps, r.finish, r.eos_logp, r.routed)
-                 for r in (next(done) for _ in range(req.n))] for req in requests]
+        return per_request(requests, rows, lambda r: RoutedCompletion(r.out, tok.decode(r.out, skip_special_tokens=False), r.logps,
+                                                                       r.finish, r.eos_logp, r.routed))
 
     def _run(self, rows: list[_Row]) -> None:
         small, large, dev = self.policy.model, self.large.model, self.policy.device
@@ -219,15 +217,10 @@ class RoutedEngine(TorchSampler):
         live, step = list(range(len(rows))), 0
         while live:
             tokens, logps = sample_tokens(logits, temp, top_p, self.generator)
-            forced = [(b, rows[ri].req.prefix_ids[step]) for b, ri in enumerate(live) if step < len(rows[ri].req.prefix_ids)]
             fire = self.router.decide(hidden, small.get_input_embeddings()(tokens), logits).to(dev)
-            if forced:  # forced prefix tokens are never routed; they are scored under the small model
-                fb = torch.tensor([b for b, _ in forced], device=dev)
-                ft = torch.tensor([t for _, t in forced], device=dev)
-                scale = torch.where(temp[fb] > 0, temp[fb], torch.ones_like(temp[fb])).unsqueeze(-1)
-                tokens[fb] = ft
-                logps[fb] = torch.log_softmax(logits[fb].float() / scale, -1).gather(-1, ft.unsqueeze(-1)).squeeze(-1)
-                fire[fb] = False
+            forced = force_prefixes([rows[ri].req.prefix_ids for ri in live], step, tokens, logps, logits, temp)
+            if forced is not None:  # forced prefix tokens are never routed; they are scored under the small model
+                fire[forced] = False
             host_fire = fire.tolist()
             if any(host_fire):  # the large model catches up on the new columns and writes the routed tokens
                 lpos = (mask.cumsum(-1) - 1).clamp(min=0)

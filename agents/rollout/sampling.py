@@ -44,6 +44,27 @@ def race(logits: torch.Tensor, temperature: torch.Tensor, noise: torch.Tensor,
 compiled_race = compiled(race)  # one fused pass over the logits instead of about ten on a GPU
 
 
+def to_device(values: list[int], device: torch.device) -> torch.Tensor:
+    """A host list as a device tensor, copied without waiting for the GPU's queued work (from pinned memory)."""
+    t = torch.tensor(values)
+    return t.pin_memory().to(device, non_blocking=True) if device.type == "cuda" else t
+
+
+def force_prefixes(prefixes: list[list[int]], step: int, tokens: torch.Tensor, logps: torch.Tensor, logits: torch.Tensor,
+                   temperature: torch.Tensor) -> torch.Tensor | None:
+    """Rows still inside their forced response prefix (`GenerationRequest.prefix_ids`, one list per row)
+    take the prefix's token at `step` in place of their sample, scored under softmax(logits / T) (T = 1
+    for greedy rows), in place. Returns the forced rows' batch indices, or None when there are none."""
+    forced = [(b, p[step]) for b, p in enumerate(prefixes) if step < len(p)]
+    if not forced:
+        return None
+    fb, ft = to_device([b for b, _ in forced], logits.device), to_device([t for _, t in forced], logits.device)
+    scale = torch.where(temperature[fb] > 0, temperature[fb], torch.ones_like(temperature[fb])).unsqueeze(-1)
+    tokens[fb] = ft
+    logps[fb] = torch.log_softmax(logits[fb].float() / scale, -1).gather(-1, ft.unsqueeze(-1)).squeeze(-1)
+    return fb
+
+
 class TorchSampler:
     """The sampling RNG of an engine that samples with torch (`hf`, R2R), with the Engine protocol's
     seed and state methods."""

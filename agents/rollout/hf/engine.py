@@ -11,16 +11,17 @@ step replayed as a CUDA graph on a GPU; any other causal LM uses transformers' `
 from __future__ import annotations
 
 import gc
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
-from typing import Iterator
+from typing import Any
 
 import torch
 from transformers import DynamicCache
 
 from ...policy import Policy, cache_kwargs
 from ..engine import Completion, GenerationRequest
-from ..sampling import TorchSampler, find_stop, sample_tokens
+from ..sampling import TorchSampler, find_stop, force_prefixes, sample_tokens, to_device
 from .static_cache import ATTENTION, SLOT_BUCKET, SlotCache, StaticDecoder, supports_static
 
 
@@ -50,6 +51,17 @@ class DecodeRow:
         return self.finish is None
 
 
+def request_rows(requests: list[GenerationRequest], row_type: type[DecodeRow] = DecodeRow) -> list[DecodeRow]:
+    """One decode row per sample to draw: each request's `n` rows, in request order."""
+    return [row_type(list(req.prompt_ids), req) for req in requests for _ in range(req.n)]
+
+
+def per_request(requests: list[GenerationRequest], rows: list[DecodeRow], make: Callable[[DecodeRow], Any]) -> list[list[Any]]:
+    """The rows' completions (`make(row)`) grouped back into their requests, `request_rows`' order."""
+    done = iter(rows)
+    return [[make(next(done)) for _ in range(req.n)] for req in requests]
+
+
 def left_pad(rows: list[DecodeRow], pad_token_id: int, device: torch.device) -> tuple[torch.Tensor, ...]:
     """Prompts left-padded, so every row's last token is in the last column, with their 0/1 mask,
     temperatures and top-p: the decode loops' starting batch."""
@@ -62,12 +74,6 @@ def left_pad(rows: list[DecodeRow], pad_token_id: int, device: torch.device) -> 
     temp = torch.tensor([r.req.temperature for r in rows], device=device, dtype=torch.float)
     top_p = torch.tensor([r.req.top_p for r in rows], device=device, dtype=torch.float)
     return ids.to(device), mask.to(device), temp, top_p
-
-
-def to_device(values: list[int], device: torch.device) -> torch.Tensor:
-    """A host list as a device tensor, copied without waiting for the GPU's queued work (from pinned memory)."""
-    t = torch.tensor(values)
-    return t.pin_memory().to(device, non_blocking=True) if device.type == "cuda" else t
 
 
 class HostTokens:
@@ -132,10 +138,9 @@ class HFEngine(TorchSampler):
 
     @torch.no_grad()
     def generate(self, requests: list[GenerationRequest]) -> list[list[Completion]]:
-        rows = []
         for req in requests:
             self.policy.check_prompt(len(req.prompt_ids), req.max_new_tokens)
-            rows += [DecodeRow(list(req.prompt_ids), req) for _ in range(req.n)]
+        rows = request_rows(requests)
         model = self.policy.model
         training = model.training
         model.eval()  # no dropout, and no gradient checkpointing (which would drop the KV cache)
@@ -148,21 +153,15 @@ class HFEngine(TorchSampler):
         finally:
             model.train(training)
         tok = self.policy.tokenizer
-        done = iter(rows)
-        return [[Completion(r.out, tok.decode(r.out, skip_special_tokens=False), r.logps, r.finish, r.eos_logp) for r in
-                 (next(done) for _ in range(req.n))] for req in requests]
+        return per_request(requests, rows, lambda r: Completion(r.out, tok.decode(r.out, skip_special_tokens=False), r.logps,
+                                                                 r.finish, r.eos_logp))
 
     def _sample(self, rows: list[DecodeRow], live: list[int], logits: torch.Tensor, temp: torch.Tensor,
                 top_p: torch.Tensor, step: int) -> tuple[torch.Tensor, torch.Tensor]:
         """The next token of each live row and its log-probability: sampled, or forced by a prefix."""
         truncate = any(rows[ri].req.top_p < 1 for ri in live)
         tokens, logps = sample_tokens(logits, temp, top_p, self.generator, truncate)
-        forced = [(b, rows[ri].req.prefix_ids[step]) for b, ri in enumerate(live) if step < len(rows[ri].req.prefix_ids)]
-        if forced:  # forced prefix tokens replace the samples and are scored instead
-            fb, ft = to_device([b for b, _ in forced], logits.device), to_device([t for _, t in forced], logits.device)
-            scale = torch.where(temp[fb] > 0, temp[fb], torch.ones_like(temp[fb])).unsqueeze(-1)
-            tokens[fb] = ft
-            logps[fb] = torch.log_softmax(logits[fb].float() / scale, -1).gather(-1, ft.unsqueeze(-1)).squeeze(-1)
+        force_prefixes([rows[ri].req.prefix_ids for ri in live], step, tokens, logps, logits, temp)
         return tokens, logps
 
     def _record(self, rows: list[DecodeRow], live: list[int], sampled: HostTokens) -> list[int]:
