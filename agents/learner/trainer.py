@@ -248,7 +248,8 @@ class GRPOTrainer:
 
     def optimize(self, rows: list[Row], adv: np.ndarray) -> dict[str, float]:
         """`num_iterations × minibatches` optimizer steps on this rank's rows. Under torchrun a step is
-        every rank's share of its minibatch, normalised by counts summed over the ranks."""
+        every rank's share of its minibatch, normalised by counts summed over the ranks. Everything per
+        row (advantage, importance weight, loss weight) is indexed like `rows`."""
         cfg = self.cfg
         ep_len: dict[int, int] = {}
         for r in rows:
@@ -257,18 +258,20 @@ class GRPOTrainer:
         max_len = cfg.max_completion_length or int(distributed.all_reduce([longest], "max")[0])
         tis = None if self.engine.logprobs_are_trainers else self._engine_correction(rows)
         self._opening_logprobs(rows)  # after the engine correction, which sets old log-probs to the policy's
+        row_adv = np.array([adv[r.episode] for r in rows], dtype=float)  # a rollout's advantage on each of its rows
+        row_weight = np.zeros(len(rows))
         sums = {"tokens": 0.0, "clip_ratio/low_mean": 0.0, "clip_ratio/high_mean": 0.0, "entropy": 0.0, "kl": 0.0}
         loss_sum, grad_norm_sum, n_updates = 0.0, 0.0, 0
         self.train_model.train()
         for _ in range(cfg.num_iterations):
             order = self._shuffle.permutation(len(rows))
             for mb in np.array_split(order, cfg.minibatches):
-                mb_rows = [rows[i] for i in mb]
-                stats = row_stats(mb_rows, ep_len, max_len, distributed.all_reduce)
+                stats = row_stats([rows[i] for i in mb], ep_len, max_len, distributed.all_reduce)
                 if not stats.num_rows:  # empty on every rank
                     continue
+                row_weight[mb] = self.loss.row_weights(stats)
                 self.opt.zero_grad(set_to_none=True)
-                local_loss = self._backward(mb_rows, [int(i) for i in mb], adv, self.loss.row_weights(stats), tis, sums)
+                local_loss = self._backward(rows, mb, row_adv, row_weight, tis, sums)
                 step_loss = distributed.all_reduce([local_loss])[0]
                 grad_norm = torch.nn.utils.clip_grad_norm_(self.model.parameters(), cfg.max_grad_norm)
                 if not (math.isfinite(step_loss) and torch.isfinite(grad_norm)):
@@ -296,12 +299,12 @@ class GRPOTrainer:
             out.pop("kl")
         return out
 
-    def _backward(self, mb_rows: list[Row], mb_index: list[int], adv: np.ndarray, weights: list[float],
+    def _backward(self, rows: list[Row], mb: np.ndarray, row_adv: np.ndarray, row_weight: np.ndarray,
                   tis: list[torch.Tensor] | None, sums: dict[str, float]) -> float:
-        """Forward and backward each micro-batch of one optimizer step; return this rank's part of the
-        step's loss. DDP all-reduces the accumulated gradients in the step's last backward."""
+        """Forward and backward each micro-batch of the minibatch `mb` (indices into `rows`); return this
+        rank's part of the step's loss. DDP all-reduces the accumulated gradients in the step's last backward."""
         cfg = self.cfg
-        starts = range(0, len(mb_rows), cfg.micro_batch_size)
+        starts = range(0, len(mb), cfg.micro_batch_size)
         if not starts:  # no rows here, some on another rank: join DDP's all-reduce with a zero gradient
             pad = self.policy.tokenizer.pad_token_id
             logp, _ = completion_logprobs(self.train_model, pad_rows([Row([pad, pad], 1, [0], [0.0], -1)], pad, self.policy.device))
@@ -309,19 +312,18 @@ class GRPOTrainer:
             return 0.0
         step_loss = 0.0
         for start in starts:
-            idx = list(range(start, min(start + cfg.micro_batch_size, len(mb_rows))))
-            micro = [mb_rows[i] for i in idx]
-            rb = pad_rows(micro, self.policy.tokenizer.pad_token_id, self.policy.device)
+            idx = mb[start:start + cfg.micro_batch_size]
+            rb = pad_rows([rows[i] for i in idx], self.policy.tokenizer.pad_token_id, self.policy.device)
             with distributed.accumulate(self.train_model, last=start == starts[-1]):
                 logp, ent = completion_logprobs(self.train_model, rb, cfg.temperature, with_entropy=True,
                                                 entropy_grad=cfg.entropy_coef > 0)
-                a = torch.tensor([adv[r.episode] for r in micro], device=logp.device, dtype=logp.dtype)
+                a = torch.tensor(row_adv[idx], device=logp.device, dtype=logp.dtype)
                 surrogate = sequence_surrogate if self.loss.sequence_level else token_surrogate
                 args = (logp, rb.old_logprobs, a, rb.loss_mask, cfg.epsilon, cfg.epsilon_high) if self.loss.sequence_level \
                     else (logp, rb.old_logprobs, a, cfg.epsilon, cfg.epsilon_high)
                 per_tok, low, high = surrogate(*args)
                 if tis is not None:
-                    per_tok = per_tok * pad_rows_like(tis, [mb_index[i] for i in idx], logp)
+                    per_tok = per_tok * pad_rows_like(tis, idx, logp)
                 if self.ref_model is not None:
                     with torch.no_grad():
                         ref_logp, _ = completion_logprobs(self.ref_model, rb, cfg.temperature)
@@ -330,7 +332,7 @@ class GRPOTrainer:
                     sums["kl"] += float((kl.detach() * rb.loss_mask).sum())
                 if cfg.entropy_coef:
                     per_tok = per_tok - cfg.entropy_coef * ent
-                w = torch.tensor([weights[i] for i in idx], device=logp.device, dtype=logp.dtype).unsqueeze(1)
+                w = torch.tensor(row_weight[idx], device=logp.device, dtype=logp.dtype).unsqueeze(1)
                 loss = (per_tok * rb.loss_mask * w).sum()
                 # DDP averages gradients over ranks; each rank's loss is its part of the global sum
                 (loss * self.world.size).backward()
@@ -520,7 +522,7 @@ class GRPOTrainer:
         return f"reward {ep.reward}\n\n```\n{text}\n```"
 
 
-def pad_rows_like(per_row: list[torch.Tensor], indices: list[int], like: torch.Tensor) -> torch.Tensor:
+def pad_rows_like(per_row: list[torch.Tensor], indices: Iterable[int], like: torch.Tensor) -> torch.Tensor:
     """Right-pad per-row token tensors into the shape of `like` (padding = 1)."""
     out = torch.ones_like(like)
     for i, j in enumerate(indices):
