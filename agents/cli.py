@@ -11,16 +11,20 @@ import argparse
 import json
 import sys
 from dataclasses import fields
-from typing import Sequence
+from typing import TYPE_CHECKING, Sequence
 
 import yaml
 
-from .learner.config import GRPOConfig, field_docs, parse_field_value
 from .types import SFT_SEED_BASE, TRAIN_SEED_BASE
+
+if TYPE_CHECKING:
+    from .learner.config import GRPOConfig
 
 
 def add_config_flags(parser: argparse.ArgumentParser) -> None:
     """One flag per `GRPOConfig` field, its help the field's docstring and default."""
+    from .learner.config import GRPOConfig, field_docs, parse_field_value
+
     docs, defaults = field_docs(), GRPOConfig.__dataclass_fields__
     for f in fields(GRPOConfig):
         if f.name != "resume":  # a plain switch, added by the train command
@@ -34,6 +38,8 @@ def config_stages(args: argparse.Namespace) -> list[GRPOConfig]:
 
     A stage's keys override the file's top-level keys; command-line flags override both, and each
     stage writes to `<output_dir>/stage<i>-<env>`."""
+    from .learner.config import GRPOConfig
+
     data = {}
     if args.config:
         with open(args.config) as f:
@@ -136,14 +142,17 @@ def cmd_redi(args: argparse.Namespace) -> None:
     print(json.dumps({k: round(v, 4) for k, v in hist[-1].items()}))
 
 
-def build_parser() -> argparse.ArgumentParser:
+def build_parser(train_flags: bool = True) -> argparse.ArgumentParser:
+    """Every command and flag. `train_flags=False` leaves out train's GRPOConfig flags, so that the other
+    commands (their `--help` too) never load the learner's config."""
     p = argparse.ArgumentParser(prog="thinkgym", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     d = argparse.ArgumentDefaultsHelpFormatter
     sub = p.add_subparsers(dest="command", required=True)
     t = sub.add_parser("train", help="GRPO training (flags = GRPOConfig fields)", description="GRPO training; each flag is a GRPOConfig field")
     t.add_argument("--config", help="YAML file of GRPOConfig fields")
     t.add_argument("--resume", dest="resume", action="store_const", const=True, default=None, help="continue from output_dir's latest checkpoint")
-    add_config_flags(t)
+    if train_flags:
+        add_config_flags(t)
     t.set_defaults(func=cmd_train)
     helps = {"sft": "SFT on an env's demonstrations or a jsonl of pairs", "eval": "held-out accuracy and pass@k of a policy",
              "sample": "write a jsonl of sampled traces", "redi": "REDI on a jsonl of (prompt, response, correct)"}
@@ -198,7 +207,8 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None) -> None:
-    args = build_parser().parse_args(argv)
+    argv = list(sys.argv[1:] if argv is None else argv)
+    args = build_parser(train_flags=not argv or argv[0] == "train").parse_args(argv)
     try:
         args.func(args)
     except ValueError as exc:

@@ -73,7 +73,7 @@ def test_eval_help_loads_neither_the_learner_nor_tensorboard():
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
     modules = json.loads(out.splitlines()[-1])
     assert "thinkgym.agents.cli" in modules
-    loaded = [m for m in modules if m.startswith(("thinkgym.agents.learner.trainer", "thinkgym.agents.methods", "tensorboard",
+    loaded = [m for m in modules if m.startswith(("thinkgym.agents.learner", "thinkgym.agents.methods", "tensorboard",
                                                   "torch.utils.tensorboard"))]
     assert loaded == []
 
