@@ -35,7 +35,7 @@ from typing import Any
 from thinkgym.rewards.math import THINK_CLOSE, after_think, math_equal
 
 from .base import Problem, Verdict
-from .solutions import NUMBER, SPLITS, Solution, SolutionSource, SolutionTask, math_spans, solution_rng
+from .solutions import NUMBER, SPLITS, Solution, SolutionTask, math_spans, solution_rng
 
 MASKS = ("number", "formula", "step")
 TEXT_SCORES = ("exact", "f1")
@@ -145,10 +145,7 @@ class MaskedStepConfig:
 
 class MaskedStepTask(SolutionTask):
     name = "masked_step"
-
-    def __init__(self, **kwargs: Any) -> None:
-        self.config = c = MaskedStepConfig(**kwargs)
-        super().__init__(SolutionSource(c.source, c.source_kwargs, c.path, c.fields, c.split))
+    config_type = MaskedStepConfig
 
     def build(self, solution: Solution, seed: int) -> tuple[Problem, str] | None:
         kind, steps = self.config.mask, list(solution.steps)

@@ -273,7 +273,8 @@ class SolutionSource:
 
 
 class SolutionTask(Task):
-    """A task posed on a worked solution. Subclasses implement `build`.
+    """A task posed on a worked solution. Subclasses set `config_type` (a dataclass with the source
+    fields `source`, `source_kwargs`, `path`, `fields` and `split`) and implement `build`.
 
     An item whose solution cannot make an episode (too few steps, nothing to mask) is skipped:
     `sample(seed)` takes the first of seed, seed+1, ... that builds, so it stays a pure function
@@ -281,9 +282,11 @@ class SolutionTask(Task):
     """
 
     max_tries = 64
+    config_type: type
 
-    def __init__(self, source: SolutionSource):
-        self.source = source
+    def __init__(self, **kwargs: Any):
+        self.config = c = self.config_type(**kwargs)
+        self.source = SolutionSource(c.source, c.source_kwargs, c.path, c.fields, c.split)
 
     @abstractmethod
     def build(self, solution: Solution, seed: int) -> tuple[Problem, str] | None:

@@ -30,7 +30,7 @@ from typing import Any
 from thinkgym.rewards.math import extract_answer
 
 from .base import Problem, Verdict, finish
-from .solutions import SPLITS, Solution, SolutionSource, SolutionTask, solution_rng
+from .solutions import SPLITS, Solution, SolutionTask, solution_rng
 
 REWARDS = ("position", "kendall")
 _LABEL_TEXT = re.compile(r"^[\s\[\]()Ss\d,;]*$")
@@ -66,10 +66,7 @@ def parse_order(text: str, k: int) -> list[int] | None:
 
 class StepReorderTask(SolutionTask):
     name = "step_reorder"
-
-    def __init__(self, **kwargs: Any) -> None:
-        self.config = c = StepReorderConfig(**kwargs)
-        super().__init__(SolutionSource(c.source, c.source_kwargs, c.path, c.fields, c.split))
+    config_type = StepReorderConfig
 
     def build(self, solution: Solution, seed: int) -> tuple[Problem, str] | None:
         steps = list(solution.steps)
