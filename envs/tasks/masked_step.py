@@ -29,13 +29,12 @@ from __future__ import annotations
 
 import re
 from collections import Counter
-from dataclasses import dataclass, field
-from typing import Any
+from dataclasses import dataclass
 
 from thinkgym.rewards.math import THINK_CLOSE, after_think, math_equal
 
 from .base import Problem, Verdict
-from .solutions import NUMBER, SPLITS, Solution, SolutionTask, math_spans, solution_rng
+from .solutions import NUMBER, Solution, SolutionTask, SourceConfig, math_spans, solution_rng
 
 MASKS = ("number", "formula", "step")
 TEXT_SCORES = ("exact", "f1")
@@ -122,12 +121,7 @@ def candidates(solution: Solution, kind: str) -> list[tuple[int, int, int, str]]
 
 
 @dataclass(frozen=True)
-class MaskedStepConfig:
-    source: Any = "running_sum"
-    source_kwargs: dict[str, Any] = field(default_factory=dict)
-    path: str | None = None
-    fields: dict[str, str] = field(default_factory=dict)
-    split: str = "auto"
+class MaskedStepConfig(SourceConfig):
     mask: str = "number"
     n_masked: int = 2
     text_score: str = "exact"
@@ -139,8 +133,7 @@ class MaskedStepConfig:
             raise ValueError(f"n_masked must be an integer >= 1; got {self.n_masked!r}")
         if self.text_score not in TEXT_SCORES:
             raise ValueError(f"text_score must be one of {TEXT_SCORES}; got {self.text_score!r}")
-        if self.split not in SPLITS:
-            raise ValueError(f"split must be one of {SPLITS}; got {self.split!r}")
+        super().__post_init__()
 
 
 class MaskedStepTask(SolutionTask):

@@ -272,9 +272,25 @@ class SolutionSource:
                         dict(problem.difficulty), "\n", formulas)
 
 
+@dataclass(frozen=True)
+class SourceConfig:
+    """Where a process task's worked solutions come from (see `SolutionSource`); each task's config
+    adds its own knobs."""
+
+    source: Any = "running_sum"
+    source_kwargs: dict[str, Any] = field(default_factory=dict)
+    path: str | None = None
+    fields: dict[str, str] = field(default_factory=dict)
+    split: str = "auto"
+
+    def __post_init__(self) -> None:
+        if self.split not in SPLITS:
+            raise ValueError(f"split must be one of {SPLITS}; got {self.split!r}")
+
+
 class SolutionTask(Task):
-    """A task posed on a worked solution. Subclasses set `config_type` (a dataclass with the source
-    fields `source`, `source_kwargs`, `path`, `fields` and `split`) and implement `build`.
+    """A task posed on a worked solution. Subclasses set `config_type` (a `SourceConfig`) and
+    implement `build`.
 
     An item whose solution cannot make an episode (too few steps, nothing to mask) is skipped:
     `sample(seed)` takes the first of seed, seed+1, ... that builds, so it stays a pure function

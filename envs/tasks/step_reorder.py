@@ -24,25 +24,19 @@ The difficulty knob `k` is a constructor argument, so a curriculum can drive it.
 from __future__ import annotations
 
 import re
-from dataclasses import dataclass, field
-from typing import Any
+from dataclasses import dataclass
 
 from thinkgym.rewards.math import extract_answer
 
 from .base import Problem, Verdict, finish
-from .solutions import SPLITS, Solution, SolutionTask, solution_rng
+from .solutions import Solution, SolutionTask, SourceConfig, solution_rng
 
 REWARDS = ("position", "kendall")
 _LABEL_TEXT = re.compile(r"^[\s\[\]()Ss\d,;]*$")
 
 
 @dataclass(frozen=True)
-class StepReorderConfig:
-    source: Any = "running_sum"
-    source_kwargs: dict[str, Any] = field(default_factory=dict)
-    path: str | None = None
-    fields: dict[str, str] = field(default_factory=dict)
-    split: str = "auto"
+class StepReorderConfig(SourceConfig):
     k: int = 3
     reward: str = "position"
 
@@ -51,8 +45,7 @@ class StepReorderConfig:
             raise ValueError(f"k must be an integer in 2..50; got {self.k!r}")
         if self.reward not in REWARDS:
             raise ValueError(f"reward must be one of {REWARDS}; got {self.reward!r}")
-        if self.split not in SPLITS:
-            raise ValueError(f"split must be one of {SPLITS}; got {self.split!r}")
+        super().__post_init__()
 
 
 def parse_order(text: str, k: int) -> list[int] | None:
