@@ -47,8 +47,22 @@ class PromptSeededEngine:
         self.policy = policy
         self.digits = policy.tokenizer.encode("0123456789")
 
+    logprobs_are_trainers = False  # made up: the trainer recomputes them (the vLLM path's correction)
+
     def sync_weights(self) -> None:
         """The completions do not depend on the weights."""
+
+    def seed(self, seed: int) -> None:
+        """No RNG: the prompt seeds each completion."""
+
+    def get_rng_state(self) -> None:
+        return None
+
+    def set_rng_state(self, state: None) -> None:
+        pass
+
+    def close(self) -> None:
+        pass
 
     def generate(self, requests: list[GenerationRequest]) -> list[list[Completion]]:
         seen: Counter = Counter()
