@@ -172,7 +172,7 @@ class RoutedEngine(TorchSampler):
         _check_pair(small, large)
         self.policy, self.large, self.router = small, large, router
         self.max_batch_size = max_batch_size
-        TorchSampler.__init__(self, small.device, seed)
+        super().__init__(small.device, seed)
         self.stats = {"tokens": 0, "routed": 0, "large_calls": 0, "wall_s": 0.0}
 
     logprobs_are_trainers = False  # tokens of the large model are in its rows
@@ -218,7 +218,7 @@ class RoutedEngine(TorchSampler):
         while live:
             tokens, logps = sample_tokens(logits, temp, top_p, self.generator)
             fire = self.router.decide(hidden, small.get_input_embeddings()(tokens), logits).to(dev)
-            forced = force_prefixes([rows[ri].req.prefix_ids for ri in live], step, tokens, logps, logits, temp)
+            forced = force_prefixes((rows[ri].req.prefix_ids for ri in live), step, tokens, logps, logits, temp)
             if forced is not None:  # forced prefix tokens are never routed; they are scored under the small model
                 fire[forced] = False
             host_fire = fire.tolist()

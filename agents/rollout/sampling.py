@@ -7,7 +7,8 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import Any, Sequence
+from collections.abc import Iterable, Sequence
+from typing import Any
 
 import torch
 
@@ -50,7 +51,7 @@ def to_device(values: list[int], device: torch.device) -> torch.Tensor:
     return t.pin_memory().to(device, non_blocking=True) if device.type == "cuda" else t
 
 
-def force_prefixes(prefixes: list[list[int]], step: int, tokens: torch.Tensor, logps: torch.Tensor, logits: torch.Tensor,
+def force_prefixes(prefixes: Iterable[list[int]], step: int, tokens: torch.Tensor, logps: torch.Tensor, logits: torch.Tensor,
                    temperature: torch.Tensor) -> torch.Tensor | None:
     """Rows still inside their forced response prefix (`GenerationRequest.prefix_ids`, one list per row)
     take the prefix's token at `step` in place of their sample, scored under softmax(logits / T) (T = 1

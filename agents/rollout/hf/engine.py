@@ -111,7 +111,7 @@ class HFEngine(TorchSampler):
                  fused: bool = True):
         self.policy = policy
         self.max_batch_size = max_batch_size
-        TorchSampler.__init__(self, policy.device, seed)
+        super().__init__(policy.device, seed)
         cuda = policy.device.type == "cuda"
         self.static_cache = supports_static(policy.model) if static_cache is None else static_cache
         self.cuda_graphs = (cuda and self.static_cache) if cuda_graphs is None else cuda_graphs
@@ -161,7 +161,7 @@ class HFEngine(TorchSampler):
         """The next token of each live row and its log-probability: sampled, or forced by a prefix."""
         truncate = any(rows[ri].req.top_p < 1 for ri in live)
         tokens, logps = sample_tokens(logits, temp, top_p, self.generator, truncate)
-        force_prefixes([rows[ri].req.prefix_ids for ri in live], step, tokens, logps, logits, temp)
+        force_prefixes((rows[ri].req.prefix_ids for ri in live), step, tokens, logps, logits, temp)
         return tokens, logps
 
     def _record(self, rows: list[DecodeRow], live: list[int], sampled: HostTokens) -> list[int]:
