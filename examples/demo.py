@@ -33,6 +33,8 @@ ap.add_argument("--seed", type=int, default=0, help="seeds the tiny policy's ini
 ap.add_argument("--restate", type=float, default=0.25, help="share of demonstrations that restate the state on every line")
 ap.add_argument("--n-terms", type=int, default=DEMO_DELETHINK["task_kwargs"]["n_terms"], help="terms of each running sum")
 ap.add_argument("--max-digit", type=int, default=9, help="largest digit of the running sums (1..9)")
+ap.add_argument("--head", type=int, default=DEMO_DELETHINK["head"],
+                help="tokens of the first chunk kept after every reset (the paper's keep_head)")
 ap.add_argument("--sft-steps", type=int, default=1200, help="warm-start SFT steps (800 left most seeds without working restated traces; benchmarks/RESULTS.md)")
 ap.add_argument("--rl-steps", type=int, default=50, help="GRPO steps of 8 prompts x 8 samples")
 ap.add_argument("--learning-rate", type=float, default=1e-4, help="GRPO learning rate (3e-4 collapses; benchmarks/RESULTS.md)")
@@ -46,7 +48,7 @@ torch.set_num_threads(args.threads)
 
 TASK = {**DEMO_DELETHINK["task_kwargs"], "n_terms": args.n_terms, "max_digit": args.max_digit, "restate": args.restate}
 cfg = GRPOConfig(
-    env="DelethinkDemo-v0", env_kwargs={"task_kwargs": TASK}, model="tiny", output_dir=args.out, seed=args.seed,
+    env="DelethinkDemo-v0", env_kwargs={"task_kwargs": TASK, "head": args.head}, model="tiny", output_dir=args.out, seed=args.seed,
     sft_steps=args.sft_steps, sft_learning_rate=3e-3, sft_seeds=400,
     steps=args.rl_steps, prompts_per_step=8, num_generations=8, temperature=1.0,
     learning_rate=args.learning_rate, loss_type="delethink", scale_rewards="none", epsilon_high=0.28,
