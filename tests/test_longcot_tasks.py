@@ -53,7 +53,7 @@ def test_parity_answer_counts_ones_and_no_think_demonstrations_guess_nothing():
 def test_running_sum_restate_mixes_markovian_and_implicit_demonstrations():
     plain, mixed, implicit = (make_task("running_sum", n_terms=8, restate=r) for r in (1.0, 0.3, 0.0))
     assert plain.demonstration(5) == make_task("running_sum", n_terms=8).demonstration(5)
-    restated, starts = 0, set()
+    restated, starts, in_prompt_order = 0, set(), 0
     for seed in range(400):
         p, demo = mixed.sample(seed), mixed.demonstration(seed)
         assert mixed.verify(p, demo).correct
@@ -64,13 +64,21 @@ def test_running_sum_restate_mixes_markovian_and_implicit_demonstrations():
         else:
             assert demo == implicit.demonstration(seed) and not any("|" in line for line in lines)
             d = p.prompt.split()[1:]
-            labels = [cell[0] for cell in lines[0].split()]
-            assert lines[0].split() == [label + digit for label, digit in zip(labels, d)]  # the table
+            cells = lines[0].split()
+            assert [cell[1:] for cell in cells] == d  # the table: every prompt digit, in the prompt's order
+            labels = sorted((cell[0] for cell in cells), key=string.ascii_letters.index)
             assert "".join(labels) in string.ascii_letters  # consecutive letters from a drawn start
             starts.add(labels[0])
-            assert lines[1] == f"{labels[0]}:{d[0]}" and lines[2] == f"{labels[1]}:{d[0]}+{d[1]}={int(d[0]) + int(d[1])}"
+            digit_of = {cell[0]: int(cell[1:]) for cell in cells}
+            acc = digit_of[labels[0]]
+            assert lines[1] == f"{labels[0]}:{acc}"
+            for line, label in zip(lines[2:], labels[1:]):  # added in the labels' order
+                assert line == f"{label}:{acc}+{digit_of[label]}={acc + digit_of[label]}"
+                acc += digit_of[label]
+            in_prompt_order += [cell[0] for cell in cells] == labels
     assert 0.24 < restated / 400 < 0.36
     assert len(starts) > 20  # a label does not give its digit's place in the prompt
+    assert in_prompt_order <= 1  # nor do the digits added last: the order of addition is shuffled
     with pytest.raises(ValueError, match="restate"):
         make_task("running_sum", restate=1.2)
     with pytest.raises(ValueError, match="n_terms must be <= 52"):

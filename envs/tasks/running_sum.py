@@ -4,14 +4,17 @@ Each line is `acc+d=new|rest`: the running total and the digits still to add. So
 holds one whole line holds the full state, which is what a Markovian thinker needs: its
 reasoning length grows linearly with `n_terms`, the difficulty knob.
 
-`restate < 1` makes the other demonstrations first label the digits (`k4 l7 m9 ...`) and then add
-them by label (`m:11+9=20`). Such a line holds the total and the label, but the digit behind the next
-label is read from the table at the start of the trace, which a Delethink reset drops. The labels run
-on from a letter drawn per problem, so a label says nothing about its digit's place in the prompt:
-with sequential labels from `a`, policies learned to find the digit after a reset by counting the
-label into the prompt, and the table's loss cost them nothing. A policy taught on such a mix
-sometimes writes Markovian traces, the starting point that The Markovian Thinker describes for
-off-the-shelf reasoning models.
+`restate < 1` makes the other demonstrations first label the digits (`m4 k7 n9 ...`) and then add
+them in the order of their labels (`k:4+7=11`, `l:...`), which is not the prompt's order. Such a line
+holds the total, but which digits are still to add is written only in the table at the start of the
+trace, which a Delethink reset drops. Two shortcuts were found and closed:
+- with labels `a b c ...` in the prompt's order, a policy found the next digit after a reset by
+  counting the label into the prompt; the labels now run on from a letter drawn per problem;
+- with labels in the prompt's order, the last few digits in the carryover locate their place in the
+  prompt (an induction-head lookup), so the next digit is the one after them; the labels are now
+  shuffled over the digits, so the order of addition is not the prompt's.
+A policy taught on such a mix sometimes writes Markovian traces, the starting point that The
+Markovian Thinker describes for off-the-shelf reasoning models.
 """
 
 from __future__ import annotations
@@ -74,10 +77,16 @@ class RunningSumTask(Task):
         if np.random.default_rng([seed, 2]).random() < self.config.restate:
             lines = [f"{acc}|{''.join(map(str, digits[1:]))}"]
             step = lambda i, d: f"{acc}+{d}={acc + d}|{''.join(map(str, digits[i + 1:]))}"  # noqa: E731
-        else:  # a table of labelled digits, written once, then one line per label
-            first = int(np.random.default_rng([seed, 3]).integers(len(LABELS) - len(digits) + 1))
+        else:  # a table of shuffled labels over the prompt's digits, then one line per label, in label order
+            rng = np.random.default_rng([seed, 3])
+            first = int(rng.integers(len(LABELS) - len(digits) + 1))
             label = LABELS[first:first + len(digits)]
-            lines = [" ".join(f"{label[i]}{d}" for i, d in enumerate(digits)), f"{label[0]}:{acc}"]
+            order = rng.permutation(len(digits))  # order[j]: the prompt position that label[j] names
+            name = dict(zip(order.tolist(), label))
+            table = " ".join(f"{name[pos]}{d}" for pos, d in enumerate(digits))
+            digits = [digits[pos] for pos in order]
+            acc = digits[0]
+            lines = [table, f"{label[0]}:{acc}"]
             step = lambda i, d: f"{label[i]}:{acc}+{d}={acc + d}"  # noqa: E731
         for i, d in enumerate(digits[1:], start=1):
             lines.append(step(i, d))
