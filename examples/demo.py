@@ -1,9 +1,10 @@
 """The main job (`make demo`): The Markovian Thinker's claim in miniature, on the CPU in minutes.
 
 1. Warm start. The embedded tiny policy is fine-tuned on running sums whose demonstrations restate the
-   running state (`total|digits left`) on every line only a quarter of the time. The rest label the
-   digits once at the start (labels running on from a letter drawn per problem) and add them by
-   label, so their state sits in a table that a Delethink reset drops. The policy therefore reasons well but writes Markovian traces only sometimes.
+   running state (`total|digits left`) on every line only 35% of the time. The rest label the digits
+   in a table at the start (shuffled labels, running on from a letter drawn per problem) and add them
+   in label order, so which digits are left sits only in the table, which a Delethink reset drops.
+   The policy therefore reasons well but writes Markovian traces only sometimes.
 2. GRPO in Delethink (`DelethinkDemo-v0`: chunks of 64 tokens, a 32-token carryover). Traces whose
    carryover holds their state survive the resets and earn the reward, so RL should make them the rule.
 3. Held-out evaluation (128 problems) of exactly the weights GRPO started from (saved as
@@ -30,7 +31,7 @@ from thinkgym.envs.registration import DEMO_DELETHINK
 
 ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
 ap.add_argument("--seed", type=int, default=0, help="seeds the tiny policy's init, the warm start and the sampler")
-ap.add_argument("--restate", type=float, default=0.25, help="share of demonstrations that restate the state on every line")
+ap.add_argument("--restate", type=float, default=0.35, help="share of demonstrations that restate the state on every line")
 ap.add_argument("--n-terms", type=int, default=DEMO_DELETHINK["task_kwargs"]["n_terms"], help="terms of each running sum")
 ap.add_argument("--max-digit", type=int, default=9, help="largest digit of the running sums (1..9)")
 ap.add_argument("--head", type=int, default=DEMO_DELETHINK["head"],
