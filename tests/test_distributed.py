@@ -84,15 +84,18 @@ CASES = {
     "dapo": dict(loss_type="dapo", prompts_per_step=4, micro_batch_size=4),
     "dr_grpo_uneven": dict(loss_type="dr_grpo", prompts_per_step=3, micro_batch_size=2),  # 1 group on rank 0, 2 on rank 1
     "dapo_batch_std_kl": dict(loss_type="dapo", prompts_per_step=4, micro_batch_size=5, scale_rewards="batch", beta=0.05),
+    # DDP reduces the adapter's gradients only; the reference is the model with its adapter off
+    "lora_kl": dict(loss_type="dapo", prompts_per_step=3, micro_batch_size=2, use_peft=True, lora_r=4, beta=0.05, learning_rate=1e-2),
 }
 
 
 def run_case(name: str, out_dir: Path) -> dict:
-    """`steps` train_steps of one case; its losses, rewards and final weights."""
-    trainer = GRPOTrainer(GRPOConfig(**BASE, **CASES[name], output_dir=str(out_dir / name)))
+    """`steps` train_steps of one case; its losses, rewards, and its weights before and after."""
+    trainer = GRPOTrainer(GRPOConfig(**{**BASE, **CASES[name], "output_dir": str(out_dir / name)}))
     trainer.engine = trainer.collector.engine = PromptSeededEngine(trainer.policy)
+    initial = {k: v.detach().clone() for k, v in trainer.model.state_dict().items()}
     metrics = [trainer.train_step() for _ in range(trainer.cfg.steps)]
-    return {"metrics": metrics, "weights": {k: v.detach().clone() for k, v in trainer.model.state_dict().items()}}
+    return {"metrics": metrics, "initial": initial, "weights": {k: v.detach().clone() for k, v in trainer.model.state_dict().items()}}
 
 
 RESUME = dict(env="DelethinkDemo-v0", model="tiny", prompts_per_step=2, num_generations=2, micro_batch_size=4,
@@ -147,7 +150,8 @@ def test_two_ranks_match_one_process(two_ranks, name, tmp_path):
     for m1, m2 in zip(one["metrics"], two["metrics"]):
         for key in ("loss", "grad_norm", "reward", "reward_std", "entropy", "completions/mean_length"):
             assert m2[key] == pytest.approx(m1[key], rel=1e-5, abs=1e-7), key
-    init = Policy.tiny().model.state_dict()
+    init = one["initial"]
+    assert all(torch.equal(init[k], two["initial"][k]) for k in init)
     moved = max(float((one["weights"][k] - init[k]).abs().max()) for k in init)
     diff = max(float((one["weights"][k] - two["weights"][k]).abs().max()) for k in init)
     assert moved > 1e-3 and diff < 1e-5, f"the update moved weights by up to {moved}; the two setups differ by up to {diff}"

@@ -7,7 +7,8 @@ normalisation (`loss_type`) spans the whole optimizer step. Read `train_step` to
 
 Under `torchrun` each rank collects its share of the step's prompts; counts, advantages and logged
 means are global and DDP sums the gradients (`distributed.py`). With one process every collective
-is the identity.
+is the identity. With `use_peft` the policy's model is a peft model and only its LoRA adapter trains
+(`lora.py`).
 """
 
 from __future__ import annotations
@@ -27,7 +28,7 @@ from tqdm import tqdm
 
 from thinkgym.rewards import Sample, parse_reward_spec
 
-from .. import distributed
+from .. import distributed, lora
 from ..evaluate import evaluate
 from ..methods.sft import demonstration_rows, train_sft
 from ..policy import Policy
@@ -64,12 +65,16 @@ class GRPOTrainer:
         np.random.seed(cfg.seed)
         self.policy = (engine.policy if engine is not None else policy) or Policy.from_pretrained(
             cfg.model, device=device, dtype=cfg.dtype, seed=cfg.seed)
-        self.engine = engine or make_engine(cfg.engine, self.policy, distributed.rank_seed(cfg.seed), cfg.vllm_tensor_parallel_size)
-        self.model = self.policy.model
         if cfg.gradient_checkpointing:
-            self.model.gradient_checkpointing_enable()
+            self.policy.model.gradient_checkpointing_enable()
+        if cfg.use_peft:
+            self.policy.model = lora.add_adapter(self.policy.model, cfg.lora_r, cfg.lora_alpha, cfg.lora_dropout, cfg.lora_target_modules)
+        self.engine = engine or make_engine(cfg.engine, self.policy, distributed.rank_seed(cfg.seed), cfg.vllm_tensor_parallel_size,
+                                            lora_merge=cfg.lora_rollout == "merge")
+        self.model = self.policy.model
         self.train_model = distributed.wrap(self.model)  # forward/backward go through DDP under torchrun
-        self.ref_model = copy.deepcopy(self.model).eval().requires_grad_(False) if cfg.beta > 0 else None
+        # LoRA's reference is the model with its adapter off (`_ref_logprobs`)
+        self.ref_model = copy.deepcopy(self.model).eval().requires_grad_(False) if cfg.beta > 0 and not cfg.use_peft else None
         total = cfg.steps * cfg.num_iterations * cfg.minibatches
         self.opt, self.sched = build_optimizer(self.model, cfg.learning_rate, lr_schedule(cfg.lr_scheduler, cfg.warmup_steps, total),
                                                cfg.weight_decay)
@@ -240,11 +245,18 @@ class GRPOTrainer:
         train_time = time.perf_counter() - t_train
         tokens = distributed.all_reduce([sum(len(r.input_ids) for r in rows)])[0]
         metrics.update(self.episode_metrics(batch, rewards, comps))
-        metrics.update({"frac_groups_dropped": dropped, "time/train_s": train_time, "time/step_s": time.perf_counter() - t_step,
+        metrics.update({"frac_groups_dropped": dropped, "time/train_s": train_time, "time/weight_sync_s": self.sync_weights(),
                         "train_tokens_per_s": tokens * cfg.num_iterations / max(train_time, 1e-9),
                         **{k: v for k, v in batch.stats.items() if k.startswith(("time/", "rollout_tokens", "env_tokens"))}})
-        self.engine.sync_weights()
+        metrics["time/step_s"] = time.perf_counter() - t_step
         return metrics
+
+    def sync_weights(self) -> float:
+        """Bring the engine's weights up to the learner's (vLLM's copy, a merged LoRA copy). Returns the
+        seconds it took (`time/weight_sync_s`)."""
+        t = time.perf_counter()
+        self.engine.sync_weights()
+        return time.perf_counter() - t
 
     def optimize(self, rows: list[Row], adv: np.ndarray) -> dict[str, float]:
         """`num_iterations × minibatches` optimizer steps on this rank's rows. Under torchrun a step is
@@ -295,9 +307,17 @@ class GRPOTrainer:
         out.update(loss=loss_sum / max(n_updates, 1), grad_norm=grad_norm_sum / max(n_updates, 1),
                    learning_rate=self.sched.get_last_lr()[0], nonfinite_skipped=float(self.nonfinite_total))
         out["clip_ratio/region_mean"] = out["clip_ratio/low_mean"] + out["clip_ratio/high_mean"]
-        if self.ref_model is None:
+        if cfg.beta <= 0:
             out.pop("kl")
         return out
+
+    def _ref_logprobs(self, rb) -> torch.Tensor:
+        """Log-probabilities under the reference: the frozen copy, or a LoRA policy with its adapter off."""
+        with torch.no_grad():
+            if self.ref_model is not None:
+                return completion_logprobs(self.ref_model, rb, self.cfg.temperature)[0]
+            with self.model.disable_adapter():
+                return completion_logprobs(self.model, rb, self.cfg.temperature)[0]
 
     def _backward(self, rows: list[Row], mb: np.ndarray, row_adv: np.ndarray, row_weight: np.ndarray,
                   tis: list[torch.Tensor] | None, sums: dict[str, float]) -> float:
@@ -324,10 +344,8 @@ class GRPOTrainer:
                 per_tok, low, high = surrogate(*args)
                 if tis is not None:
                     per_tok = per_tok * pad_rows_like(tis, idx, logp)
-                if self.ref_model is not None:
-                    with torch.no_grad():
-                        ref_logp, _ = completion_logprobs(self.ref_model, rb, cfg.temperature)
-                    kl = k3_kl(logp, ref_logp)
+                if cfg.beta > 0:
+                    kl = k3_kl(logp, self._ref_logprobs(rb))
                     per_tok = per_tok + cfg.beta * kl
                     sums["kl"] += float((kl.detach() * rb.loss_mask).sum())
                 if cfg.entropy_coef:
@@ -425,6 +443,7 @@ class GRPOTrainer:
                 "nonfinite": (self.nonfinite_streak, self.nonfinite_total), "config": self.cfg.to_dict()}
 
     def save(self) -> None:
+        """Rank 0 writes the policy (a LoRA policy: its adapter) and the trainer state."""
         state = self.state()
         if self.world.is_main:
             save_checkpoint(self.cfg.output_dir, self.step, self.policy, state, keep=self.cfg.save_total_limit)
@@ -434,8 +453,11 @@ class GRPOTrainer:
         path = latest_checkpoint(self.cfg.output_dir)
         if path is None:
             return False
-        loaded = Policy.from_pretrained(str(path / "policy"), device=str(self.policy.device), dtype=self.policy.dtype)
-        self.model.load_state_dict(loaded.model.state_dict())
+        if self.cfg.use_peft:
+            lora.load_adapter(self.model, path / "policy")
+        else:
+            loaded = Policy.from_pretrained(str(path / "policy"), device=str(self.policy.device), dtype=self.policy.dtype)
+            self.model.load_state_dict(loaded.model.state_dict())
         st = load_trainer_state(path)
         self.opt.load_state_dict(st["optimizer"])
         self.sched.load_state_dict(st["scheduler"])
