@@ -1,10 +1,11 @@
-"""Data parallelism on the CPU: 2 processes with gloo under torchrun give the loss and the updated
-weights of 1 process on the same global batch; rank 0 alone writes; resume is exact; the scaling
-benchmark runs; with vLLM, each rank's replica follows the DDP-trained weights.
+"""Data parallelism on the CPU: 2 processes with gloo under torchrun, with DDP or with FSDP2, give the
+loss and the updated weights of 1 process on the same global batch; rank 0 alone writes; resume is
+exact (FSDP's from sharded DCP checkpoints); the scaling benchmarks run; with vLLM, each rank's replica
+follows the DDP-trained weights.
 
 Rollouts come from `PromptSeededEngine`, whose completions depend only on the prompt, so both setups
 train on the same rows whichever rank collects them. Run as a script, this file is the torchrun
-worker: `torchrun --nproc-per-node 2 tests/test_distributed.py OUT`.
+worker: `torchrun --nproc-per-node 2 tests/test_distributed.py OUT [fsdp|vllm]`.
 """
 
 from __future__ import annotations
@@ -89,13 +90,30 @@ CASES = {
 }
 
 
-def run_case(name: str, out_dir: Path) -> dict:
-    """`steps` train_steps of one case; its losses, rewards, and its weights before and after."""
-    trainer = GRPOTrainer(GRPOConfig(**{**BASE, **CASES[name], "output_dir": str(out_dir / name)}))
+# FSDP2 shards the learner, and each rank runs as many forwards as the busiest (padding micro-batches)
+FSDP_CASES = {name: CASES[name] for name in ("dapo", "dr_grpo_uneven", "dapo_batch_std_kl")}
+# rank 0 has 3 rows, rank 1 has 6: rank 0's 4th minibatch is empty. Minibatches split each rank's rows, so
+# this case is compared with DDP on the same 2 ranks rather than with one process.
+EMPTY_MINIBATCH = dict(loss_type="dapo", prompts_per_step=3, minibatches=4, micro_batch_size=1)
+
+
+def whole_weights(model: torch.nn.Module) -> dict[str, torch.Tensor]:
+    """The model's weights, an FSDP model's gathered from its shards."""
+    return {k: (v.full_tensor() if hasattr(v, "full_tensor") else v).detach().clone() for k, v in model.state_dict().items()}
+
+
+def run_case(name: str, out_dir: Path, parallelism: str = "ddp") -> dict:
+    """`steps` train_steps of one case; its losses, rewards, its weights before and after, and how far the
+    rollout copy of the weights is from them."""
+    case = EMPTY_MINIBATCH if name == "empty_minibatch" else CASES[name]
+    trainer = GRPOTrainer(GRPOConfig(**{**BASE, **case, "parallelism": parallelism, "output_dir": str(out_dir / name)}))
     trainer.engine = trainer.collector.engine = PromptSeededEngine(trainer.policy)
-    initial = {k: v.detach().clone() for k, v in trainer.model.state_dict().items()}
+    initial = whole_weights(trainer.model)
     metrics = [trainer.train_step() for _ in range(trainer.cfg.steps)]
-    return {"metrics": metrics, "initial": initial, "weights": {k: v.detach().clone() for k, v in trainer.model.state_dict().items()}}
+    weights = whole_weights(trainer.model)
+    rollout = trainer.policy.model.state_dict()
+    return {"metrics": metrics, "initial": initial, "weights": weights,
+            "rollout_copy_gap": max(float((rollout[k] - weights[k]).abs().max()) for k in weights)}
 
 
 RESUME = dict(env="DelethinkDemo-v0", model="tiny", prompts_per_step=2, num_generations=2, micro_batch_size=4,
@@ -132,21 +150,53 @@ def worker(out: Path) -> None:
           "--output-dir", str(out / "cli")])
 
 
+def fsdp_worker(out: Path) -> None:
+    """Every rank, with parallelism="fsdp": the equivalence cases, then a run cut at step 2 and resumed
+    from its sharded checkpoint."""
+    torch.set_num_threads(1)
+    results = {name: run_case(name, out, "fsdp") for name in FSDP_CASES}
+    empty = {parallelism: run_case("empty_minibatch", out / parallelism, parallelism) for parallelism in ("ddp", "fsdp")}
+    sft = GRPOTrainer(GRPOConfig(**BASE, parallelism="fsdp", sft_steps=2, sft_seeds=8, output_dir=str(out / "sft")))
+    before = whole_weights(sft.model)
+    sft.warm_start()  # trains the whole rollout copy on every rank, then hands it to the shards
+    after, rollout = whole_weights(sft.model), sft.policy.model.state_dict()
+    sft_moved = max(float((after[k] - before[k]).abs().max()) for k in after)
+    sft_gap = max(float((after[k] - rollout[k]).abs().max()) for k in after)
+    cfg = dict(RESUME, parallelism="fsdp", eval_every=0)
+    full = GRPOTrainer(GRPOConfig(**cfg, steps=3, output_dir=str(out / "full")))
+    full.train()
+    GRPOTrainer(GRPOConfig(**cfg, steps=2, output_dir=str(out / "cut"))).train()
+    resumed = GRPOTrainer(GRPOConfig(**cfg, steps=3, output_dir=str(out / "cut"), resume=True))
+    resumed.train()
+    full_w, resumed_w = whole_weights(full.model), whole_weights(resumed.model)
+    if distributed.world().is_main:
+        torch.save({"cases": results, "empty": empty, "sft": (sft_moved, sft_gap), "full": full_w, "resumed": resumed_w},
+                   out / "results.pt")
+    distributed.barrier()
+    distributed.shutdown()
+
+
+def launch(out: Path, *mode: str) -> subprocess.CompletedProcess:
+    proc = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2", __file__, str(out),
+                           *mode], capture_output=True, text=True, timeout=900)
+    assert proc.returncode == 0, proc.stderr[-4000:]
+    return proc
+
+
 @pytest.fixture(scope="module")
 def two_ranks(tmp_path_factory) -> tuple[Path, str]:
     out = tmp_path_factory.mktemp("ddp")
-    proc = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2", __file__, str(out)],
-                          capture_output=True, text=True, timeout=600)
-    assert proc.returncode == 0, proc.stderr[-4000:]
-    return out, proc.stdout
+    return out, launch(out).stdout
 
 
-@pytest.mark.parametrize("name", list(CASES))
-def test_two_ranks_match_one_process(two_ranks, name, tmp_path):
-    torch.set_num_threads(1)
-    out, _ = two_ranks
-    two = torch.load(out / "results.pt", weights_only=False)["cases"][name]
-    one = run_case(name, tmp_path)
+@pytest.fixture(scope="module")
+def two_fsdp_ranks(tmp_path_factory) -> Path:
+    out = tmp_path_factory.mktemp("fsdp")
+    launch(out, "fsdp")
+    return out
+
+
+def check_match(one: dict, two: dict) -> None:
     for m1, m2 in zip(one["metrics"], two["metrics"]):
         for key in ("loss", "grad_norm", "reward", "reward_std", "entropy", "completions/mean_length"):
             assert m2[key] == pytest.approx(m1[key], rel=1e-5, abs=1e-7), key
@@ -155,6 +205,48 @@ def test_two_ranks_match_one_process(two_ranks, name, tmp_path):
     moved = max(float((one["weights"][k] - init[k]).abs().max()) for k in init)
     diff = max(float((one["weights"][k] - two["weights"][k]).abs().max()) for k in init)
     assert moved > 1e-3 and diff < 1e-5, f"the update moved weights by up to {moved}; the two setups differ by up to {diff}"
+
+
+@pytest.mark.parametrize("name", list(CASES))
+def test_two_ranks_match_one_process(two_ranks, name, tmp_path):
+    torch.set_num_threads(1)
+    out, _ = two_ranks
+    two = torch.load(out / "results.pt", weights_only=False)["cases"][name]
+    check_match(run_case(name, tmp_path), two)
+
+
+@pytest.mark.parametrize("name", list(FSDP_CASES))
+def test_two_fsdp_ranks_match_one_process(two_fsdp_ranks, name, tmp_path):
+    torch.set_num_threads(1)
+    two = torch.load(two_fsdp_ranks / "results.pt", weights_only=False)["cases"][name]
+    check_match(run_case(name, tmp_path, "fsdp"), two)  # one process ignores parallelism
+    assert two["rollout_copy_gap"] == 0.0  # every rank's rollout copy is the gathered fp32 weights (fp32 on the CPU)
+
+
+def test_fsdp_pads_a_rank_with_an_empty_minibatch_as_ddp_does(two_fsdp_ranks):
+    empty = torch.load(two_fsdp_ranks / "results.pt", weights_only=False)["empty"]
+    check_match(empty["ddp"], empty["fsdp"])
+
+
+def test_fsdp_shards_take_the_sft_warm_start(two_fsdp_ranks):
+    moved, gap = torch.load(two_fsdp_ranks / "results.pt", weights_only=False)["sft"]
+    assert moved > 1e-3 and gap == 0.0
+
+
+def test_fsdp_resumes_exactly_from_sharded_checkpoints(two_fsdp_ranks, tmp_path):
+    out = two_fsdp_ranks
+    full, cut = read_scalars(str(out / "full")), read_scalars(str(out / "cut"))
+    assert dict(cut["loss"])[3] == dict(full["loss"])[3] and dict(cut["reward"])[3] == dict(full["reward"])[3]
+    assert {"time/weight_sync_s", "time/step_s"} <= set(full)
+    res = torch.load(out / "results.pt", weights_only=False)
+    assert all(torch.equal(res["full"][k], res["resumed"][k]) for k in res["full"])
+    ckpt = out / "full" / "checkpoint-3"
+    assert len(list((ckpt / "sharded").glob("*.distcp"))) == 2  # one shard file per rank
+    assert torch.load(ckpt / "trainer_state.pt", weights_only=False)["optimizer"] is None  # it is in the shards
+    policy = Policy.from_pretrained(str(ckpt / "policy")).model.state_dict()  # the whole weights, for eval and users
+    assert all(torch.equal(policy[k], res["full"][k]) for k in policy)
+    with pytest.raises(ValueError, match="written with parallelism='fsdp'"):
+        GRPOTrainer(GRPOConfig(**RESUME, steps=4, output_dir=str(out / "full"), resume=True)).load()
 
 
 def test_a_rank_with_an_empty_minibatch_keeps_the_ranks_identical(two_ranks):
@@ -232,4 +324,4 @@ def test_each_rank_runs_its_own_vllm_replica(tmp_path):
 
 
 if __name__ == "__main__":
-    (vllm_worker if sys.argv[2:] == ["vllm"] else worker)(Path(sys.argv[1]))
+    {"vllm": vllm_worker, "fsdp": fsdp_worker}.get(sys.argv[2] if len(sys.argv) > 2 else "", worker)(Path(sys.argv[1]))

@@ -19,6 +19,7 @@ import yaml
 from ..rollout.engine import ENGINES
 
 DTYPES = (None, "float32", "bfloat16", "float16")
+PARALLELISMS = ("ddp", "fsdp")
 LORA_ROLLOUTS = ("apply", "merge")
 LR_SCHEDULERS = ("constant", "linear", "cosine")
 
@@ -45,6 +46,11 @@ class GRPOConfig:
     models too big for one GPU's rollouts."""
 
     # -- several GPUs and adapters (README, "Several GPUs") ------------------------------------
+    parallelism: str = "ddp"
+    """How the ranks of `torchrun` share the learner: `ddp` (each holds every weight, its fp32 master and
+    Adam state, about 16 bytes per parameter; gradients are all-reduced) or `fsdp` (FSDP2 `fully_shard`:
+    fp32 weights, gradients and Adam state sharded over the ranks; each rank rolls out from a whole
+    copy of the weights gathered after every step, and checkpoints are sharded). One process ignores it."""
     use_peft: bool = False
     """Train a LoRA adapter (peft) on the frozen model: only the adapter is trained, optimised and
     checkpointed."""
@@ -188,7 +194,7 @@ class GRPOConfig:
         get_policy_loss(self.loss_type)
         get_advantage(self.advantage_estimator)
         for name, choices in (("engine", ENGINES), ("dtype", DTYPES), ("scale_rewards", SCALE_REWARDS),
-                              ("lr_scheduler", LR_SCHEDULERS), ("lora_rollout", LORA_ROLLOUTS)):
+                              ("lr_scheduler", LR_SCHEDULERS), ("parallelism", PARALLELISMS), ("lora_rollout", LORA_ROLLOUTS)):
             if getattr(self, name) not in choices:
                 raise ValueError(f"{name}={getattr(self, name)!r} is unknown; valid: {list(choices)}")
         for name in ("num_generations", "prompts_per_step", "steps", "num_iterations", "minibatches", "micro_batch_size",
@@ -216,6 +222,9 @@ class GRPOConfig:
         targets = self.lora_target_modules
         if targets is not None and (not isinstance(targets, list) or not targets or not all(isinstance(t, str) and t for t in targets)):
             raise ValueError(f"lora_target_modules must be a non-empty list of module names (or None for peft's default); got {targets!r}")
+        if self.parallelism == "fsdp":
+            raise ValueError("use_peft=True with parallelism='fsdp' is not supported: the adapter is small and the frozen model is "
+                             "held in 16 bits (2 bytes per parameter), so use parallelism='ddp'")
         if self.lora_rollout == "merge" and self.engine != "hf":
             raise ValueError(f"lora_rollout='merge' is a setting of the hf engine; engine={self.engine!r} always syncs merged weights")
 
