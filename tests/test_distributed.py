@@ -282,14 +282,36 @@ def test_cli_under_torchrun_reports_once(two_ranks):
     assert (out / "cli" / "checkpoint-1" / "policy" / "model.safetensors").exists()
 
 
-def test_scaling_benchmark_runs_under_torchrun_on_the_cpu(tmp_path):
-    script = Path(__file__).resolve().parents[1] / "benchmarks" / "gpu" / "scaling.py"
-    proc = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2", str(script), "--tiny",
-                           "--out", str(tmp_path / "scaling.json")], capture_output=True, text=True, timeout=300)
+GPU_BENCHMARKS = Path(__file__).resolve().parents[1] / "benchmarks" / "gpu"
+
+
+def run_script(name: str, *args: str, nproc: int = 1) -> None:
+    launcher = ["-m", "torch.distributed.run", "--standalone", "--nproc-per-node", str(nproc)] if nproc > 1 else []
+    proc = subprocess.run([sys.executable, *launcher, str(GPU_BENCHMARKS / name), "--tiny", *args], capture_output=True, text=True,
+                          timeout=300)
     assert proc.returncode == 0, proc.stderr[-4000:]
-    res = json.loads((tmp_path / "scaling.json").read_text())
-    assert res["summary"]["world_size"] == 2 and len(res["steps"]) == 2
-    assert all(s["generated_tokens_per_s"] > 0 and s["train_tokens_per_s"] > 0 for s in res["steps"])
+
+
+def test_scaling_benchmark_compares_strong_and_weak_scaling_with_one_process(tmp_path):
+    run_script("scaling.py", "--out", str(tmp_path / "one.json"))
+    run_script("scaling.py", "--out", str(tmp_path / "two.json"), "--baseline", str(tmp_path / "one.json"), nproc=2)
+    one, two = (json.loads((tmp_path / f"{n}.json").read_text()) for n in ("one", "two"))
+    assert [r["summary"]["mode"] for r in one["runs"]] == ["strong"] and one["runs"][0]["summary"]["world_size"] == 1
+    runs = {r["summary"]["mode"]: r["summary"] for r in two["runs"]}
+    assert runs["strong"]["prompts_per_step"] == 4 and runs["weak"]["prompts_per_step"] == 8  # the global batch, then per GPU held
+    assert [(r["mode"], r["world_size"]) for r in two["speedups"]] == [("strong", 2), ("weak", 2)]
+    assert all(r[f"speedup_{p}"] > 0 for r in two["speedups"] for p in ("step_s", "train_s", "rollout_s"))
+
+
+def test_large_model_benchmark_runs_lora_and_fsdp(tmp_path):
+    run_script("large.py", "--mode", "lora", "--out", str(tmp_path / "lora.json"))
+    run_script("large.py", "--mode", "fsdp", "--out", str(tmp_path / "fsdp.json"), nproc=2)
+    lora, fsdp = (json.loads((tmp_path / f"{n}.json").read_text()) for n in ("lora", "fsdp"))
+    assert [r["setting"] for r in lora["settings"]] == ["lora apply", "lora merge"]
+    assert 0 < lora["summary"]["trainable_params"] < lora["summary"]["params"] == fsdp["summary"]["trainable_params"]
+    assert fsdp["settings"][0]["gpus"] == 2 and len(fsdp["settings"][0]["peak_mem_GB_per_gpu"]) == 2
+    for r in lora["settings"] + fsdp["settings"]:
+        assert r["median_rollout_s"] > 0 and r["median_learner_s"] > 0 and 0 < r["learner_mfu"] < 1
 
 
 def vllm_worker(out: Path) -> None:
