@@ -174,7 +174,7 @@ def sharded_copy(model: torch.nn.Module, compute_dtype: torch.dtype, gradient_ch
     in fp32."""
     from torch.distributed.fsdp import MixedPrecisionPolicy, fully_shard
 
-    train = copy.deepcopy(model).float()  # .float() converts one parameter at a time: the peak is one 16-bit copy
+    train = copy.deepcopy(model).float()  # .float() converts one parameter at a time, freeing each 16-bit one
     if gradient_checkpointing:
         train.gradient_checkpointing_enable()
     mp = MixedPrecisionPolicy(param_dtype=None if compute_dtype == torch.float32 else compute_dtype, reduce_dtype=torch.float32)

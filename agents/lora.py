@@ -14,6 +14,7 @@ from __future__ import annotations
 import copy
 import sys
 from pathlib import Path
+
 import torch
 
 ADAPTER_FILE = "adapter_model.safetensors"  # what peft's save_pretrained writes

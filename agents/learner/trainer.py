@@ -324,13 +324,16 @@ class GRPOTrainer:
             out.pop("kl")
         return out
 
-    def _micro_batches(self, n: int) -> list[range]:
+    def _micro_batches(self, n: int, backward: bool) -> list[range]:
         """The micro-batches of `n` rows (index ranges), padded with empty ones so that every rank runs as
         many forwards as the rank with the most under FSDP, whose forwards all-gather the weights. Under DDP
-        only a rank with no rows gets one, to join the step's gradient all-reduce."""
+        only a backward pass of a rank with no rows gets one, to join the step's gradient all-reduce."""
         size = self.cfg.micro_batch_size
         micro = [range(start, min(start + size, n)) for start in range(0, n, size)]
-        wanted = int(distributed.all_reduce([len(micro)], "max")[0]) if self.sharded else max(len(micro), 1)
+        if self.sharded:
+            wanted = int(distributed.all_reduce([len(micro)], "max")[0])
+        else:
+            wanted = max(len(micro), 1) if backward else len(micro)
         return micro + [range(0)] * (wanted - len(micro))
 
     def _padding_batch(self):
@@ -352,7 +355,7 @@ class GRPOTrainer:
         rank's part of the step's loss. DDP all-reduces the accumulated gradients in the step's last backward;
         FSDP reduce-scatters each micro-batch's. A padding micro-batch adds a zero gradient."""
         cfg = self.cfg
-        micro = self._micro_batches(len(mb))
+        micro = self._micro_batches(len(mb), backward=True)
         step_loss = 0.0
         for k, span in enumerate(micro):
             idx = mb[span.start:span.stop]
@@ -404,7 +407,7 @@ class GRPOTrainer:
         each token is weighted by min(π_trainer_old / π_engine, tis_cap)."""
         weights = []
         with torch.no_grad():
-            for span in self._micro_batches(len(rows)):
+            for span in self._micro_batches(len(rows), backward=False):
                 if not span:  # FSDP: this rank has fewer micro-batches than another; run a forward all the same
                     completion_logprobs(self.model, self._padding_batch())
                     continue
