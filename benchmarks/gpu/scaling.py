@@ -111,7 +111,7 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--shapes", default="qwen2.5-0.5b,qwen2.5-1.5b", help=f"comma-separated, of {sorted(SHAPES)}")
     ap.add_argument("--modes", default="strong,weak", help="under torchrun: strong, weak or both (one process runs one)")
-    ap.add_argument("--steps", type=int, default=4, help="steps per run; the first is not timed")
+    ap.add_argument("--steps", type=int, default=3, help="steps per run; the first is not timed")
     ap.add_argument("--prompts", type=int, default=32, help="prompts per step: over all processes (strong), per process (weak)")
     ap.add_argument("--generations", type=int, default=8)
     ap.add_argument("--prompt-len", type=int, default=256)
