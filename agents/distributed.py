@@ -1,4 +1,4 @@
-"""Data parallelism for `thinkgym train` under `torchrun`, on torch.distributed and DDP.
+"""Data parallelism for `thinkgym train` under `torchrun`, on torch.distributed, with DDP or FSDP2.
 
 `torchrun --nproc-per-node N` starts N copies of the same command and sets RANK, WORLD_SIZE and
 LOCAL_RANK. Each rank collects its share of the step's groups (`shard`), the loss is normalised by
@@ -6,13 +6,20 @@ counts summed over every rank (`all_reduce`), and DDP all-reduces the gradients.
 gradients over ranks while each rank's loss is already its part of the global loss, so the trainer
 multiplies the loss by the world size: the update is then the one-process update on the union of
 the ranks' rows. Without torchrun every helper is the one-process identity.
+
+With `parallelism="fsdp"` the learner trains `sharded_copy`, an fp32 copy of the policy sharded with
+FSDP2's `fully_shard` (whose reduce-scatter averages over ranks as DDP does), while each rank keeps the
+policy's own whole model for its rollouts: `gather_into` refreshes it after every optimizer step.
+`save_sharded` / `load_sharded` checkpoint the shards with torch.distributed.checkpoint (DCP).
 """
 
 from __future__ import annotations
 
 import contextlib
+import copy
 import os
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any, Sequence, TypeVar
 
 import torch
@@ -131,7 +138,8 @@ def wrap(model: torch.nn.Module) -> torch.nn.Module:
 
 def accumulate(model: torch.nn.Module, last: bool) -> contextlib.AbstractContextManager:
     """Around one micro-batch's backward: DDP's `no_sync` (gradients accumulate locally) unless it is
-    the optimizer step's last micro-batch, whose backward all-reduces the accumulated gradients."""
+    the optimizer step's last micro-batch, whose backward all-reduces the accumulated gradients. An FSDP2
+    model reduce-scatters every micro-batch's gradients into its sharded ones (no unsharded copy is kept)."""
     return model.no_sync() if hasattr(model, "no_sync") and not last else contextlib.nullcontext()
 
 
@@ -155,3 +163,70 @@ def any_rank(flag: bool) -> bool:
 def gather_flat(items: Sequence[T]) -> list[T]:
     """Every rank's items concatenated in rank order: for `shard`ed work, the one-process list."""
     return [x for part in gather(list(items)) for x in part]
+
+
+# -- FSDP2 (parallelism="fsdp") -------------------------------------------------------------------
+
+def sharded_copy(model: torch.nn.Module, compute_dtype: torch.dtype, gradient_checkpointing: bool = False) -> torch.nn.Module:
+    """An fp32 copy of `model`, sharded over the ranks with FSDP2: each decoder layer (the classes in the
+    model's `_no_split_modules`) is one `fully_shard` unit, the rest is the root's. The fp32 shards are
+    the master weights; forward and backward run in `compute_dtype`, and gradients are reduce-scattered
+    in fp32."""
+    from torch.distributed.fsdp import MixedPrecisionPolicy, fully_shard
+
+    train = copy.deepcopy(model).float()  # .float() converts one parameter at a time, freeing each 16-bit one
+    if gradient_checkpointing:
+        train.gradient_checkpointing_enable()
+    mp = MixedPrecisionPolicy(param_dtype=None if compute_dtype == torch.float32 else compute_dtype, reduce_dtype=torch.float32)
+    units = set(getattr(train, "_no_split_modules", None) or ())
+    for module in list(train.modules())[1:]:
+        if type(module).__name__ in units:
+            fully_shard(module, mp_policy=mp)
+    fully_shard(train, mp_policy=mp)
+    return train
+
+
+@torch.no_grad()
+def gather_into(sharded: torch.nn.Module, target: torch.nn.Module) -> None:
+    """Copy the sharded module's whole weights into `target` (the same model, whole on every rank), in
+    place and in target's dtype: one all-gather per parameter, of shards already cast to that dtype."""
+    for (name, p), (target_name, t) in zip(sharded.named_parameters(), target.named_parameters()):
+        if name != target_name:
+            raise RuntimeError(f"the sharded model's parameter {name!r} meets {target_name!r} in the rollout copy")
+        t.copy_(p.detach().to(t.dtype).full_tensor())
+
+
+def load_whole(sharded: torch.nn.Module, source: torch.nn.Module) -> None:
+    """The reverse of `gather_into`: each rank takes its shards of `source`'s whole weights."""
+    from torch.distributed.checkpoint import state_dict as dsd
+
+    dsd.set_model_state_dict(sharded, source.state_dict(), options=dsd.StateDictOptions(full_state_dict=True))
+
+
+def save_sharded(path: str | Path, model: torch.nn.Module, optimizer: torch.optim.Optimizer) -> None:
+    """Every rank writes its shards of the model and of the optimizer state (DCP); a collective.
+
+    An optimizer that has not stepped yet is left out: `get_optimizer_state_dict` would initialise its
+    state with a step, and the run would no longer be the one that never saved."""
+    import torch.distributed.checkpoint as dcp
+    from torch.distributed.checkpoint import state_dict as dsd
+
+    state = {"model": dsd.get_model_state_dict(model)}
+    if optimizer.state:
+        state["optimizer"] = dsd.get_optimizer_state_dict(model, optimizer)
+    dcp.save(state, checkpoint_id=str(path))
+
+
+def load_sharded(path: str | Path, model: torch.nn.Module, optimizer: torch.optim.Optimizer) -> None:
+    """Load `save_sharded`'s shards into the model and optimizer, resharded to this number of ranks."""
+    import torch.distributed.checkpoint as dcp
+    from torch.distributed.checkpoint import state_dict as dsd
+
+    saved = dcp.FileSystemReader(str(path)).read_metadata().state_dict_metadata
+    state = {"model": dsd.get_model_state_dict(model)}
+    if any(k.startswith("optimizer.") for k in saved):
+        state["optimizer"] = dsd.get_optimizer_state_dict(model, optimizer)  # a template, overwritten by the load
+    dcp.load(state, checkpoint_id=str(path))
+    dsd.set_model_state_dict(model, state["model"])
+    if "optimizer" in state:
+        dsd.set_optimizer_state_dict(model, optimizer, state["optimizer"])

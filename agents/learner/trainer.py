@@ -6,8 +6,9 @@ rollout shares, then take `num_iterations × minibatches` clipped-surrogate opti
 normalisation (`loss_type`) spans the whole optimizer step. Read `train_step` top to bottom.
 
 Under `torchrun` each rank collects its share of the step's prompts; counts, advantages and logged
-means are global and DDP sums the gradients (`distributed.py`). With one process every collective
-is the identity.
+means are global, and DDP sums the gradients or FSDP2 reduce-scatters them (`parallelism`,
+`distributed.py`). With one process every collective is the identity. With `use_peft` the policy's
+model is a peft model and only its LoRA adapter trains (`lora.py`).
 """
 
 from __future__ import annotations
@@ -27,7 +28,7 @@ from tqdm import tqdm
 
 from thinkgym.rewards import Sample, parse_reward_spec
 
-from .. import distributed
+from .. import distributed, lora
 from ..evaluate import evaluate
 from ..methods.sft import demonstration_rows, train_sft
 from ..policy import Policy
@@ -36,7 +37,7 @@ from ..rollout.engine import Engine, make_engine
 from ..rollout.sampling import Opening, forced_openings
 from ..types import MONITOR_SEED_BASE, SFT_SEED_BASE, TRAIN_SEED_BASE, Batch, Episode, Row
 from .advantages import get_advantage, mgpo_weight
-from .checkpoint import latest_checkpoint, load_trainer_state, rng_state, save_checkpoint, set_rng_state
+from .checkpoint import SHARDED, checkpoint_path, latest_checkpoint, load_trainer_state, rng_state, save_checkpoint, set_rng_state
 from .config import GRPOConfig
 from .logprobs import completion_logprobs, pad_rows
 from .losses import get_policy_loss, k3_kl, row_stats, sequence_surrogate, token_surrogate
@@ -64,12 +65,24 @@ class GRPOTrainer:
         np.random.seed(cfg.seed)
         self.policy = (engine.policy if engine is not None else policy) or Policy.from_pretrained(
             cfg.model, device=device, dtype=cfg.dtype, seed=cfg.seed)
-        self.engine = engine or make_engine(cfg.engine, self.policy, distributed.rank_seed(cfg.seed), cfg.vllm_tensor_parallel_size)
-        self.model = self.policy.model
-        if cfg.gradient_checkpointing:
-            self.model.gradient_checkpointing_enable()
-        self.train_model = distributed.wrap(self.model)  # forward/backward go through DDP under torchrun
-        self.ref_model = copy.deepcopy(self.model).eval().requires_grad_(False) if cfg.beta > 0 else None
+        # FSDP: the learner trains fp32 shards, and the policy's model stays whole on every rank for the rollouts
+        self.sharded = cfg.parallelism == "fsdp" and self.world.size > 1
+        if cfg.gradient_checkpointing and not self.sharded:
+            self.policy.model.gradient_checkpointing_enable()
+        if cfg.use_peft:
+            self.policy.model = lora.add_adapter(self.policy.model, cfg.lora_r, cfg.lora_alpha, cfg.lora_dropout, cfg.lora_target_modules)
+        self.engine = engine or make_engine(cfg.engine, self.policy, distributed.rank_seed(cfg.seed), cfg.vllm_tensor_parallel_size,
+                                            lora_merge=cfg.lora_rollout == "merge")
+        if self.sharded:
+            self.model = distributed.sharded_copy(self.policy.model, self.policy.dtype, cfg.gradient_checkpointing)
+            self.train_model = self.model
+        else:
+            self.model = self.policy.model
+            self.train_model = distributed.wrap(self.model)  # forward/backward go through DDP under torchrun
+        self.ref_model = None  # LoRA's reference is the model with its adapter off (`_ref_logprobs`)
+        if cfg.beta > 0 and not cfg.use_peft:
+            self.ref_model = distributed.sharded_copy(self.policy.model, self.policy.dtype) if self.sharded else copy.deepcopy(self.model)
+            self.ref_model.eval().requires_grad_(False)
         total = cfg.steps * cfg.num_iterations * cfg.minibatches
         self.opt, self.sched = build_optimizer(self.model, cfg.learning_rate, lr_schedule(cfg.lr_scheduler, cfg.warmup_steps, total),
                                                cfg.weight_decay)
@@ -240,11 +253,21 @@ class GRPOTrainer:
         train_time = time.perf_counter() - t_train
         tokens = distributed.all_reduce([sum(len(r.input_ids) for r in rows)])[0]
         metrics.update(self.episode_metrics(batch, rewards, comps))
-        metrics.update({"frac_groups_dropped": dropped, "time/train_s": train_time, "time/step_s": time.perf_counter() - t_step,
+        metrics.update({"frac_groups_dropped": dropped, "time/train_s": train_time, "time/weight_sync_s": self.sync_weights(),
                         "train_tokens_per_s": tokens * cfg.num_iterations / max(train_time, 1e-9),
                         **{k: v for k, v in batch.stats.items() if k.startswith(("time/", "rollout_tokens", "env_tokens"))}})
-        self.engine.sync_weights()
+        metrics["time/step_s"] = time.perf_counter() - t_step
         return metrics
+
+    def sync_weights(self) -> float:
+        """Bring the engine's weights up to the learner's: under FSDP, gather the shards into the policy's
+        whole model on every rank, then the engine's own sync (vLLM's copy, a merged LoRA copy). Returns
+        the seconds it took (`time/weight_sync_s`)."""
+        t = time.perf_counter()
+        if self.sharded:
+            distributed.gather_into(self.model, self.policy.model)
+        self.engine.sync_weights()
+        return time.perf_counter() - t
 
     def optimize(self, rows: list[Row], adv: np.ndarray) -> dict[str, float]:
         """`num_iterations × minibatches` optimizer steps on this rank's rows. Under torchrun a step is
@@ -274,6 +297,8 @@ class GRPOTrainer:
                 local_loss = self._backward(rows, mb, row_adv, row_weight, tis, sums)
                 step_loss = distributed.all_reduce([local_loss])[0]
                 grad_norm = torch.nn.utils.clip_grad_norm_(self.model.parameters(), cfg.max_grad_norm)
+                if hasattr(grad_norm, "full_tensor"):  # FSDP: a replicated DTensor
+                    grad_norm = grad_norm.full_tensor()
                 if not (math.isfinite(step_loss) and torch.isfinite(grad_norm)):
                     self.opt.zero_grad(set_to_none=True)
                     self.nonfinite_streak += 1
@@ -295,44 +320,64 @@ class GRPOTrainer:
         out.update(loss=loss_sum / max(n_updates, 1), grad_norm=grad_norm_sum / max(n_updates, 1),
                    learning_rate=self.sched.get_last_lr()[0], nonfinite_skipped=float(self.nonfinite_total))
         out["clip_ratio/region_mean"] = out["clip_ratio/low_mean"] + out["clip_ratio/high_mean"]
-        if self.ref_model is None:
+        if cfg.beta <= 0:
             out.pop("kl")
         return out
+
+    def _micro_batches(self, n: int, backward: bool) -> list[range]:
+        """The micro-batches of `n` rows (index ranges), padded with empty ones so that every rank runs as
+        many forwards as the rank with the most under FSDP, whose forwards all-gather the weights. Under DDP
+        only a backward pass of a rank with no rows gets one, to join the step's gradient all-reduce."""
+        size = self.cfg.micro_batch_size
+        micro = [range(start, min(start + size, n)) for start in range(0, n, size)]
+        if self.sharded:
+            wanted = int(distributed.all_reduce([len(micro)], "max")[0])
+        else:
+            wanted = max(len(micro), 1) if backward else len(micro)
+        return micro + [range(0)] * (wanted - len(micro))
+
+    def _padding_batch(self):
+        """A one-row batch that counts nothing (all-zero loss mask), for a padding micro-batch."""
+        pad = self.policy.tokenizer.pad_token_id
+        return pad_rows([Row([pad, pad], 1, [0], [0.0], -1)], pad, self.policy.device)
+
+    def _ref_logprobs(self, rb) -> torch.Tensor:
+        """Log-probabilities under the reference: the frozen copy, or a LoRA policy with its adapter off."""
+        with torch.no_grad():
+            if self.ref_model is not None:
+                return completion_logprobs(self.ref_model, rb, self.cfg.temperature)[0]
+            with self.model.disable_adapter():
+                return completion_logprobs(self.model, rb, self.cfg.temperature)[0]
 
     def _backward(self, rows: list[Row], mb: np.ndarray, row_adv: np.ndarray, row_weight: np.ndarray,
                   tis: list[torch.Tensor] | None, sums: dict[str, float]) -> float:
         """Forward and backward each micro-batch of the minibatch `mb` (indices into `rows`); return this
-        rank's part of the step's loss. DDP all-reduces the accumulated gradients in the step's last backward."""
+        rank's part of the step's loss. DDP all-reduces the accumulated gradients in the step's last backward;
+        FSDP reduce-scatters each micro-batch's. A padding micro-batch adds a zero gradient."""
         cfg = self.cfg
-        starts = range(0, len(mb), cfg.micro_batch_size)
-        if not starts:  # no rows here, some on another rank: join DDP's all-reduce with a zero gradient
-            pad = self.policy.tokenizer.pad_token_id
-            logp, _ = completion_logprobs(self.train_model, pad_rows([Row([pad, pad], 1, [0], [0.0], -1)], pad, self.policy.device))
-            (logp.sum() * 0.0).backward()
-            return 0.0
+        micro = self._micro_batches(len(mb), backward=True)
         step_loss = 0.0
-        for start in starts:
-            idx = mb[start:start + cfg.micro_batch_size]
-            rb = pad_rows([rows[i] for i in idx], self.policy.tokenizer.pad_token_id, self.policy.device)
-            with distributed.accumulate(self.train_model, last=start == starts[-1]):
+        for k, span in enumerate(micro):
+            idx = mb[span.start:span.stop]
+            rb = pad_rows([rows[i] for i in idx], self.policy.tokenizer.pad_token_id, self.policy.device) if len(idx) \
+                else self._padding_batch()
+            with distributed.accumulate(self.train_model, last=k == len(micro) - 1):
                 logp, ent = completion_logprobs(self.train_model, rb, cfg.temperature, with_entropy=True,
                                                 entropy_grad=cfg.entropy_coef > 0)
-                a = torch.tensor(row_adv[idx], device=logp.device, dtype=logp.dtype)
+                a = torch.tensor(row_adv[idx] if len(idx) else [0.0], device=logp.device, dtype=logp.dtype)
                 surrogate = sequence_surrogate if self.loss.sequence_level else token_surrogate
                 args = (logp, rb.old_logprobs, a, rb.loss_mask, cfg.epsilon, cfg.epsilon_high) if self.loss.sequence_level \
                     else (logp, rb.old_logprobs, a, cfg.epsilon, cfg.epsilon_high)
                 per_tok, low, high = surrogate(*args)
-                if tis is not None:
+                if tis is not None and len(idx):
                     per_tok = per_tok * pad_rows_like(tis, idx, logp)
-                if self.ref_model is not None:
-                    with torch.no_grad():
-                        ref_logp, _ = completion_logprobs(self.ref_model, rb, cfg.temperature)
-                    kl = k3_kl(logp, ref_logp)
+                if cfg.beta > 0:
+                    kl = k3_kl(logp, self._ref_logprobs(rb))
                     per_tok = per_tok + cfg.beta * kl
                     sums["kl"] += float((kl.detach() * rb.loss_mask).sum())
                 if cfg.entropy_coef:
                     per_tok = per_tok - cfg.entropy_coef * ent
-                w = torch.tensor(row_weight[idx], device=logp.device, dtype=logp.dtype).unsqueeze(1)
+                w = torch.tensor(row_weight[idx] if len(idx) else [0.0], device=logp.device, dtype=logp.dtype).unsqueeze(1)
                 loss = (per_tok * rb.loss_mask * w).sum()
                 # DDP averages gradients over ranks; each rank's loss is its part of the global sum
                 (loss * self.world.size).backward()
@@ -362,8 +407,11 @@ class GRPOTrainer:
         each token is weighted by min(π_trainer_old / π_engine, tis_cap)."""
         weights = []
         with torch.no_grad():
-            for start in range(0, len(rows), self.cfg.micro_batch_size):
-                micro = rows[start:start + self.cfg.micro_batch_size]
+            for span in self._micro_batches(len(rows), backward=False):
+                if not span:  # FSDP: this rank has fewer micro-batches than another; run a forward all the same
+                    completion_logprobs(self.model, self._padding_batch())
+                    continue
+                micro = rows[span.start:span.stop]
                 rb = pad_rows(micro, self.policy.tokenizer.pad_token_id, self.policy.device)
                 logp, _ = completion_logprobs(self.model, rb, self.cfg.temperature)
                 w = torch.clamp(torch.exp(logp - rb.old_logprobs), max=self.cfg.tis_cap)
@@ -420,12 +468,16 @@ class GRPOTrainer:
         """The trainer's state; `ranks` holds every rank's RNGs, shuffle and environment state (a collective)."""
         mine = {"rng": rng_state(self.engine), "shuffle": self._shuffle.bit_generator.state,
                 "env": self.collector.env_state()}
-        return {"step": self.step, "optimizer": self.opt.state_dict(), "scheduler": self.sched.state_dict(),
+        return {"step": self.step, "optimizer": None if self.sharded else self.opt.state_dict(), "scheduler": self.sched.state_dict(),
                 "ranks": distributed.gather(mine), "reward": self.reward.state_dict() if self.reward is not None else None,
                 "nonfinite": (self.nonfinite_streak, self.nonfinite_total), "config": self.cfg.to_dict()}
 
     def save(self) -> None:
+        """Rank 0 writes the policy (a LoRA policy: its adapter) and the trainer state; under FSDP every rank
+        first writes its shards of the fp32 weights and the optimizer into `sharded/` (DCP)."""
         state = self.state()
+        if self.sharded:
+            distributed.save_sharded(checkpoint_path(self.cfg.output_dir, self.step) / SHARDED, self.model, self.opt)
         if self.world.is_main:
             save_checkpoint(self.cfg.output_dir, self.step, self.policy, state, keep=self.cfg.save_total_limit)
         distributed.barrier()  # no rank goes on (or exits) before the checkpoint is written
@@ -434,10 +486,21 @@ class GRPOTrainer:
         path = latest_checkpoint(self.cfg.output_dir)
         if path is None:
             return False
-        loaded = Policy.from_pretrained(str(path / "policy"), device=str(self.policy.device), dtype=self.policy.dtype)
-        self.model.load_state_dict(loaded.model.state_dict())
+        if (path / SHARDED).exists() != self.sharded:
+            written = "parallelism='fsdp' under torchrun" if (path / SHARDED).exists() else "parallelism='ddp' or one process"
+            raise ValueError(f"{path} was written with {written}; resume it the same way (this run has parallelism="
+                             f"{self.cfg.parallelism!r} on {self.world.size} processes)")
         st = load_trainer_state(path)
-        self.opt.load_state_dict(st["optimizer"])
+        if self.sharded:  # the fp32 shards and optimizer, resharded to this many ranks, then the rollout copy
+            distributed.load_sharded(path / SHARDED, self.model, self.opt)
+            distributed.gather_into(self.model, self.policy.model)
+        else:
+            if self.cfg.use_peft:
+                lora.load_adapter(self.model, path / "policy")
+            else:
+                loaded = Policy.from_pretrained(str(path / "policy"), device=str(self.policy.device), dtype=self.policy.dtype)
+                self.model.load_state_dict(loaded.model.state_dict())
+            self.opt.load_state_dict(st["optimizer"])
         self.sched.load_state_dict(st["scheduler"])
         # checkpoints written before data parallelism hold one process's state at the top level
         per_rank = st.get("ranks") or [{"rng": st["rng"], "shuffle": st["shuffle"], "env": st.get("env")}]
@@ -468,7 +531,9 @@ class GRPOTrainer:
         rows = demonstration_rows(cfg.env, seeds, self.policy.tokenizer, cfg.env_kwargs)
         train_sft(self.policy, rows, steps=cfg.sft_steps, lr=cfg.sft_learning_rate, seed=cfg.seed, writer=self.writer,
                   progress=self.world.is_main)
-        distributed.broadcast_module(self.model)  # every rank ran the same SFT; rank 0's result is the one kept
+        distributed.broadcast_module(self.policy.model)  # every rank ran the same SFT; rank 0's result is the one kept
+        if self.sharded:
+            distributed.load_whole(self.model, self.policy.model)
         self.engine.sync_weights()
         self.warm_started = True
 

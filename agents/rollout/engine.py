@@ -83,12 +83,13 @@ class Engine(Protocol):
         """Free what the engine holds outside Python's reach (vLLM's engine core and process groups)."""
 
 
-def make_engine(name: str, policy: Policy, seed: int, tensor_parallel_size: int = 1):
-    """A rollout engine by name; `tensor_parallel_size` shards vLLM's copy of the model over GPUs."""
+def make_engine(name: str, policy: Policy, seed: int, tensor_parallel_size: int = 1, lora_merge: bool = False):
+    """A rollout engine by name; `tensor_parallel_size` shards vLLM's copy of the model over GPUs, and
+    `lora_merge` makes the hf engine decode a LoRA policy from merged weights (`HFEngine`)."""
     if name == "hf":
         from .hf.engine import HFEngine
 
-        return HFEngine(policy, seed=seed)
+        return HFEngine(policy, seed=seed, lora_merge=lora_merge)
     if name == "vllm":
         from .vllm import VLLMEngine
 

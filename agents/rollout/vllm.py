@@ -27,7 +27,7 @@ from typing import Any, Callable
 import numpy as np
 import torch
 
-from .. import distributed
+from .. import distributed, lora
 from ..policy import Policy
 from .engine import Completion, GenerationRequest
 from .sampling import find_stop
@@ -66,19 +66,18 @@ def _report_untruncated_logprobs(worker: Any) -> bool:
     return True
 
 
-def _write_model(policy: Policy, path: str) -> None:
-    """The policy as a model folder for vLLM. Not `save_pretrained`: once torch.distributed is
-    initialised, transformers writes only on rank 0, and under torchrun every rank needs its copy.
+def _write_model(model: torch.nn.Module, tokenizer: Any, path: str) -> None:
+    """A plain transformers model as a model folder for vLLM. Not `save_pretrained`: once torch.distributed
+    is initialised, transformers writes only on rank 0, and under torchrun every rank needs its copy.
     With tied embeddings the folder has no `lm_head.weight`, as a checkpoint of such a model."""
     from safetensors.torch import save_file
 
-    model = policy.model
     tied = bool(model.config.tie_word_embeddings)
     state = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items() if not (tied and k == "lm_head.weight")}
     model.config.architectures = model.config.architectures or [type(model).__name__]  # as save_pretrained records it
     model.config.save_pretrained(path)
     save_file(state, os.path.join(path, "model.safetensors"), metadata={"format": "pt"})
-    policy.tokenizer.save_pretrained(path)
+    tokenizer.save_pretrained(path)
 
 
 def _reload_from(weights: list[tuple[str, torch.Tensor]], tied: bool) -> Callable[[Any], None]:
@@ -101,7 +100,8 @@ class VLLMEngine:
 
     `rng` draws each request's vLLM seed: reproducible runs from `seed`, fresh samples every call.
     `tensor_parallel_size` shards the copy over that many GPUs (one process only: under torchrun
-    every rank samples its own prompts, which tensor-parallel ranks cannot).
+    every rank samples its own prompts, which tensor-parallel ranks cannot). A LoRA policy reaches vLLM
+    as merged weights (`lora.merged_copy`, refreshed at each sync).
     """
 
     def __init__(self, policy: Policy, gpu_memory_utilization: float = 0.4, tensor_parallel_size: int = 1,
@@ -113,8 +113,9 @@ class VLLMEngine:
         if world.size > 1 and tensor_parallel_size > 1:
             raise ValueError(f"tensor_parallel_size={tensor_parallel_size} under torchrun ({world.size} processes): every rank "
                              "runs its own replica of its own prompts; use tensor parallelism in a single process")
+        self._merged: torch.nn.Module | None = None
         self._dir = tempfile.TemporaryDirectory(prefix="thinkgym-vllm-")
-        _write_model(policy, self._dir.name)
+        _write_model(self._plain_model(), policy.tokenizer, self._dir.name)
         kwargs = dict(model=self._dir.name, tokenizer=self._dir.name, dtype=str(policy.dtype).removeprefix("torch."),
                       seed=seed if seed is not None else 0, max_model_len=policy.max_context,
                       gpu_memory_utilization=gpu_memory_utilization, tensor_parallel_size=tensor_parallel_size,
@@ -142,10 +143,23 @@ class VLLMEngine:
         the trainer's too under torchrun, so it must come before the trainer's own (`thinkgym train` does this)."""
         self.llm.llm_engine.engine_core.shutdown()
 
+    def _plain_model(self) -> torch.nn.Module:
+        """The policy's model as vLLM loads it: itself, or for a LoRA policy its merged copy, brought up to date."""
+        model = self.policy.model
+        if not lora.is_adapted(model):
+            self._merged = None
+            return model
+        if self._merged is None:
+            self._merged = lora.merged_copy(model)
+        else:
+            lora.refresh_merged(self._merged, model)
+        return self._merged
+
     def sync_weights(self) -> None:
         """Copy the policy's current parameters into vLLM in place, and drop KV blocks computed with the old ones."""
-        weights = [(name, p.detach()) for name, p in self.policy.model.named_parameters()]
-        self.llm.collective_rpc(_reload_from(weights, bool(self.policy.model.config.tie_word_embeddings)))
+        model = self._plain_model()
+        weights = [(name, p.detach()) for name, p in model.named_parameters()]
+        self.llm.collective_rpc(_reload_from(weights, bool(model.config.tie_word_embeddings)))
         self.llm.reset_prefix_cache()
 
     def generate(self, requests: list[GenerationRequest]) -> list[list[Completion]]:

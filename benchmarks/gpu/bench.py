@@ -10,8 +10,8 @@ Prints a table, writes JSON (and PNGs).
 
     python benchmarks/gpu/bench.py --out DIR [--sections rollout,train,delethink,step,grpo] [--tiny]
 
-Models have the real shapes (Qwen2.5-0.5B, DeepSeek-R1-Distill-Qwen-1.5B) with random weights built
-from the config: nothing is downloaded. Lengths are fixed (EOS ignored) so every side does equal work.
+Models have the real shapes (Qwen2.5-0.5B, DeepSeek-R1-Distill-Qwen-1.5B; SHAPES also holds Qwen2.5-1.5B
+and -7B, for scaling.py and large.py) with random weights built from the config: nothing is downloaded. Lengths are fixed (EOS ignored) so every side does equal work.
 `--tiny` shrinks everything so the script itself can be checked on a CPU.
 """
 
@@ -40,6 +40,10 @@ SHAPES = {
                          num_key_value_heads=2, max_position_embeddings=32768, tie_word_embeddings=True, rope_theta=1e6),
     "r1-distill-1.5b": dict(vocab_size=151936, hidden_size=1536, intermediate_size=8960, num_hidden_layers=28, num_attention_heads=12,
                             num_key_value_heads=2, max_position_embeddings=131072, tie_word_embeddings=False, rope_theta=1e4),
+    "qwen2.5-1.5b": dict(vocab_size=151936, hidden_size=1536, intermediate_size=8960, num_hidden_layers=28, num_attention_heads=12,
+                         num_key_value_heads=2, max_position_embeddings=32768, tie_word_embeddings=True, rope_theta=1e6),
+    "qwen2.5-7b": dict(vocab_size=152064, hidden_size=3584, intermediate_size=18944, num_hidden_layers=28, num_attention_heads=28,
+                       num_key_value_heads=4, max_position_embeddings=32768, tie_word_embeddings=False, rope_theta=1e6),
 }
 TINY = dict(vocab_size=512, hidden_size=128, intermediate_size=256, num_hidden_layers=2, num_attention_heads=2, num_key_value_heads=1,
             max_position_embeddings=4096)
@@ -445,7 +449,7 @@ def main() -> None:
     ap.add_argument("--sections", default="rollout,train,grpo")
     ap.add_argument("--tiny", action="store_true")
     ap.add_argument("--new-tokens", type=int, default=1024)
-    ap.add_argument("--shapes", default=",".join(SHAPES), help="rollout: which model shapes")
+    ap.add_argument("--shapes", default="qwen2.5-0.5b,r1-distill-1.5b", help=f"rollout: which model shapes, of {sorted(SHAPES)}")
     ap.add_argument("--batches", default="1,64,256", help="rollout: batch sizes")
     ap.add_argument("--delethink-batch", default="8", help="delethink: traces per batch for both methods, or 'fit': "
                     "each method's largest power-of-two batch whose K/V fits 60 GB")

@@ -19,6 +19,7 @@ from typing import Any
 import torch
 from transformers import DynamicCache
 
+from ... import lora
 from ...policy import Policy, cache_kwargs
 from ..engine import Completion, GenerationRequest
 from ..sampling import TorchSampler, find_stop, force_prefixes, sample_tokens, to_device
@@ -102,18 +103,29 @@ class HFEngine(TorchSampler):
     `kv_cache_gb` (default: a quarter of the GPU, or 4 GB on the CPU), which also bounds how many rows
     decode at once; `cuda_graphs` (default: on a GPU) replays its decode steps as CUDA graphs; `fused`
     decodes Llama-family models with `FusedStep`, compiled when there are graphs. The cache and graphs
-    are kept between calls, and read the weights in place after optimizer steps."""
+    are kept between calls, and read the weights in place after optimizer steps.
+
+    A LoRA policy (peft) is decoded as the learner runs it, adapter applied in each adapted layer, unless
+    `lora_merge`: then the engine decodes a copy whose adapted weights have the adapter merged in
+    (`lora.merged_copy`), with the fused kernels, and `sync_weights` re-merges them. Merging rounds the
+    adapter's small change into the 16-bit weights, so its log-probabilities are no longer the
+    learner's (`logprobs_are_trainers` is False, and the learner recomputes them)."""
 
     logprobs_are_trainers = True
 
     def __init__(self, policy: Policy, max_batch_size: int = 256, seed: int | None = None,
                  static_cache: bool | None = None, cuda_graphs: bool | None = None, kv_cache_gb: float | None = None,
-                 fused: bool = True):
+                 fused: bool = True, lora_merge: bool = False):
         self.policy = policy
         self.max_batch_size = max_batch_size
         super().__init__(policy.device, seed)
+        if lora_merge and not lora.is_adapted(policy.model):
+            raise ValueError("lora_merge=True needs a policy with a LoRA adapter (use_peft=True)")
+        self._merged = lora.merged_copy(policy.model) if lora_merge else None
+        if lora_merge:
+            self.logprobs_are_trainers = False
         cuda = policy.device.type == "cuda"
-        self.static_cache = supports_static(policy.model) if static_cache is None else static_cache
+        self.static_cache = supports_static(self.model) if static_cache is None else static_cache
         self.cuda_graphs = (cuda and self.static_cache) if cuda_graphs is None else cuda_graphs
         if self.cuda_graphs and not (cuda and self.static_cache):
             raise ValueError("cuda_graphs=True needs a CUDA device and static_cache=True")
@@ -123,8 +135,16 @@ class HFEngine(TorchSampler):
         self.fused = fused
         self._decoder: StaticDecoder | None = None
 
+    @property
+    def model(self) -> torch.nn.Module:
+        """The transformers model that decodes: the policy's own (a peft model's base, adapter inside), or the merged copy."""
+        return self._merged if self._merged is not None else lora.base_model(self.policy.model)
+
     def sync_weights(self) -> None:
-        """Nothing to do: the engine reads the training model's parameters directly."""
+        """Re-merge the adapter into the merged copy; otherwise nothing: the engine reads the training
+        model's parameters directly."""
+        if self._merged is not None:
+            lora.refresh_merged(self._merged, self.policy.model)
 
     def close(self) -> None:
         self.release()
@@ -141,7 +161,7 @@ class HFEngine(TorchSampler):
         for req in requests:
             self.policy.check_prompt(len(req.prompt_ids), req.max_new_tokens)
         rows = request_rows(requests)
-        model = self.policy.model
+        model = self.model
         training = model.training
         model.eval()  # no dropout, and no gradient checkpointing (which would drop the KV cache)
         try:
@@ -171,7 +191,7 @@ class HFEngine(TorchSampler):
         return [b for b, ri in enumerate(live) if rows[ri].add(host_tokens[b], host_logps[b], eos, tok)]
 
     def _run_all_static(self, rows: list[DecodeRow]) -> None:
-        model = self.policy.model
+        model = self.model
         slots = max(len(r.prompt) for r in rows) + max(r.req.max_new_tokens for r in rows)
         per_row = slots * SlotCache.bytes_per_slot(model)
         batch = max(1, min(self.max_batch_size, len(rows), self.kv_cache_bytes // per_row))
@@ -182,7 +202,7 @@ class HFEngine(TorchSampler):
     @contextmanager
     def static_attention(self) -> Iterator[None]:
         """The model attends with `slot_attention` inside this block (its own setting is restored after)."""
-        model = self.policy.model
+        model = self.model
         previous = model.config._attn_implementation
         model.set_attn_implementation(ATTENTION)
         try:
@@ -195,7 +215,7 @@ class HFEngine(TorchSampler):
         rows = 1 << (n_rows - 1).bit_length() if self.cuda_graphs else n_rows
         if self._decoder is None or not self._decoder.fits(rows, slots):
             self.release()
-            self._decoder = StaticDecoder(self.policy.model, rows, -(-slots // SLOT_BUCKET) * SLOT_BUCKET, self.cuda_graphs,
+            self._decoder = StaticDecoder(self.model, rows, -(-slots // SLOT_BUCKET) * SLOT_BUCKET, self.cuda_graphs,
                                           self.fused)
         return self._decoder
 
@@ -233,7 +253,7 @@ class HFEngine(TorchSampler):
             step += 1
 
     def _run_dynamic(self, rows: list[DecodeRow]) -> None:
-        model = self.policy.model
+        model = self.model
         ids, mask, temp, top_p = left_pad(rows, self.policy.tokenizer.pad_token_id, self.policy.device)
         pos = (mask.cumsum(-1) - 1).clamp(min=0)
         cache = DynamicCache()
