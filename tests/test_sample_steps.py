@@ -4,7 +4,6 @@ thinkgym's learner trains on (`episode_rows`), through Delethink's resets and Co
 import json
 
 import pytest
-
 from thinkgym.agents.cli import main
 from thinkgym.agents.methods.sample import step_records, step_rows
 from thinkgym.agents.policy import Policy
