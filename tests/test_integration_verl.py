@@ -102,8 +102,8 @@ class Api:
 
     def loop(self, server, tok, env_id: str, env_kwargs: dict, prompt_length: int = 512, response_length: int = 512):
         wrap = self.module.DictConfigWrap
-        args = dict(trainer_config=wrap(self.config(prompt_length, response_length)), server_manager=server, tokenizer=tok,
-                    processor=None, dataset_cls=None, data_config=wrap({}))
+        args = {"trainer_config": wrap(self.config(prompt_length, response_length)), "server_manager": server, "tokenizer": tok,
+                    "processor": None, "dataset_cls": None, "data_config": wrap({})}
         if self.real:  # as verl's AgentLoopWorker does: hydra, from the registry entry plus the config's keys
             import hydra
             from omegaconf import OmegaConf
