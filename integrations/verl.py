@@ -14,7 +14,7 @@ arguments of its agent-loop config entry (`env_id`, `env_kwargs`), and calls `ru
 - the outputs are thinkgym's own training rows (`episode_rows`): one `AgentLoopOutput` per Delethink
   chunk, and one per append-only episode (tool calls), whose `response_mask` is 0 exactly on the tokens
   the env inserted. Every output carries the episode's reward as `reward_score`, its log-probabilities,
-  and `extra_fields` `trajectory_id`, `step_index`, `is_last`, `reward_components` (and the env's final
+  and `extra_fields` `trajectory_id`, `output_index`, `is_last`, `reward_components` (and the env's final
   `info` on the last).
 
 A trajectory of one row returns one `AgentLoopOutput`, which every verl agent-loop worker takes. Delethink
@@ -94,7 +94,7 @@ def row_outputs(ep: Episode, trajectory_id: str) -> list[dict[str, Any]]:
             "prompt_ids": row.input_ids[: row.prompt_len], "response_ids": row.input_ids[row.prompt_len:],
             "response_mask": row.loss_mask, "response_logprobs": row.old_logprobs, "reward_score": float(ep.reward),
             "num_turns": 2 * len(group),  # verl counts user, assistant and tool turns: user + (assistant, env output)...
-            "extra_fields": {"trajectory_id": trajectory_id, "step_index": i, "is_last": last,
+            "extra_fields": {"trajectory_id": trajectory_id, "output_index": i, "is_last": last,
                              "reward_components": components, "env_info": dict(ep.info) if last else None},
         })
     return outs

@@ -180,7 +180,7 @@ def test_a_longcot_trajectory_is_one_verl_output(api):
     (row,) = episode_rows(episode_from_calls(server.calls, policy.eos_token_id, 3), 0)
     assert out.prompt_ids + out.response_ids == row.input_ids
     assert out.reward_score == out.extra_fields["env_info"]["reward_components"]["correctness"]
-    assert out.extra_fields | {"env_info": None} == {"trajectory_id": rid, "step_index": 0, "is_last": True, "env_info": None,
+    assert out.extra_fields | {"env_info": None} == {"trajectory_id": rid, "output_index": 0, "is_last": True, "env_info": None,
                                                      "reward_components": out.extra_fields["reward_components"]}
     assert out.num_turns == 2 and out.metrics.generate_sequences > 0
     if api.real:  # verl's own conversion to its training fields
@@ -200,7 +200,7 @@ def test_a_delethink_trace_is_one_verl_output_per_chunk_with_its_reward(api):
     assert len({c[0] for c in server.calls}) == 1  # one request id (verl's sticky session) per trajectory
     assert len({o.reward_score for o in outs}) == 1 and outs[0].reward_score is not None
     assert len({o.extra_fields["trajectory_id"] for o in outs}) == 1
-    assert [o.extra_fields["step_index"] for o in outs] == list(range(len(outs)))
+    assert [o.extra_fields["output_index"] for o in outs] == list(range(len(outs)))
     assert [o.extra_fields["is_last"] for o in outs] == [False] * (len(outs) - 1) + [True]
     assert all(isinstance(o, api.module.AgentLoopOutput) and o.num_turns == 2 for o in outs)
 
