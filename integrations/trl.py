@@ -320,14 +320,14 @@ class _ToolEnv:
 
     def __init__(self, env_kwargs: dict[str, Any] | None = None):
         self._env = gym.make(self.env_id, disable_env_checker=True, **(env_kwargs or {})).unwrapped
-        self._done, self._reward, self._info = True, None, {}
+        self._done, self._reward = True, None
 
     def reset(self, seed: int | None = None, **row: Any) -> str:
         if seed is None:
             raise ValueError(f"{type(self).__name__}.reset needs the dataset's `seed` column (the env seed that poses the "
                              f"problem; one per GRPO group); the row has {sorted(row)}")
         self._env.reset(seed=int(seed))
-        self._done, self._reward, self._info = False, None, {}
+        self._done, self._reward = False, None
         return self._question(self._env.problem)
 
     def get_reward(self) -> float:
@@ -341,7 +341,7 @@ class _ToolEnv:
     def _act(self, text: str) -> dict[str, Any]:
         _, reward, terminated, truncated, info = self._env.step(text)
         if terminated or truncated:
-            self._done, self._reward, self._info = True, float(reward), info
+            self._done, self._reward = True, float(reward)
             self._env.close()
         return info
 
