@@ -10,8 +10,9 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+from collections.abc import Sequence
 from dataclasses import fields
-from typing import TYPE_CHECKING, Sequence
+from typing import TYPE_CHECKING
 
 import yaml
 
@@ -114,8 +115,10 @@ def cmd_sample(args: argparse.Namespace) -> None:
     policy = Policy.from_pretrained(args.model, device=args.device)
     res = sample_traces(make_engine(args.engine, policy, args.seed), args.env, range(args.seed_start, args.seed_start + args.seeds),
                         args.out, n=args.n, env_kwargs=json.loads(args.env_kwargs), temperature=args.temperature,
-                        top_p=args.top_p, seeds_per_batch=args.seeds_per_batch)
-    print(json.dumps({**res, "file": build_redi_data(load_traces(args.out, policy.tokenizer), None).counts}))
+                        top_p=args.top_p, seeds_per_batch=args.seeds_per_batch, format=args.format)
+    if args.format == "episodes":  # what `thinkgym redi` would make of the file
+        res["file"] = build_redi_data(load_traces(args.out, policy.tokenizer), None).counts
+    print(json.dumps(res))
 
 
 def cmd_redi(args: argparse.Namespace) -> None:
@@ -190,6 +193,9 @@ def build_parser(train_flags: bool = True) -> argparse.ArgumentParser:
     s.add_argument("--temperature", type=float, default=1.0, help="sampling temperature")
     s.add_argument("--top-p", type=float, default=1.0, help="nucleus sampling threshold")
     s.add_argument("--seeds-per-batch", type=int, default=32, help="prompts per engine call (the file is appended after each)")
+    s.add_argument("--format", choices=["episodes", "steps"], default="episodes",
+                   help="one line per episode (for redi/sft), or one per step: trajectory_id, step, is_last, prompt_ids, "
+                        "response_ids, logprobs, env_mask, and reward and info on the last step (README, the contract)")
     r = sub.choices["redi"]
     r.add_argument("--data", required=True, help="jsonl with prompt, response, correct per line")
     r.add_argument("--output-dir", required=True, help="TensorBoard logs, checkpoints and the final policy")

@@ -76,19 +76,42 @@ class Batch:
     stats: dict[str, float]
 
 
+def extends(prev: Step, nxt: Step) -> bool:
+    """Whether `nxt`'s prompt is `prev`'s prompt and sampled tokens plus what the env inserted after them
+    (one growing sequence, as in tool calls), rather than a new context (a Delethink reset)."""
+    seq = list(prev.prompt_ids) + prev.sampled[0]
+    return len(nxt.prompt_ids) >= len(seq) and list(nxt.prompt_ids[: len(seq)]) == seq
+
+
+def step_groups(steps: list[Step]) -> list[list[Step]]:
+    """Consecutive steps that make one training sequence: each one after the first `extends` the one before."""
+    groups: list[list[Step]] = []
+    for st in steps:
+        if groups and extends(groups[-1][-1], st):
+            groups[-1].append(st)
+        else:
+            groups.append([st])
+    return groups
+
+
+def group_row(group: list[Step], index: int) -> Row:
+    """The row of one step group: the first prompt, then every sampled token (trained on) and every token
+    the env inserted between steps (masked out, with log-probability 0)."""
+    first = group[0]
+    ids, logps = first.sampled
+    row = Row(list(first.prompt_ids) + ids, len(first.prompt_ids), [1] * len(ids), logps, index)
+    for st in group[1:]:
+        inserted = list(st.prompt_ids[len(row.input_ids):])
+        ids, logps = st.sampled
+        row.input_ids += inserted + ids
+        row.loss_mask += [0] * len(inserted) + [1] * len(ids)
+        row.old_logprobs += [0.0] * len(inserted) + logps
+    return row
+
+
 def episode_rows(ep: Episode, index: int) -> list[Row]:
     """Rows of an episode. Steps whose prompt extends the previous sequence (append-only, as in
     tool calls) merge into one row, with the tokens the env inserted masked out; other steps
     (Delethink chunks) are rows of their own."""
-    rows: list[Row] = []
-    for st in ep.steps:
-        ids, logps = st.sampled
-        cur = rows[-1] if rows else None
-        if cur is not None and st.prompt_ids[: len(cur.input_ids)] == cur.input_ids and len(st.prompt_ids) >= len(cur.input_ids):
-            inserted = st.prompt_ids[len(cur.input_ids):]
-            cur.input_ids += inserted + ids
-            cur.loss_mask += [0] * len(inserted) + [1] * len(ids)
-            cur.old_logprobs += [0.0] * len(inserted) + logps
-        else:
-            rows.append(Row(list(st.prompt_ids) + ids, len(st.prompt_ids), [1] * len(ids), logps, index))
+    rows = [group_row(g, index) for g in step_groups(ep.steps)]
     return [r for r in rows if r.completion_len > 0]

@@ -36,3 +36,14 @@ def test_gpu_example_runs_on_the_tiny_model_on_cpu(tmp_path, shared_data):
               MODEL="tiny", PATH=f"{Path(sys.executable).parent}:{os.environ['PATH']}")
     assert out.returncode == 0, out.stderr[-3000:]
     assert (tmp_path / "checkpoint-1" / "policy" / "model.safetensors").exists()
+
+
+@pytest.mark.slow
+def test_trl_example_trains_in_grpo_trainer_through_the_adapter(tmp_path):
+    pytest.importorskip("trl", reason="the TRL example needs trl (pip install -e '.[dev]')")
+    out = run([sys.executable, "examples/trl_grpo.py", "--sft-steps", "2", "--steps", "2", "--prompts-per-step", "2",
+               "--num-generations", "2", "--threads", "1", "--out", str(tmp_path)], TQDM_DISABLE="1")
+    assert out.returncode == 0, out.stderr[-3000:]
+    rows = [line for line in out.stdout.splitlines() if line.startswith("| ") and line[2].isdigit()]
+    assert [r.split(" | ")[0] for r in rows] == ["| 1", "| 2"]
+    assert (tmp_path / "log_history.json").exists()

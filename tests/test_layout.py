@@ -89,3 +89,28 @@ def test_rewards_import_without_transformers_torch_or_any_environment():
     assert heavy == []
     code = "import gymnasium as gym\nimport thinkgym\nprint(type(gym.make('DelethinkDemo-v0').unwrapped).__name__)\n"
     assert subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout.split() == ["DelethinkEnv"]
+
+
+def test_nothing_below_the_integrations_imports_them():
+    """integrations/ sits on top of envs/ and agents/ (whose types its adapters reuse); nothing imports it back."""
+    bad = {str(p.relative_to(ROOT)): sorted(m for m in imported_modules(p) if m and m.startswith("thinkgym.integrations"))
+           for folder in ("envs", "agents", "rewards") for p in sorted((ROOT / folder).rglob("*.py"))}
+    assert {k: v for k, v in bad.items() if v} == {}
+
+
+def test_the_integrations_import_without_trl_or_verl_and_name_them_when_used():
+    """The adapters load neither trainer until used; without it, using one names the package and its pip command."""
+    code = ("import json, sys\n"
+            "import thinkgym.integrations.trl as t, thinkgym.integrations.verl as v\n"
+            "loaded = sorted(m for m in sys.modules if m.split('.')[0] in ('trl', 'verl', 'datasets'))\n"
+            "sys.modules['trl'] = sys.modules['verl'] = None  # as if neither were installed\n"
+            "errors = []\n"
+            "for use in (lambda: t.EnvRollout('LongCoT-v0', None), lambda: v.ThinkgymAgentLoop):\n"
+            "    try:\n        use()\n    except ImportError as exc:\n        errors.append(str(exc))\n"
+            "print(json.dumps([loaded, errors]))\n")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    loaded, errors = json.loads(out.splitlines()[-1])
+    assert loaded == []
+    assert len(errors) == 2
+    assert "needs trl" in errors[0] and "pip install 'trl>=1.16'" in errors[0]
+    assert "needs verl" in errors[1] and "pip install 'verl>=0.9'" in errors[1]

@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
-FOLDERS = ("envs", "agents", "rewards")
+FOLDERS = ("envs", "agents", "rewards", "integrations")
 
 
 def source_modules() -> set[str]:
@@ -22,7 +22,7 @@ def source_modules() -> set[str]:
 
 
 @pytest.mark.slow
-def test_the_wheel_holds_every_module_under_envs_agents_and_rewards(tmp_path):
+def test_the_wheel_holds_every_module_under_envs_agents_rewards_and_integrations(tmp_path):
     src = tmp_path / "src"  # build from a copy: an in-tree build leaves build/ and egg-info behind
     src.mkdir()
     for name in ("pyproject.toml", "README.md", "__init__.py"):
