@@ -31,14 +31,12 @@ import argparse
 import json
 import statistics
 import tempfile
-import time
 from pathlib import Path
 
-import numpy as np
 import torch
 
-from bench import SHAPES, TINY, attention_flops_per_token, build, ceilings, matmul_params, sync  # beside this script
-from scaling import step_rows
+from bench import SHAPES, TINY, attention_flops_per_token, build, ceilings, matmul_params  # beside this script
+from scaling import timed_steps
 from thinkgym.agents import distributed
 from thinkgym.agents.learner.config import GRPOConfig
 from thinkgym.agents.learner.trainer import GRPOTrainer
@@ -56,34 +54,6 @@ def gb_list(values: list[float | None]) -> str:
 def reset_peak() -> None:
     if torch.cuda.is_available():
         torch.cuda.reset_peak_memory_stats()
-
-
-def timed_steps(trainer: GRPOTrainer, vocab: int, args: argparse.Namespace) -> list[dict]:
-    g = np.random.default_rng(0)
-    P, G = args.prompts, args.generations
-    steps = []
-    for step in range(args.steps):
-        prompts = g.integers(300, vocab, size=(P, args.prompt_len)).tolist()
-        adv = g.standard_normal(P * G)
-        mine = distributed.shard(range(P))
-        distributed.barrier()
-        sync()
-        t0 = time.perf_counter()
-        rows = step_rows(trainer, [prompts[i] for i in mine], G, args.new_tokens)
-        sync()
-        t1 = time.perf_counter()
-        first = mine[0] * G if mine else 0
-        trainer.optimize(rows, adv[first:first + len(rows)])
-        sync()
-        t2 = time.perf_counter()
-        trainer.sync_weights()
-        sync()
-        distributed.barrier()
-        t3 = time.perf_counter()
-        steps.append({"step": step, "rollout_s": t1 - t0, "learner_s": t2 - t1, "sync_s": t3 - t2, "step_s": t3 - t0})
-        if distributed.is_main():
-            print(json.dumps(steps[-1]), flush=True)
-    return steps
 
 
 def main() -> None:
@@ -133,7 +103,8 @@ def main() -> None:
             trainer.engine.close()
             trainer.engine = trainer.collector.engine = HFEngine(policy, seed=distributed.rank_seed(cfg.seed), lora_merge=True)
         reset_peak()
-        steps = timed_steps(trainer, shape["vocab_size"], args)
+        steps = [{"step": s["step"], "rollout_s": s["rollout_s"], "learner_s": s["train_s"], "sync_s": s["sync_s"], "step_s": s["step_s"]}
+                 for s in timed_steps(trainer, shape["vocab_size"], args.prompts, args)]  # scaling.py's loop; its train_s is the learner's part
         timed = steps[1:] or steps
         med = {f"median_{k}": statistics.median(s[k] for s in timed) for k in ("step_s", "rollout_s", "learner_s", "sync_s")}
         results.append({"setting": f"lora {rollout}" if args.mode == "lora" else "fsdp full fine-tune", "gpus": world.size, **med,
