@@ -175,6 +175,8 @@ def test_sft_reads_jsonl_and_rejects_missing_fields(policy, tmp_path):
     assert row.input_ids[row.prompt_len:] == policy.tokenizer.encode("A") + [policy.tokenizer.eos_token_id]
     with pytest.raises(ValueError, match="'prompt' and 'response'"):
         jsonl_rows(bad, policy.tokenizer)
+    with pytest.raises(ValueError, match="steps >= 1; got 0"):  # not a ZeroDivisionError inside the schedule
+        train_sft(policy, jsonl_rows(good, policy.tokenizer), steps=0)
 
 
 def test_pass_at_k_unbiased_estimator():

@@ -87,6 +87,8 @@ def train_sft(policy: Policy, rows: list[Row], steps: int = 300, batch_size: int
     """Masked next-token cross-entropy on the rows, with a progress bar; returns the loss curve."""
     if not rows:
         raise ValueError("no rows to train on")
+    if steps < 1:
+        raise ValueError(f"SFT needs steps >= 1; got {steps}")
     model = policy.model
     model.train()
     # warm-up over the first tenth, linear decay over the whole run, and a floor of 1e-3 (the demo's warm start)
