@@ -1,12 +1,13 @@
 """The main job (`make demo`): The Markovian Thinker's claim in miniature, on the CPU in minutes.
 
-1. Warm start. The embedded tiny policy is fine-tuned on running sums whose demonstrations restate the
-   running state (`total|digits left`) on every line only 35% of the time. The rest label the digits
+1. Warm start. The embedded tiny policy is fine-tuned (900 SFT steps) on running sums whose
+   demonstrations restate the running state (`total|digits left`) on every line only 35% of the time. The rest label the digits
    in a table at the start (shuffled labels, running on from a letter drawn per problem) and add them
    in label order, so which digits are left sits only in the table, which a Delethink reset drops.
    The policy therefore reasons well but writes Markovian traces only sometimes.
-2. GRPO in Delethink (`DelethinkDemo-v0`: chunks of 64 tokens, a 32-token carryover). Traces whose
-   carryover holds their state survive the resets and earn the reward, so RL should make them the rule.
+2. 30 GRPO steps in Delethink (`DelethinkDemo-v0`: chunks of 64 tokens, a 32-token carryover).
+   Traces whose carryover holds their state survive the resets and earn the reward, so RL should
+   make them the rule.
 3. Held-out evaluation (128 problems) of exactly the weights GRPO started from (saved as
    checkpoint-0) and of the final ones: greedy, sampled at T = 1 (4 each) with pass@4, the share of
    resets whose carryover held the true state, and LongCoT with a one-chunk budget, which cannot finish.
@@ -36,9 +37,12 @@ ap.add_argument("--n-terms", type=int, default=DEMO_DELETHINK["task_kwargs"]["n_
 ap.add_argument("--max-digit", type=int, default=9, help="largest digit of the running sums (1..9)")
 ap.add_argument("--head", type=int, default=DEMO_DELETHINK["head"],
                 help="tokens of the first chunk kept after every reset (the paper's keep_head)")
-ap.add_argument("--sft-steps", type=int, default=1200, help="warm-start SFT steps (800 left most seeds without working restated traces; benchmarks/RESULTS.md)")
-ap.add_argument("--rl-steps", type=int, default=50, help="GRPO steps of 8 prompts x 8 samples")
-ap.add_argument("--learning-rate", type=float, default=1e-4, help="GRPO learning rate (3e-4 collapses; benchmarks/RESULTS.md)")
+ap.add_argument("--sft-steps", type=int, default=900, help="warm-start SFT steps (0: none, RL starts from --set model=PATH)")
+ap.add_argument("--sft-learning-rate", type=float, default=1.5e-3,
+                help="warm-start SFT peak learning rate (3e-3 left a quarter of seeds unable to copy digits; benchmarks/RESULTS.md)")
+ap.add_argument("--rl-steps", type=int, default=30, help="GRPO steps of 8 prompts x 8 samples")
+ap.add_argument("--learning-rate", type=float, default=3e-5,
+                help="GRPO learning rate (1e-4 lowered greedy accuracy from this warm start; benchmarks/RESULTS.md)")
 ap.add_argument("--held-out", type=int, default=128, help="held-out problems (seeds 0..N-1) scored before and after RL")
 ap.add_argument("--threads", type=int, default=2, help="torch CPU threads")
 ap.add_argument("--out", default="runs/demo", help="TensorBoard logs, checkpoints, curves and results")
@@ -50,7 +54,7 @@ torch.set_num_threads(args.threads)
 TASK = {**DEMO_DELETHINK["task_kwargs"], "n_terms": args.n_terms, "max_digit": args.max_digit, "restate": args.restate}
 cfg = GRPOConfig(
     env="DelethinkDemo-v0", env_kwargs={"task_kwargs": TASK, "head": args.head}, model="tiny", output_dir=args.out, seed=args.seed,
-    sft_steps=args.sft_steps, sft_learning_rate=3e-3, sft_seeds=400,
+    sft_steps=args.sft_steps, sft_learning_rate=args.sft_learning_rate, sft_seeds=400,
     steps=args.rl_steps, prompts_per_step=8, num_generations=8, temperature=1.0,
     learning_rate=args.learning_rate, loss_type="delethink", scale_rewards="none", epsilon_high=0.28,
     micro_batch_size=64, eval_every=0, save_every=0, log_completions_every=10,
@@ -60,7 +64,8 @@ HELD_OUT = range(args.held_out)
 ONE_CHUNK = {"max_thinking_tokens": DEMO_DELETHINK["chunk_size"], "task_kwargs": TASK}
 t0 = time.time()
 trainer = GRPOTrainer(cfg)
-trainer.warm_start()
+if cfg.sft_steps:  # 0: RL starts from `--set model=PATH` as it is
+    trainer.warm_start()
 
 
 def held_out(when: str) -> dict[str, float]:
