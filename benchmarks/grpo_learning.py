@@ -10,7 +10,7 @@ An arm is `name:key=value,key=value` over `GRPOConfig` fields; `shuffle=1` permu
 within each step, which keeps the gradient's size and removes its signal (a noise-only control).
 
     python benchmarks/grpo_learning.py                       # every default arm, seed 0
-    python benchmarks/grpo_learning.py --arms "lr 1e-4:learning_rate=1e-4" --seed 1
+    python benchmarks/grpo_learning.py --arms "lr 3e-5:learning_rate=3e-5;lr 1e-4:learning_rate=1e-4" --seed 1
 
 What it does not show: anything at real model sizes (see benchmarks/gpu), or beyond `--steps`.
 """
@@ -37,13 +37,13 @@ from thinkgym.agents.rollout.hf.engine import HFEngine
 from thinkgym.envs.registration import DEMO_DELETHINK
 
 ARMS = [
-    "lr 3e-5:learning_rate=3e-5", "lr 1e-4 (the demo):", "lr 2e-4:learning_rate=2e-4", "lr 3e-4:learning_rate=3e-4",
-    "lr 1e-4, shuffled advantages:shuffle=1", "lr 3e-4, shuffled advantages:learning_rate=3e-4,shuffle=1",
+    "lr 1e-5:learning_rate=1e-5", "lr 3e-5 (the demo):", "lr 1e-4:learning_rate=1e-4", "lr 3e-4:learning_rate=3e-4",
+    "lr 3e-5, shuffled advantages:shuffle=1", "lr 1e-4, shuffled advantages:learning_rate=1e-4,shuffle=1",
     "loss grpo:loss_type=grpo", "loss dapo:loss_type=dapo", "loss dr_grpo:loss_type=dr_grpo", "loss gspo:loss_type=gspo",
     "scale_rewards group:scale_rewards=group", "scale_rewards batch:scale_rewards=batch",
 ]
-# the demo's run (loss delethink, scale_rewards none, lr 1e-4); every arm overrides some of it
-BASE = dict(env="DelethinkDemo-v0", steps=40, prompts_per_step=8, num_generations=8, temperature=1.0, learning_rate=1e-4,
+# the demo's run (loss delethink, scale_rewards none, lr 3e-5); every arm overrides some of it
+BASE = dict(env="DelethinkDemo-v0", steps=40, prompts_per_step=8, num_generations=8, temperature=1.0, learning_rate=3e-5,
             loss_type="delethink", scale_rewards="none", epsilon=0.2, epsilon_high=0.28, micro_batch_size=64, eval_every=0,
             save_every=0, log_completions_every=0)
 
@@ -88,9 +88,9 @@ def main() -> None:
     ap.add_argument("--arms", default=";".join(ARMS), help="';'-separated arms, each 'name:key=value,...'")
     ap.add_argument("--seed", type=int, default=0, help="seed of the warm start, the prompts' sampler and every arm")
     ap.add_argument("--steps", type=int, default=40, help="GRPO steps per arm")
-    ap.add_argument("--restate", type=float, default=0.25, help="the demo's share of restating demonstrations")
-    ap.add_argument("--sft-steps", type=int, default=800, help="warm-start SFT steps (the demo's)")
-    ap.add_argument("--sft-learning-rate", type=float, default=3e-3, help="warm-start SFT learning rate (the demo's)")
+    ap.add_argument("--restate", type=float, default=0.35, help="the demo's share of restating demonstrations")
+    ap.add_argument("--sft-steps", type=int, default=900, help="warm-start SFT steps (the demo's)")
+    ap.add_argument("--sft-learning-rate", type=float, default=1.5e-3, help="warm-start SFT learning rate (the demo's)")
     ap.add_argument("--start", default=None, help="a saved policy to start every arm from instead of the demo's warm start")
     ap.add_argument("--size", default="{}", help="JSON overrides of the tiny policy's config for the warm start, e.g. the ~30M "
                     '\'{"hidden_size": 512, "intermediate_size": 1536, "num_hidden_layers": 8, "num_attention_heads": 8}\'')
