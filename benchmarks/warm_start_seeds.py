@@ -17,38 +17,40 @@ from __future__ import annotations
 
 import argparse
 import json
-import subprocess
+import multiprocessing
 import sys
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 from typing import Any
 
 import numpy as np
+import torch
+from demo_seeds import parse_seeds
+
+from thinkgym.agents.methods.sft import demonstration_rows, train_sft
+from thinkgym.agents.policy import Policy
+from thinkgym.agents.rollout.collector import Collector
+from thinkgym.agents.rollout.engine import make_engine
+from thinkgym.agents.types import SFT_SEED_BASE
+from thinkgym.envs.registration import DEMO_DELETHINK
 
 HELD_OUT = range(128)
 
 
-def one_seed(args: argparse.Namespace) -> dict:
-    import torch
-    from thinkgym.agents.methods.sft import demonstration_rows, train_sft
-    from thinkgym.agents.policy import Policy
-    from thinkgym.agents.rollout.collector import Collector
-    from thinkgym.agents.rollout.engine import make_engine
-    from thinkgym.agents.types import SFT_SEED_BASE
-    from thinkgym.envs.registration import DEMO_DELETHINK
-
+def one_seed(args: argparse.Namespace, seed: int) -> dict[str, Any]:
+    """The demo's warm start for `seed` (seeded as `GRPOTrainer` seeds it), saved and scored."""
     torch.set_num_threads(args.threads)
-    torch.manual_seed(args.one)
-    np.random.seed(args.one)
+    torch.manual_seed(seed)
+    np.random.seed(seed)
     task = {**DEMO_DELETHINK["task_kwargs"], "restate": args.restate}
     env_kwargs = {"task_kwargs": task, "head": DEMO_DELETHINK["head"]}
-    policy = Policy.from_pretrained("tiny", device=args.device, dtype=args.dtype, seed=args.one)
+    policy = Policy.from_pretrained("tiny", device=args.device, dtype=args.dtype, seed=seed)
     rows = demonstration_rows("DelethinkDemo-v0", range(SFT_SEED_BASE, SFT_SEED_BASE + args.sft_seeds), policy.tokenizer, env_kwargs)
-    losses = train_sft(policy, rows, steps=args.sft_steps, batch_size=args.batch_size, lr=args.sft_lr, seed=args.one, progress=False)
-    out = Path(args.out) / f"s{args.one}"
+    losses = train_sft(policy, rows, steps=args.sft_steps, batch_size=args.batch_size, lr=args.sft_lr, seed=seed, progress=False)
+    out = Path(args.out) / f"s{seed}"
     policy.save_pretrained(out / "policy")
-    engine = make_engine("hf", policy, args.one)
-    engine.seed(10_000 + args.one)  # the demo's evaluation seed
+    engine = make_engine("hf", policy, seed)
+    engine.seed(10_000 + seed)  # the demo's evaluation seed
 
     def episodes(env_id: str, n: int, temperature: float, kwargs: dict) -> list:
         return Collector(env_id, engine, kwargs, group_size=n, temperature=temperature).collect(list(HELD_OUT)).episodes
@@ -83,26 +85,17 @@ def main() -> None:
     ap.add_argument("--batch-size", type=int, default=32, help="SFT rows per step (the demo's)")
     ap.add_argument("--show", type=int, default=6, help="greedy traces kept per seed in results.json")
     ap.add_argument("--out", default="runs/warm_start_seeds", help="one folder per seed, and results.json")
-    ap.add_argument("--one", type=int, default=None, help=argparse.SUPPRESS)  # internal: run one seed, print its JSON
     args = ap.parse_args()
-    if args.one is not None:
-        print(json.dumps(one_seed(args)))
-        return
-    from demo_seeds import parse_seeds
-
     seeds = parse_seeds(args.seeds)
-    passed = [a for i, a in enumerate(sys.argv[1:]) if not (sys.argv[i] in ("--seeds", "--jobs") or a in ("--seeds", "--jobs"))]
-
-    def run(seed: int) -> dict | None:
-        proc = subprocess.run([sys.executable, __file__, *passed, "--one", str(seed)], check=False, capture_output=True, text=True)
-        if proc.returncode:
-            print(f"seed {seed} failed:\n{proc.stderr[-2000:]}", file=sys.stderr)
-            return None
-        return json.loads(proc.stdout.strip().splitlines()[-1])
-
-    with ThreadPoolExecutor(args.jobs) as pool:
-        results = dict(zip(seeds, pool.map(run, seeds)))
-    results = {s: r for s, r in results.items() if r is not None}
+    # spawned workers: each starts its own torch (threads, CUDA context) rather than a fork of this one
+    with ProcessPoolExecutor(args.jobs, mp_context=multiprocessing.get_context("spawn")) as pool:
+        futures = {seed: pool.submit(one_seed, args, seed) for seed in seeds}
+    results = {}
+    for seed, fut in futures.items():
+        try:
+            results[seed] = fut.result()
+        except Exception as exc:  # report the seed and go on with the others
+            print(f"seed {seed} failed: {exc!r}", file=sys.stderr)
     cols = ["greedy_accuracy", "sampled_accuracy", "sampled_restated_share", "sampled_accuracy_restated",
             "sampled_accuracy_labelled", "sampled_carried_state", "greedy_restated_share", "final_sft_loss"]
     short = ["greedy", "sampled", "restated", "acc|rest", "acc|label", "carried", "g.restated", "loss"]
