@@ -1,9 +1,10 @@
 """The main job (`make demo`): The Markovian Thinker's claim in miniature, on the CPU in minutes.
 
 1. Warm start. The embedded tiny policy is fine-tuned (900 SFT steps) on running sums whose
-   demonstrations restate the running state (`total|digits left`) on every line only 35% of the time. The rest label the digits
-   in a table at the start (shuffled labels, running on from a letter drawn per problem) and add them
-   in label order, so which digits are left sits only in the table, which a Delethink reset drops.
+   demonstrations restate the running state (`total|digits left`) on every line only 35% of the
+   time. The rest label the digits in a table at the start (shuffled labels, running on from a
+   letter drawn per problem) and add them in label order, so which digits are left sits only in the
+   table, which a Delethink reset drops.
    The policy therefore reasons well but writes Markovian traces only sometimes.
 2. 30 GRPO steps in Delethink (`DelethinkDemo-v0`: chunks of 64 tokens, a 32-token carryover).
    Traces whose carryover holds their state survive the resets and earn the reward, so RL should
