@@ -1,3 +1,4 @@
+import os
 from pathlib import Path
 
 import pytest
@@ -23,3 +24,62 @@ def one_thread():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(before)
+
+
+class ProcessState:
+    """The process-wide settings a test can leave behind for the tests after it: environment variables,
+    the working directory, torch's global settings and a default process group."""
+
+    def __init__(self) -> None:
+        import torch
+
+        self.env = {k: v for k, v in os.environ.items() if k != "PYTEST_CURRENT_TEST"}  # pytest's own, per phase
+        self.cwd = os.getcwd()
+        self.torch = {"default dtype": torch.get_default_dtype(), "threads": torch.get_num_threads(),
+                      "deterministic algorithms": torch.are_deterministic_algorithms_enabled(),
+                      "grad mode": torch.is_grad_enabled(), "float32 matmul precision": torch.get_float32_matmul_precision()}
+        self.process_group = torch.distributed.is_available() and torch.distributed.is_initialized()
+
+    def changes_since(self, before: "ProcessState") -> list[str]:
+        keys = sorted(k for k in self.env.keys() | before.env.keys() if self.env.get(k) != before.env.get(k))
+        changes = [f"environment variables {keys}"] if keys else []
+        changes += ["the working directory"] if self.cwd != before.cwd else []
+        changes += [f"torch's {k} ({before.torch[k]} -> {v})" for k, v in self.torch.items() if v != before.torch[k]]
+        return changes + (["a torch.distributed default process group"] if self.process_group != before.process_group else [])
+
+    def restore(self) -> None:
+        import torch
+
+        for key in set(os.environ) - set(self.env) - {"PYTEST_CURRENT_TEST"}:
+            del os.environ[key]
+        os.environ.update(self.env)
+        os.chdir(self.cwd)
+        torch.set_default_dtype(self.torch["default dtype"])
+        torch.set_num_threads(self.torch["threads"])
+        torch.use_deterministic_algorithms(self.torch["deterministic algorithms"])
+        torch.set_grad_enabled(self.torch["grad mode"])
+        torch.set_float32_matmul_precision(self.torch["float32 matmul precision"])
+        if not self.process_group and torch.distributed.is_available() and torch.distributed.is_initialized():
+            torch.distributed.destroy_process_group()
+
+
+@pytest.fixture(autouse=True)
+def leaves_no_process_state(request):
+    """Fails a test that leaves process-wide state behind (after putting it back), so the suite passes in any
+    order. A test whose libraries change such state on purpose asks for `restores_process_state`."""
+    before = ProcessState()
+    yield
+    changes = ProcessState().changes_since(before)
+    if changes:
+        before.restore()
+        pytest.fail(f"{request.node.nodeid} left process-wide state behind: {'; '.join(changes)}. Restore it in the "
+                    "test (monkeypatch.setenv, a fixture) or ask for the `restores_process_state` fixture.")
+
+
+@pytest.fixture
+def restores_process_state():
+    """For tests of libraries that set process-wide state themselves (TRL's colocated vLLM sets RANK,
+    WORLD_SIZE and MASTER_* and starts a process group): puts it all back afterwards."""
+    before = ProcessState()
+    yield
+    before.restore()
