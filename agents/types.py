@@ -9,9 +9,9 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
-# Env seeds: evaluation uses 0..N-1; the warm start's demonstrations, RL training prompts and the
-# monitor set of stateful rewards each start at their own base, far apart.
-SFT_SEED_BASE, TRAIN_SEED_BASE, MONITOR_SEED_BASE = 1_000_000, 10_000_000, 20_000_000
+# Env seeds: evaluation uses 0..N-1; the warm start's demonstrations, RL training prompts, the
+# monitor set of stateful rewards and the warm start's validation gate each start at their own base, far apart.
+SFT_SEED_BASE, TRAIN_SEED_BASE, MONITOR_SEED_BASE, SFT_GATE_SEED_BASE = 1_000_000, 10_000_000, 20_000_000, 30_000_000
 
 
 @dataclass

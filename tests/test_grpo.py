@@ -94,6 +94,35 @@ def test_sft_runs_once_and_checkpoint_0_holds_rls_starting_weights(tmp_path, mon
     assert len(calls) == 1
 
 
+@pytest.mark.parametrize("accuracies, steps, passed", [([0.5, 0.9], 3, True), ([0.1, 0.2, 0.3, 0.4], 5, False)])
+def test_the_warm_start_gate_trains_on_in_rounds_until_it_passes_or_the_cap(tmp_path, accuracies, steps, passed):
+    """Below its gate SFT goes on in rounds (2 steps, then 1 a round) until the validation accuracy reaches
+    the gate or the cap of 5 steps; the verdict is logged and written, and RL starts from where it stopped."""
+    from thinkgym.agents.plot import read_scalars
+
+    cfg = small_cfg(tmp_path, sft_steps=2, sft_seeds=4, sft_gate=0.8, sft_gate_round=1, sft_max_steps=5, steps=1, eval_every=0)
+    trainer = GRPOTrainer(cfg)
+    measured = iter(accuracies)
+    trainer.gate_accuracy = lambda: next(measured)
+    trainer.warm_start()
+    report = json.loads((tmp_path / "run" / "warm_start.json").read_text())
+    assert report == trainer.warm_start_report == {"sft_steps": steps, "gate": 0.8, "gate_prompts": 64,
+                                                   "gate_accuracy": accuracies[steps - 2], "passed": passed}
+    assert [s for s, _ in read_scalars(cfg.output_dir)["sft/gate_accuracy"]] == list(range(2, steps + 1))
+    assert max(s for s, _ in read_scalars(cfg.output_dir)["sft/loss"]) == steps - 1  # later rounds log after the first
+
+
+def test_the_warm_start_gate_scores_its_own_validation_problems(tmp_path):
+    """The gate's accuracy is greedy Delethink accuracy on seeds of its own range: a random tiny policy scores 0."""
+    trainer = GRPOTrainer(small_cfg(tmp_path, sft_steps=1, sft_seeds=2, sft_gate=0.5, sft_gate_prompts=2, eval_every=0))
+    trainer.warm_start()
+    assert trainer.warm_start_report["gate_accuracy"] == 0.0 and trainer.warm_start_report["passed"] is False
+    with pytest.raises(ValueError, match="sft_max_steps must be 0"):
+        small_cfg(tmp_path, sft_steps=10, sft_max_steps=5)
+    with pytest.raises(ValueError, match="0 <= sft_gate <= 1"):
+        small_cfg(tmp_path, sft_gate=1.5)
+
+
 def test_checkpoints_are_bounded_and_resume_survives_a_damaged_pointer(tmp_path):
     import warnings
 

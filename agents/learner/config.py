@@ -162,6 +162,17 @@ class GRPOConfig:
     """Learning rate of the warm start."""
     sft_seeds: int = 400
     """Demonstrations (seeds) in the warm-start set; they never overlap the RL or eval seeds."""
+    sft_gate: float = 0.0
+    """Greedy accuracy that the warm start must reach on `sft_gate_prompts` validation problems (their own
+    seeds, never the eval or RL ones) before RL starts; below it, SFT goes on in rounds of `sft_gate_round`
+    steps (each a fresh warm-up and decay) up to `sft_max_steps`. 0 turns the gate off. Whether SFT learns a
+    skill can hinge on a machine's floating-point details; the gate makes the start, not the step count, fixed."""
+    sft_gate_prompts: int = 64
+    """Validation problems of the warm-start gate."""
+    sft_gate_round: int = 300
+    """SFT steps of each extra round when the warm start is below its gate."""
+    sft_max_steps: int = 0
+    """Most SFT steps in all when gated (0: `sft_steps`, so one round and a verdict)."""
 
     # -- bookkeeping --------------------------------------------------------------------------
     output_dir: str = "runs/latest"
@@ -201,6 +212,11 @@ class GRPOConfig:
                      "vllm_tensor_parallel_size"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be >= 1; got {getattr(self, name)}")
+        if not 0 <= self.sft_gate <= 1 or self.sft_gate_prompts < 1 or self.sft_gate_round < 1:
+            raise ValueError(f"need 0 <= sft_gate <= 1 (0: no gate), sft_gate_prompts >= 1 and sft_gate_round >= 1; got "
+                             f"{self.sft_gate}, {self.sft_gate_prompts}, {self.sft_gate_round}")
+        if self.sft_max_steps and self.sft_max_steps < self.sft_steps:
+            raise ValueError(f"sft_max_steps must be 0 (= sft_steps) or >= sft_steps={self.sft_steps}; got {self.sft_max_steps}")
         if self.save_total_limit < 0:
             raise ValueError(f"save_total_limit must be >= 0 (0 keeps every checkpoint); got {self.save_total_limit}")
         if self.monitor_prompts < 0:

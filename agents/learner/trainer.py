@@ -14,11 +14,14 @@ model is a peft model and only its LoRA adapter trains (`lora.py`).
 from __future__ import annotations
 
 import copy
+import itertools
+import json
 import math
 import signal
 import time
 import warnings
 from collections.abc import Iterable
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -35,7 +38,7 @@ from ..policy import Policy
 from ..rollout.collector import Collector, summed_stats
 from ..rollout.engine import Engine, make_engine
 from ..rollout.sampling import Opening, forced_openings
-from ..types import MONITOR_SEED_BASE, SFT_SEED_BASE, TRAIN_SEED_BASE, Batch, Episode, Row
+from ..types import MONITOR_SEED_BASE, SFT_GATE_SEED_BASE, SFT_SEED_BASE, TRAIN_SEED_BASE, Batch, Episode, Row
 from .advantages import get_advantage, mgpo_weight
 from .checkpoint import SHARDED, checkpoint_path, latest_checkpoint, load_trainer_state, rng_state, save_checkpoint, set_rng_state
 from .config import GRPOConfig
@@ -105,6 +108,7 @@ class GRPOTrainer:
         self.writer = SummaryWriter(cfg.output_dir) if self.world.is_main else None
         self.step, self.nonfinite_streak, self.nonfinite_total = 0, 0, 0
         self.warm_started = False
+        self.warm_start_report: dict[str, Any] | None = None
         self.last_episode: Episode | None = None
         self._stop_requested = False
         self._shuffle = np.random.default_rng(cfg.seed)
@@ -529,13 +533,40 @@ class GRPOTrainer:
         cfg = self.cfg
         seeds = range(SFT_SEED_BASE, SFT_SEED_BASE + cfg.sft_seeds)
         rows = demonstration_rows(cfg.env, seeds, self.policy.tokenizer, cfg.env_kwargs)
-        train_sft(self.policy, rows, steps=cfg.sft_steps, lr=cfg.sft_learning_rate, seed=cfg.seed, writer=self.writer,
-                  progress=self.world.is_main)
-        distributed.broadcast_module(self.policy.model)  # every rank ran the same SFT; rank 0's result is the one kept
-        if self.sharded:
-            distributed.load_whole(self.model, self.policy.model)
-        self.engine.sync_weights()
+        done, cap, accuracy = 0, cfg.sft_max_steps or cfg.sft_steps, None
+        for rnd in itertools.count():  # one round without a gate; with one, rounds until it passes or the cap
+            steps = cfg.sft_steps if rnd == 0 else min(cfg.sft_gate_round, cap - done)
+            train_sft(self.policy, rows, steps=steps, lr=cfg.sft_learning_rate, seed=cfg.seed + rnd, writer=self.writer,
+                      progress=self.world.is_main, first_step=done)
+            done += steps
+            distributed.broadcast_module(self.policy.model)  # every rank ran the same SFT; rank 0's result is the one kept
+            if self.sharded:
+                distributed.load_whole(self.model, self.policy.model)
+            self.engine.sync_weights()
+            if not cfg.sft_gate:
+                break
+            accuracy = self.gate_accuracy()
+            self.log({"sft/gate_accuracy": accuracy}, done)
+            if accuracy >= cfg.sft_gate or done >= cap:
+                break
+        passed = None if accuracy is None else accuracy >= cfg.sft_gate
+        self.warm_start_report = {"sft_steps": done, "gate": cfg.sft_gate, "gate_prompts": cfg.sft_gate_prompts,
+                                  "gate_accuracy": accuracy, "passed": passed}
+        if self.world.is_main:
+            Path(cfg.output_dir).mkdir(parents=True, exist_ok=True)
+            (Path(cfg.output_dir) / "warm_start.json").write_text(json.dumps(self.warm_start_report, indent=1))
+            if passed is not None:
+                print(f"warm start {'passed' if passed else 'did NOT pass'} its gate: greedy accuracy {accuracy:.3f} on "
+                      f"{cfg.sft_gate_prompts} validation problems {'>=' if passed else '<'} {cfg.sft_gate} after {done} SFT steps"
+                      + ("" if passed else f" (the cap, sft_max_steps={cap})"), flush=True)
         self.warm_started = True
+
+    def gate_accuracy(self) -> float:
+        """Greedy accuracy on the warm-start gate's validation problems (their own seed range), shared among ranks."""
+        cfg = self.cfg
+        seeds = distributed.shard(range(SFT_GATE_SEED_BASE, SFT_GATE_SEED_BASE + cfg.sft_gate_prompts))
+        acc = evaluate(self.engine, cfg.env, seeds, n=1, temperature=0.0, env_kwargs=cfg.env_kwargs)["accuracy"] if seeds else 0.0
+        return distributed.global_means({"acc": (acc * len(seeds), float(len(seeds)))})["acc"]
 
     def _request_stop(self, signum, frame) -> None:
         self._stop_requested = True

@@ -83,8 +83,9 @@ def jsonl_rows(path: str | Path, tokenizer: Any, prompt_key: str = "prompt", res
 
 
 def train_sft(policy: Policy, rows: list[Row], steps: int = 300, batch_size: int = 32, lr: float = 1e-3,
-              seed: int = 0, writer: Any = None, progress: bool = True) -> list[float]:
-    """Masked next-token cross-entropy on the rows, with a progress bar; returns the loss curve."""
+              seed: int = 0, writer: Any = None, progress: bool = True, first_step: int = 0) -> list[float]:
+    """Masked next-token cross-entropy on the rows, with a progress bar; returns the loss curve.
+    `first_step` numbers the logged steps of a later round after the earlier ones."""
     if not rows:
         raise ValueError("no rows to train on")
     if steps < 1:
@@ -110,6 +111,6 @@ def train_sft(policy: Policy, rows: list[Row], steps: int = 300, batch_size: int
         if step % 10 == 0:
             bar.set_postfix(loss=f"{losses[-1]:.4f}")
             if writer is not None:
-                writer.add_scalar("sft/loss", losses[-1], step)
+                writer.add_scalar("sft/loss", losses[-1], first_step + step)
     model.eval()
     return losses
