@@ -38,23 +38,22 @@ from pathlib import Path
 from typing import Any
 
 import matplotlib
+import numpy as np
+import torch
+from demo_seeds import parse_seeds
+from tqdm import tqdm
+
+from thinkgym.agents.evaluate import evaluate
+from thinkgym.agents.learner.checkpoint import checkpoint_path
+from thinkgym.agents.learner.config import GRPOConfig
+from thinkgym.agents.learner.trainer import GRPOTrainer
+from thinkgym.agents.plot import read_scalars
+from thinkgym.agents.policy import Policy
+from thinkgym.agents.rollout.engine import Engine, make_engine
+from thinkgym.envs.registration import DEMO_DELETHINK
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
-import numpy as np  # noqa: E402
-import torch  # noqa: E402
-from demo_seeds import parse_seeds  # noqa: E402
-from tqdm import tqdm  # noqa: E402
-
-from thinkgym.agents.evaluate import evaluate  # noqa: E402
-from thinkgym.agents.learner.checkpoint import checkpoint_path  # noqa: E402
-from thinkgym.agents.learner.config import GRPOConfig  # noqa: E402
-from thinkgym.agents.learner.trainer import GRPOTrainer  # noqa: E402
-from thinkgym.agents.plot import read_scalars  # noqa: E402
-from thinkgym.agents.policy import Policy  # noqa: E402
-from thinkgym.agents.rollout.engine import Engine, make_engine  # noqa: E402
-from thinkgym.agents.types import Episode  # noqa: E402
-from thinkgym.envs.registration import DEMO_DELETHINK  # noqa: E402
 
 C, M = DEMO_DELETHINK["chunk_size"], DEMO_DELETHINK["carryover"]
 ARMS = {"delethink": "DelethinkDemo-v0", "longcot": "LongCoT-v0"}
