@@ -12,8 +12,8 @@ sampled at T = 1 (`--samples` each). Results per seed in OUT/s<seed>/result.json
 exists is read, not rerun); the table over seeds in OUT/summary.json and OUT/summary.md.
 
 SATURN's prompt alone is about 800 byte-tokens, so the policy is the embedded tiny one with 2048
-positions (`--max-positions`), and a seed is slow on a CPU (every row is ~1,000 tokens): use
-`--device cuda`.
+positions (`--max-positions`; `--hidden-size` and `--layers` make it larger), and a seed is slow on
+a CPU (every row is ~1,000 tokens): use `--device cuda`.
 
     python benchmarks/saturn_curriculum.py --seeds 0-2 --jobs 3 --device cuda
     python benchmarks/saturn_curriculum.py --seeds 0 --sft-steps 0 --rl-steps 1 --prompts 2 --group-size 2 \\
@@ -92,7 +92,8 @@ def one_seed(args: argparse.Namespace, seed: int) -> dict[str, Any]:
     path = root / "result.json"
     if path.exists() or args.report_only:
         return json.loads(path.read_text()) if path.exists() else {}
-    policy = Policy.tiny(seed=seed, device=args.device, dtype=getattr(torch, args.dtype), max_position_embeddings=args.max_positions)
+    policy = Policy.tiny(seed=seed, device=args.device, dtype=getattr(torch, args.dtype), max_position_embeddings=args.max_positions,
+                         hidden_size=args.hidden_size, intermediate_size=3 * args.hidden_size, num_hidden_layers=args.layers)
     warm = GRPOTrainer(config(args, seed, arm_env(args, "easiest"), root / "warm_start", args.sft_steps), policy=policy)
     if args.sft_steps:  # demonstrations of the easiest level
         warm.warm_start()
@@ -139,11 +140,13 @@ def main() -> None:
     ap.add_argument("--dtype", default="float32", help="the policy's dtype")
     ap.add_argument("--levels", type=parse_levels, default=parse_levels(";".join(",".join(map(str, s)) for s in SATURN_STAGES)),
                     help="the curriculum's levels, easiest first, as n,k,l;n,k,l;... (default: SATURN's released stages)")
-    ap.add_argument("--budget", type=int, default=768, help="thinking tokens per instance")
+    ap.add_argument("--budget", type=int, default=512, help="thinking tokens per instance (the easiest level's demonstrations need up to 401)")
     ap.add_argument("--max-positions", type=int, default=2048, help="the tiny policy's context (SATURN's prompt is ~800 tokens)")
+    ap.add_argument("--hidden-size", type=int, default=128, help="the tiny policy's width (its default: 128), to find the smallest that learns SAT")
+    ap.add_argument("--layers", type=int, default=4, help="the tiny policy's layers (its default: 4)")
     ap.add_argument("--sft-steps", type=int, default=600, help="warm-start SFT steps on the easiest level's demonstrations (0: none)")
     ap.add_argument("--sft-lr", type=float, default=1.5e-3, help="warm-start SFT peak learning rate")
-    ap.add_argument("--rl-steps", type=int, default=40, help="GRPO steps of --prompts x --group-size samples, each arm")
+    ap.add_argument("--rl-steps", type=int, default=30, help="GRPO steps of --prompts x --group-size samples, each arm")
     ap.add_argument("--prompts", type=int, default=8, help="prompts per GRPO step, every arm")
     ap.add_argument("--group-size", type=int, default=8, help="samples per prompt, every arm")
     ap.add_argument("--learning-rate", type=float, default=5e-5, help="GRPO learning rate, every arm")
