@@ -29,6 +29,7 @@ import torch
 from torch.utils.tensorboard import SummaryWriter
 from tqdm import tqdm
 
+from thinkgym.envs.compute import attention_cost
 from thinkgym.rewards import Sample, parse_reward_spec
 
 from .. import distributed, lora
@@ -255,13 +256,28 @@ class GRPOTrainer:
         t_train = time.perf_counter()
         metrics = self.optimize(rows, adv)
         train_time = time.perf_counter() - t_train
-        tokens = distributed.all_reduce([sum(len(r.input_ids) for r in rows)])[0]
-        metrics.update(self.episode_metrics(batch, rewards, comps))
+        compute = self.compute_counts(batch)
+        metrics.update(self.episode_metrics(batch, rewards, comps), **compute)
         metrics.update({"frac_groups_dropped": dropped, "time/train_s": train_time, "time/weight_sync_s": self.sync_weights(),
-                        "train_tokens_per_s": tokens * cfg.num_iterations / max(train_time, 1e-9),
+                        "train_tokens_per_s": compute["compute/train_tokens"] / max(train_time, 1e-9),
                         **{k: v for k, v in batch.stats.items() if k.startswith(("time/", "rollout_tokens", "env_tokens"))}})
         metrics["time/step_s"] = time.perf_counter() - t_step
         return metrics
+
+    def compute_counts(self, batch: Batch) -> dict[str, float]:
+        """This step's work, summed over every rank, measured from the sequences actually run: tokens
+        and attention query-key pairs of the learner's forward passes (one per row and iteration; the
+        backward repeats them) and of the rollouts (a prefill and a decode per step of an episode, at
+        its real context length). Times the model's FLOPs per token and per pair, they give the step's
+        compute with the attention term (`benchmarks/markovian_vs_longcot.py`)."""
+        its = self.cfg.num_iterations
+        train_pairs = sum(attention_cost([(r.prompt_len, r.completion_len)])["attention_pairs"] for r in batch.rows)
+        segments = [(len(s.prompt_ids), len(s.action_ids)) for ep in batch.episodes for s in ep.steps]
+        values = [its * sum(len(r.input_ids) for r in batch.rows), its * train_pairs,
+                  float(sum(sum(r.loss_mask) for r in batch.rows)),
+                  float(sum(p + g for p, g in segments)), attention_cost(segments)["attention_pairs"]]
+        names = ["train_tokens", "train_attention_pairs", "trained_tokens", "rollout_tokens", "rollout_attention_pairs"]
+        return {f"compute/{k}": v for k, v in zip(names, distributed.all_reduce(values))}
 
     def sync_weights(self) -> float:
         """Bring the engine's weights up to the learner's: under FSDP, gather the shards into the policy's
