@@ -109,7 +109,7 @@ def cmd_eval(args: argparse.Namespace) -> None:
 def cmd_plot(args: argparse.Namespace) -> None:
     from .plot import plot_run
 
-    print(plot_run(args.run_dir, args.out, smooth=args.smooth, tags=args.tags))
+    print(plot_run(args.run_dir, args.out, smooth=args.smooth, tags=[t for t in args.tags.split(",") if t]))
 
 
 def cmd_sample(args: argparse.Namespace) -> None:
@@ -199,8 +199,8 @@ def build_parser(train_flags: bool = True) -> argparse.ArgumentParser:
     pl.add_argument("run_dir", help="a run's output_dir")
     pl.add_argument("--out", help="PNG path (default: RUN_DIR/curves.png)")
     pl.add_argument("--smooth", type=float, default=0.6, help="EMA smoothing weight in [0, 1), as TensorBoard's; 0 draws raw values")
-    pl.add_argument("--tags", nargs="+", default=[], metavar="TAG",
-                    help="more scalar tags to draw, one panel each: names or shell patterns (rewards/*, time/*)")
+    pl.add_argument("--tags", default="", metavar="TAG,TAG",
+                    help="more scalar tags to draw, one panel each, comma-separated: names or shell patterns ('time/*,reward_std')")
     pl.set_defaults(func=cmd_plot)
     s = sub.choices["sample"]
     s.add_argument("--out", required=True, help="jsonl to write; seeds already in it are skipped (resume)")

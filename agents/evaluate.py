@@ -92,6 +92,8 @@ def evaluate(engine: Engine, env_id: str, seeds: Sequence[int], n: int = 1, env_
     posed = PosedProblems(env_id, collector.env_kwargs, problem_seeds) if out is not None else None
     seeds = [int(s) for s in seeds]
     episodes: list[Episode] = []
+    if out is not None:
+        Path(out).parent.mkdir(parents=True, exist_ok=True)
     writer = open(out, "w") if out is not None else None
     try:
         with tqdm(total=len(seeds), desc=progress, unit="problem", disable=progress is None, dynamic_ncols=True) as bar:

@@ -12,7 +12,8 @@ from thinkgym.agents.cli import main
 from thinkgym.agents.evaluate import evaluate
 from thinkgym.agents.learner.config import GRPOConfig
 from thinkgym.agents.learner.trainer import GRPOTrainer
-from thinkgym.agents.plot import ema, plot_run, read_scalars, run_figure
+from thinkgym.agents import plot
+from thinkgym.agents.plot import read_scalars
 from thinkgym.agents.rollout.engine import Completion
 from thinkgym.envs import builtin_tokenizer
 
@@ -154,24 +155,27 @@ def test_sample_steps_text_decodes_each_steps_ids(tmp_path, capsys):
 
 
 def test_ema_is_tensorboards_smoothing():
-    assert ema([0.0, 10.0, 10.0], 0.5) == pytest.approx([0.0, 5.0, 7.5])
-    assert ema([1.0, 3.0], 0.0) == [1.0, 3.0]
+    assert plot.ema([0.0, 10.0, 10.0], 0.5) == pytest.approx([0.0, 5.0, 7.5])
+    assert plot.ema([1.0, 3.0], 0.0) == [1.0, 3.0]
 
 
 def test_plot_draws_the_training_quantities_smoothed_and_asked_tags(tmp_path):
     cfg = small_cfg(tmp_path, steps=3, eval_every=0, beta=0.01, log_completions_every=0)
     GRPOTrainer(cfg).train()
-    fig = run_figure(cfg.output_dir, smooth=0.5, tags=["time/*"])
+    fig = plot.run_figure(cfg.output_dir, smooth=0.5, tags=["time/*"])
     panels = {ax.get_title(): ax for ax in fig.axes if ax.get_title()}
     for title in ("reward", "reward components", "loss", "entropy", "grad norm", "KL to the reference", "clip fraction",
                   "learning rate", "time/train_s"):
         assert title in panels, sorted(panels)
     raw = [v for _, v in read_scalars(cfg.output_dir)["loss"]]
     smoothed = next(line for line in panels["loss"].get_lines() if line.get_label() == "loss")
-    assert list(smoothed.get_ydata()) == pytest.approx(ema(raw, 0.5))
+    assert list(smoothed.get_ydata()) == pytest.approx(plot.ema(raw, 0.5))
     assert "rewards/correctness/mean" in [line.get_label() for line in panels["reward components"].get_lines()]
     with pytest.raises(ValueError, match="match no scalar"):
-        run_figure(cfg.output_dir, tags=["nope/*"])
+        plot.run_figure(cfg.output_dir, tags=["nope/*"])
     with pytest.raises(ValueError, match=r"in \[0, 1\)"):
-        run_figure(cfg.output_dir, smooth=1.0)
-    assert plot_run(cfg.output_dir, tmp_path / "c.png", smooth=0.5).stat().st_size > 0
+        plot.run_figure(cfg.output_dir, smooth=1.0)
+    main(["plot", cfg.output_dir, "--out", str(tmp_path / "c.png"), "--smooth", "0.5", "--tags", "time/*,reward_std"])
+    assert (tmp_path / "c.png").stat().st_size > 0
+    with pytest.raises(SystemExit, match="match no scalar"):
+        main(["plot", cfg.output_dir, "--tags", "nope"])
