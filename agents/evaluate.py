@@ -11,6 +11,7 @@ parsed answer, reward, reward components, correctness, tokens and chunks; the me
 from __future__ import annotations
 
 import json
+from contextlib import nullcontext
 from math import comb
 from pathlib import Path
 from typing import Any, Sequence
@@ -94,22 +95,19 @@ def evaluate(engine: Engine, env_id: str, seeds: Sequence[int], n: int = 1, env_
     episodes: list[Episode] = []
     if out is not None:
         Path(out).parent.mkdir(parents=True, exist_ok=True)
-    writer = open(out, "w") if out is not None else None
-    try:
-        with tqdm(total=len(seeds), desc=progress, unit="problem", disable=progress is None, dynamic_ncols=True) as bar:
-            for i in range(0, len(seeds), seeds_per_call):
-                part = seeds[i:i + seeds_per_call]
-                got = collector.collect(part).episodes
-                episodes += got
-                if writer is not None:
-                    writer.write("".join(json.dumps(problem_record(env_id, s, posed(s), got[j * n:(j + 1) * n], engine.policy.tokenizer)) + "\n"
-                                         for j, s in enumerate(part)))
-                    writer.flush()
-                bar.update(len(part))
-                bar.set_postfix(accuracy=f"{np.mean([bool(ep.info.get('correct', False)) for ep in episodes]):.3f}")
-    finally:
-        if writer is not None:
-            writer.close()
+    with open(out, "w") if out is not None else nullcontext() as writer, \
+            tqdm(total=len(seeds), desc=progress, unit="problem", disable=progress is None, dynamic_ncols=True) as bar:
+        for i in range(0, len(seeds), seeds_per_call):
+            part = seeds[i:i + seeds_per_call]
+            got = collector.collect(part).episodes
+            episodes += got
+            if writer is not None:  # a call's problems at once, so that an interrupted run keeps whole lines
+                mine = [got[j * n:(j + 1) * n] for j in range(len(part))]
+                writer.write("".join(json.dumps(problem_record(env_id, s, posed(s, eps[0].steps[0].prompt_ids), eps, engine.policy.tokenizer))
+                                     + "\n" for s, eps in zip(part, mine)))
+                writer.flush()
+            bar.update(len(part))
+            bar.set_postfix(accuracy=f"{np.mean([bool(ep.info.get('correct', False)) for ep in episodes]):.3f}")
     correct = np.array([bool(ep.info.get("correct", False)) for ep in episodes]).reshape(len(seeds), n)
     res = {
         "accuracy": float(correct.mean()),

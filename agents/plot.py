@@ -3,7 +3,8 @@
 One panel per quantity a GRPO run is judged by (reward and its components, held-out accuracy, loss, entropy,
 grad norm, KL, clip fraction, learning rate, length, Delethink's chunks and carryover), drawn where the run
 logged it, then one panel per tag asked for with `tags` (names or shell patterns: `rewards/*`). Each curve is
-an exponential moving average (`smooth`, TensorBoard's smoothing weight) over its raw values, drawn faint.
+an exponential moving average (`smooth`, TensorBoard's smoothing weight) over its raw values, drawn faint,
+except held-out evaluations (`eval/*`): each point is already a mean over the evaluation's prompts.
 """
 
 from __future__ import annotations
@@ -79,10 +80,10 @@ def run_figure(run_dir: str | Path, smooth: float = 0.6, tags: Sequence[str] = (
     for ax, (title, found) in zip(axes.flat, panels):
         for k, tag in enumerate(found):
             steps, values = zip(*scalars[tag])
-            color = f"C{k}"
-            if smooth and len(values) > 1:
+            color, weight = f"C{k}", 0.0 if tag.startswith("eval/") else smooth  # an evaluation is already a mean over prompts
+            if weight and len(values) > 1:
                 ax.plot(steps, values, color=color, alpha=0.25, linewidth=1)
-            ax.plot(steps, ema(values, smooth), color=color, marker="o" if len(steps) < 20 else None, markersize=3, label=tag)
+            ax.plot(steps, ema(values, weight), color=color, marker="o" if len(steps) < 20 else None, markersize=3, label=tag)
         if len(found) > 1:
             ax.legend(fontsize=7)
         ax.set_title(title, fontsize=10)
