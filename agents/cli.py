@@ -94,16 +94,22 @@ def cmd_eval(args: argparse.Namespace) -> None:
     from .policy import Policy
     from .rollout.engine import make_engine
 
+    if args.temperature == 0 and args.n != 1:
+        raise ValueError(f"--n {args.n} at --temperature 0: greedy decoding gives one answer per problem; "
+                         "give --n 1, or a --temperature above 0 for avg@n and pass@k")
+    if args.temperature < 0 or args.n < 1 or args.seeds < 1:
+        raise ValueError(f"--temperature must be >= 0, --n and --seeds >= 1; got {args.temperature}, {args.n}, {args.seeds}")
     policy = Policy.from_pretrained(args.model, device=args.device)
-    res = evaluate(make_engine(args.engine, policy, 0), args.env, range(args.seeds), n=args.n, env_kwargs=json.loads(args.env_kwargs),
-                   temperature=args.temperature, ks=sorted({1, args.n}))
-    print(json.dumps(res, indent=1))
+    res = evaluate(make_engine(args.engine, policy, args.seed), args.env, range(args.seeds), n=args.n, env_kwargs=json.loads(args.env_kwargs),
+                   temperature=args.temperature, progress="eval", out=args.out, problem_seeds=args.problem_seeds)
+    mode = {"mode": "greedy"} if args.temperature == 0 else {"mode": "sampling", "temperature": args.temperature, "n": args.n}
+    print(json.dumps({**mode, "problems": args.seeds, "seed": args.seed, **res, **({"out": args.out} if args.out else {})}, indent=1))
 
 
 def cmd_plot(args: argparse.Namespace) -> None:
     from .plot import plot_run
 
-    print(plot_run(args.run_dir, args.out))
+    print(plot_run(args.run_dir, args.out, smooth=args.smooth, tags=[t for t in args.tags.split(",") if t]))
 
 
 def cmd_sample(args: argparse.Namespace) -> None:
@@ -115,7 +121,7 @@ def cmd_sample(args: argparse.Namespace) -> None:
     policy = Policy.from_pretrained(args.model, device=args.device)
     res = sample_traces(make_engine(args.engine, policy, args.seed), args.env, range(args.seed_start, args.seed_start + args.seeds),
                         args.out, n=args.n, env_kwargs=json.loads(args.env_kwargs), temperature=args.temperature,
-                        top_p=args.top_p, seeds_per_batch=args.seeds_per_batch, format=args.format)
+                        top_p=args.top_p, seeds_per_batch=args.seeds_per_batch, format=args.format, text=args.text)
     if args.format == "episodes":  # what `thinkgym redi` would make of the file
         res["file"] = build_redi_data(load_traces(args.out, policy.tokenizer), None).counts
     print(json.dumps(res))
@@ -157,7 +163,7 @@ def build_parser(train_flags: bool = True) -> argparse.ArgumentParser:
     if train_flags:
         add_config_flags(t)
     t.set_defaults(func=cmd_train)
-    helps = {"sft": "SFT on an env's demonstrations or a jsonl of pairs", "eval": "held-out accuracy and pass@k of a policy",
+    helps = {"sft": "SFT on an env's demonstrations or a jsonl of pairs", "eval": "held-out accuracy, or avg@n and pass@k, of a policy",
              "sample": "write a jsonl of sampled traces", "redi": "REDI on a jsonl of (prompt, response, correct)"}
     for name, func in (("sft", cmd_sft), ("eval", cmd_eval), ("sample", cmd_sample), ("redi", cmd_redi)):
         s = sub.add_parser(name, help=helps[name], description=helps[name], formatter_class=d)
@@ -178,12 +184,23 @@ def build_parser(train_flags: bool = True) -> argparse.ArgumentParser:
     s.add_argument("--learning-rate", type=float, default=1e-3, help="AdamW learning rate (warm-up, then linear decay)")
     s.add_argument("--output-dir", required=True, help="where the fine-tuned policy is saved (from_pretrained loads it)")
     e = sub.choices["eval"]
-    e.add_argument("--seeds", type=int, default=64, help="held-out env seeds 0..N-1")
-    e.add_argument("--n", type=int, default=1, help="samples per seed (pass@k for every k <= n)")
-    e.add_argument("--temperature", type=float, default=0.0, help="sampling temperature; 0 is greedy")
-    pl = sub.add_parser("plot", help="PNG curves from a run's TensorBoard logs", formatter_class=d)
+    e.add_argument("--seeds", type=int, default=64, help="held-out env seeds 0..N-1, one problem each")
+    e.add_argument("--n", type=int, default=1, help="samples per problem when sampling (avg@n, and pass@k for every k <= n); greedy takes 1")
+    e.add_argument("--temperature", type=float, default=0.0, help="0: greedy, one answer per problem (accuracy); above 0: sampling")
+    e.add_argument("--seed", type=int, default=0, help="seeds the sampler")
+    e.add_argument("--out", help="JSONL to (over)write, one line per problem: prompt, gold answer, and each sample's "
+                                 "completion, answer, reward, reward components, correctness, tokens and chunks")
+    e.add_argument("--problem-seeds", action="store_true",
+                   help="seed i poses the task's problem i (reset option problem_seed): on a dataset task, --seeds N of "
+                        "a dataset of N records poses each record exactly once; unset, a seed draws its problem, as in training")
+    pl = sub.add_parser("plot", help="PNG curves from a run's TensorBoard logs", formatter_class=d,
+                        description="PNG of a run's loss, entropy, grad norm, KL, clip fraction, reward and its components, "
+                                    "accuracy, learning rate and length, smoothed, and of any --tags")
     pl.add_argument("run_dir", help="a run's output_dir")
     pl.add_argument("--out", help="PNG path (default: RUN_DIR/curves.png)")
+    pl.add_argument("--smooth", type=float, default=0.6, help="EMA smoothing weight in [0, 1), as TensorBoard's; 0 draws raw values")
+    pl.add_argument("--tags", default="", metavar="TAG,TAG",
+                    help="more scalar tags to draw, one panel each, comma-separated: names or shell patterns ('time/*,reward_std')")
     pl.set_defaults(func=cmd_plot)
     s = sub.choices["sample"]
     s.add_argument("--out", required=True, help="jsonl to write; seeds already in it are skipped (resume)")
@@ -196,6 +213,7 @@ def build_parser(train_flags: bool = True) -> argparse.ArgumentParser:
     s.add_argument("--format", choices=["episodes", "steps"], default="episodes",
                    help="one line per episode (for redi/sft), or one per step: trajectory_id, step, is_last, prompt_ids, "
                         "response_ids, logprobs, env_mask, and reward and info on the last step (README, the contract)")
+    s.add_argument("--text", action="store_true", help="with --format steps: add prompt_text and response_text, the ids decoded")
     r = sub.choices["redi"]
     r.add_argument("--data", required=True, help="jsonl with prompt, response, correct per line")
     r.add_argument("--output-dir", required=True, help="TensorBoard logs, checkpoints and the final policy")

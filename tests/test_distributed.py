@@ -118,7 +118,7 @@ def run_case(name: str, out_dir: Path, parallelism: str = "ddp") -> dict:
 
 RESUME = dict(env="DelethinkDemo-v0", model="tiny", prompts_per_step=2, num_generations=2, micro_batch_size=4,
               learning_rate=1e-3, save_every=1, log_completions_every=1, reward="dist_sevens + correctness", eval_every=3,
-              eval_prompts=3, eval_samples=2)  # 3 eval prompts: 1 on rank 0, 2 on rank 1
+              eval_prompts=3, eval_samples=2, eval_temperature=1.0)  # 3 eval prompts: 1 on rank 0, 2 on rank 1; sampled, for pass@2
 
 
 def worker(out: Path) -> None:

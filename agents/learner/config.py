@@ -188,13 +188,14 @@ class GRPOConfig:
     resume: bool = False
     """Continue from the latest checkpoint in output_dir."""
     eval_every: int = 10
-    """Evaluate on held-out seeds every N steps (0 is never)."""
+    """Evaluate on held-out seeds at step 0, every N steps and at the end (0 is never)."""
     eval_prompts: int = 64
     """Held-out prompts per evaluation."""
     eval_samples: int = 4
-    """Samples per held-out prompt (for pass@k)."""
+    """Samples per held-out prompt when eval_temperature > 0 (avg@n and pass@k for every k <= n); greedy
+    evaluation takes one."""
     eval_temperature: float = 0.0
-    """Evaluation temperature (0 is greedy; pass@k above 1 needs sampling)."""
+    """Evaluation temperature: 0 is greedy (accuracy only), above 0 samples eval_samples per prompt."""
     log_completions_every: int = 10
     """Log one sample completion as text every N steps."""
 

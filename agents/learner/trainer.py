@@ -33,7 +33,7 @@ from thinkgym.envs.compute import attention_cost
 from thinkgym.rewards import Sample, parse_reward_spec
 
 from .. import distributed, lora
-from ..evaluate import evaluate
+from ..evaluate import PosedProblems, evaluate
 from ..methods.sft import demonstration_rows, train_sft
 from ..policy import Policy
 from ..rollout.collector import Collector, summed_stats
@@ -111,6 +111,8 @@ class GRPOTrainer:
         self.warm_started = False
         self.warm_start_report: dict[str, Any] | None = None
         self.last_episode: Episode | None = None
+        self.last_scores: tuple[float, dict[str, float]] = (0.0, {})
+        self._posed: PosedProblems | None = None  # built on the first logged sample
         self._stop_requested = False
         self._shuffle = np.random.default_rng(cfg.seed)
 
@@ -242,8 +244,9 @@ class GRPOTrainer:
         if self.reward is not None and self.sched.last_epoch == 0:  # no update yet: the policy is RL's start
             self.sample_reference()
         batch, rewards, comps, samples, dropped = self.collect_step()
-        if batch.episodes:
+        if batch.episodes:  # the step's first rollout, with the reward it was trained on, for the logged sample
             self.last_episode = batch.episodes[0]
+            self.last_scores = float(rewards[0]), {k: float(v[0]) for k, v in comps.items()}
         if self.reward is not None:  # stateful rewards (HAPO, LASER-D) move once per step, alike on every rank
             monitor = self.monitor_samples() if self.reward.monitor_due else None
             self.reward.update(distributed.gather_flat(samples), monitor)
@@ -474,11 +477,12 @@ class GRPOTrainer:
         self.writer.flush()
 
     def run_eval(self, step: int) -> dict[str, float]:
-        """Held-out evaluation, its seeds shared among the ranks; every metric is a mean over prompts."""
+        """Held-out evaluation, its seeds shared among the ranks; every metric is a mean over prompts. Greedy
+        (`eval_temperature=0`) logs `eval/accuracy`; sampling adds `eval/avg@n` and `eval/pass@k` for k <= n."""
         cfg = self.cfg
         seeds = distributed.shard(range(cfg.eval_prompts))
         res = evaluate(self.engine, cfg.env, seeds, n=cfg.eval_samples, env_kwargs=cfg.env_kwargs,
-                       temperature=cfg.eval_temperature, ks=sorted({1, cfg.eval_samples})) if seeds else {}
+                       temperature=cfg.eval_temperature) if seeds else {}  # pass@k only when sampling
         res = distributed.global_means({k: (v * len(seeds), float(len(seeds))) for k, v in res.items()})
         self.log({f"eval/{k}": v for k, v in res.items()}, step)
         return res
@@ -620,6 +624,8 @@ class GRPOTrainer:
                     if self.world.is_main:
                         print(f"stopped by signal at step {self.step}; checkpoint saved in {cfg.output_dir}", flush=True)
                     break
+            if cfg.eval_every and self.step == cfg.steps and self.step % cfg.eval_every:  # the run ends on a held-out number
+                last.update({f"eval/{k}": v for k, v in self.run_eval(self.step).items()})
         finally:
             for s, h in old.items():
                 signal.signal(s, h)
@@ -628,10 +634,20 @@ class GRPOTrainer:
         return last
 
     def _sample_text(self) -> str:
+        """A rollout of the step as TensorBoard markdown: the prompt, the gold answer, the completion (its
+        chunks split by `---`), the parsed answer and the reward it was trained on with its components."""
         ep = self.last_episode
         tok = self.policy.tokenizer
+        if self._posed is None:
+            self._posed = PosedProblems(self.cfg.env, self.collector.env_kwargs)
+        _, gold = self._posed(ep.seed, ep.steps[0].prompt_ids)
+        prompt = tok.decode(ep.steps[0].prompt_ids, skip_special_tokens=False)
         text = "\n---\n".join(tok.decode(s.action_ids, skip_special_tokens=False) for s in ep.steps)
-        return f"reward {ep.reward}\n\n```\n{text}\n```"
+        reward, comps = self.last_scores
+        comps = ", ".join(f"{k} {v:g}" for k, v in comps.items())
+        return (f"seed {ep.seed}, reward {reward:g} ({comps or 'no components'}), correct {bool(ep.info.get('correct'))}\n\n"
+                f"**prompt**\n\n```\n{prompt}\n```\n\n**gold answer** `{gold}`, **parsed answer** `{ep.info.get('answer')}`\n\n"
+                f"**completion**\n\n```\n{text}\n```")
 
 
 def pad_rows_like(per_row: list[torch.Tensor], indices: Iterable[int], like: torch.Tensor) -> torch.Tensor:

@@ -86,13 +86,14 @@ def jsonable(value: Any) -> Any:
     return str(value)
 
 
-def step_records(ep: Episode, sample: int, env_id: str) -> list[dict[str, Any]]:
+def step_records(ep: Episode, sample: int, env_id: str, tokenizer: Any = None) -> list[dict[str, Any]]:
     """One record per step of `ep`, in order. `response_ids` are the tokens the policy sampled (its EOS
     included when it ended the episode) followed by the tokens the env appended to the context before the
     next step (tool outputs): `env_mask` is 1 on the first, 0 on the second, and `logprobs` are the
     sampled tokens' (0 on appended ones). So a step whose `prompt_ids` are the previous step's
     `prompt_ids + response_ids` continues that sequence; any other step starts a new one (a Delethink
-    reset). The last step carries the reward and the env's final `info`."""
+    reset). The last step carries the reward and the env's final `info`. With a `tokenizer`, each record
+    also holds `prompt_text` and `response_text`, its ids decoded, to read the trace."""
     tid = f"{env_id}/{ep.seed}/{sample}"
     recs = []
     for k, st in enumerate(ep.steps):
@@ -103,6 +104,9 @@ def step_records(ep: Episode, sample: int, env_id: str) -> list[dict[str, Any]]:
                      "prompt_ids": list(st.prompt_ids), "response_ids": ids + appended, "logprobs": logps + [0.0] * len(appended),
                      "env_mask": [1] * len(ids) + [0] * len(appended), "finish_reason": st.finish_reason,
                      "reward": float(ep.reward) if nxt is None else None, "info": jsonable(ep.info) if nxt is None else None})
+        if tokenizer is not None:
+            recs[-1].update(prompt_text=tokenizer.decode(recs[-1]["prompt_ids"], skip_special_tokens=False),
+                            response_text=tokenizer.decode(recs[-1]["response_ids"], skip_special_tokens=False))
     return recs
 
 
@@ -140,13 +144,16 @@ def file_format(path: Path) -> str | None:
 
 def sample_traces(engine: Engine, env_id: str, seeds: Sequence[int], out: str | Path, n: int = 4,
                   env_kwargs: dict[str, Any] | None = None, temperature: float = 1.0, top_p: float = 1.0,
-                  seeds_per_batch: int = 32, format: str = "episodes") -> dict[str, float]:
+                  seeds_per_batch: int = 32, format: str = "episodes", text: bool = False) -> dict[str, float]:
     """Append `n` sampled episodes per seed not yet in `out`, as one line per episode (`format="episodes"`)
-    or one per step (`"steps"`); return counts over the whole file's new part."""
+    or one per step (`"steps"`, with decoded `prompt_text` and `response_text` if `text`); return counts over
+    the whole file's new part."""
     if n < 1 or seeds_per_batch < 1:
         raise ValueError(f"n and seeds_per_batch must be >= 1; got n={n}, seeds_per_batch={seeds_per_batch}")
     if format not in FORMATS:
         raise ValueError(f"format={format!r} is unknown; accepted: {list(FORMATS)}")
+    if text and format != "steps":
+        raise ValueError("text=True (--text) adds decoded text to format='steps' lines; 'episodes' lines hold their text already")
     out = Path(out)
     held = file_format(out)
     if held is not None and held != format:
@@ -160,7 +167,7 @@ def sample_traces(engine: Engine, env_id: str, seeds: Sequence[int], out: str | 
     for i in range(0, len(todo), seeds_per_batch):
         batch = collector.collect(todo[i:i + seeds_per_batch])
         if format == "steps":
-            recs = [r for k, ep in enumerate(batch.episodes) for r in step_records(ep, k % n, env_id)]
+            recs = [r for k, ep in enumerate(batch.episodes) for r in step_records(ep, k % n, env_id, tok if text else None)]
         else:
             recs = [episode_record(ep, k % n, env_id, tok) for k, ep in enumerate(batch.episodes)]
         with open(out, "a") as f:  # one write per batch: a seed's samples land together

@@ -32,14 +32,17 @@ class Collector:
     """Collects groups of episodes from any registered env id with any kwargs."""
 
     def __init__(self, env_id: str, engine: Engine, env_kwargs: dict[str, Any] | None = None, group_size: int = 8,
-                 temperature: float = 1.0, top_p: float = 1.0):
+                 temperature: float = 1.0, top_p: float = 1.0, problem_seeds: bool = False):
+        """`problem_seeds` resets each env with `options={"problem_seed": seed}` as well, so that a seed
+        poses the task's problem of that number (evaluation's exact pass over a dataset) rather than one
+        drawn from the seed."""
         if env_id not in gym.registry:
             raise ValueError(f"env id {env_id!r} is not registered; registered thinkgym ids: {thinkgym.ENV_IDS}")
         self.env_id, self.engine, self.group_size = env_id, engine, group_size
         self.env_kwargs = dict(env_kwargs or {})
         self.env_kwargs.setdefault("tokenizer", engine.policy.tokenizer)
         self.eos_token_id = engine.policy.eos_token_id
-        self.temperature, self.top_p = temperature, top_p
+        self.temperature, self.top_p, self.problem_seeds = temperature, top_p, problem_seeds
         self.thinking_budget: int | None = None  # set by SIRI's schedule; None keeps the env's own
         self._envs: list[gym.Env] = []
 
@@ -80,8 +83,9 @@ class Collector:
         episodes, infos = [], []
         t_env = time.perf_counter()
         for k, env in enumerate(envs):
-            _, info = env.reset(seed=int(seeds[k // G]))
-            episodes.append(Episode(k // G, int(seeds[k // G]), [], budget=thinking_budget(env, info)))
+            seed = int(seeds[k // G])
+            _, info = env.reset(seed=seed, options={"problem_seed": seed} if self.problem_seeds else None)
+            episodes.append(Episode(k // G, seed, [], budget=thinking_budget(env, info)))
             infos.append(info)
         env_time, gen_time = time.perf_counter() - t_env, 0.0
         live = list(range(len(envs)))
