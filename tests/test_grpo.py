@@ -94,6 +94,19 @@ def test_sft_runs_once_and_checkpoint_0_holds_rls_starting_weights(tmp_path, mon
     assert len(calls) == 1
 
 
+def test_the_kl_reference_is_the_warm_started_policy_also_after_resume(tmp_path):
+    """With beta > 0 the KL is measured against the weights RL starts from: the warm start's, not the init's."""
+    cfg = small_cfg(tmp_path, sft_steps=2, sft_seeds=4, steps=1, eval_every=0, save_every=1, beta=0.1)
+    trainer = GRPOTrainer(cfg)
+    trainer.warm_start()
+    start = {k: v.clone() for k, v in trainer.model.state_dict().items()}
+    assert all(torch.equal(trainer.ref_model.state_dict()[k], v) for k, v in start.items())
+    trainer.train()
+    resumed = GRPOTrainer(small_cfg(tmp_path, sft_steps=2, sft_seeds=4, steps=2, eval_every=0, beta=0.1, resume=True))
+    assert resumed.load()
+    assert all(torch.equal(resumed.ref_model.state_dict()[k], v) for k, v in start.items())
+
+
 @pytest.mark.parametrize("accuracies, steps, passed", [([0.5, 0.9], 3, True), ([0.1, 0.2, 0.3, 0.4], 5, False)])
 def test_the_warm_start_gate_trains_on_in_rounds_until_it_passes_or_the_cap(tmp_path, accuracies, steps, passed):
     """Below its gate SFT goes on in rounds (2 steps, then 1 a round) until the validation accuracy reaches

@@ -515,6 +515,9 @@ class GRPOTrainer:
             raise ValueError(f"{path} was written with {written}; resume it the same way (this run has parallelism="
                              f"{self.cfg.parallelism!r} on {self.world.size} processes)")
         st = load_trainer_state(path)
+        start = checkpoint_path(self.cfg.output_dir, 0) / "policy"
+        if self.ref_model is not None and start.exists():  # RL's starting weights, warm-started or not
+            self.set_reference(Policy.from_pretrained(str(start), device=str(self.policy.device), dtype=self.policy.dtype).model)
         if self.sharded:  # the fp32 shards and optimizer, resharded to this many ranks, then the rollout copy
             distributed.load_sharded(path / SHARDED, self.model, self.opt)
             distributed.gather_into(self.model, self.policy.model)
@@ -569,6 +572,7 @@ class GRPOTrainer:
             self.log({"sft/gate_accuracy": accuracy}, done)
             if accuracy >= cfg.sft_gate or done >= cap:
                 break
+        self.set_reference(self.policy.model)
         passed = None if accuracy is None else accuracy >= cfg.sft_gate
         self.warm_start_report = {"sft_steps": done, "gate": cfg.sft_gate, "gate_prompts": cfg.sft_gate_prompts,
                                   "gate_accuracy": accuracy, "passed": passed}
@@ -580,6 +584,15 @@ class GRPOTrainer:
                       f"{cfg.sft_gate_prompts} validation problems {'>=' if passed else '<'} {cfg.sft_gate} after {done} SFT steps"
                       + ("" if passed else f" (the cap, sft_max_steps={cap})"), flush=True)
         self.warm_started = True
+
+    def set_reference(self, source: torch.nn.Module) -> None:
+        """The KL reference is the policy RL starts from (checkpoint-0): after a warm start, its weights."""
+        if self.ref_model is None:
+            return
+        if self.sharded:
+            distributed.load_whole(self.ref_model, source)
+        else:
+            self.ref_model.load_state_dict(source.state_dict())
 
     def gate_accuracy(self) -> float:
         """Greedy accuracy on the warm-start gate's validation problems (their own seed range), shared among ranks."""
