@@ -4,10 +4,13 @@ Each worker is a Python process inside bubblewrap (`bwrap`) namespaces: no netwo
 namespace (so killing it kills every process it started), a read-only view of nothing but the
 interpreter and its libraries, and a private tmpfs work dir. Inside, it runs as an unprivileged
 uid of its own with rlimits on memory, CPU, processes, open files and file size, and a scrubbed
-environment. State (variables, imports) persists across the calls of one `Sandbox`. A call that
-runs past its limit is interrupted, as a notebook's interrupt does, and the state survives; a call
-stuck in C code past the limit, or one that crashes the worker, loses it (`state_lost`), and the
-next call starts a fresh worker.
+environment, and a seccomp filter (envs/seccomp.py) denies memory that RLIMIT_AS would not count
+and namespaces of its own. The worker program is envs/sandbox_worker.py; the code it runs shares its
+process, so the host trusts none of its replies but the one with the call's nonce, and reads the
+output and kills stray processes itself. State (variables, imports) persists across the calls of
+one `Sandbox`. A call that runs past its limit is interrupted, as a notebook's interrupt does, and
+the state survives; a call stuck in C code past the limit, or one that crashes the worker, loses it
+(`state_lost`), and the next call starts a fresh worker.
 
 Starting a worker costs tens of milliseconds, so a `WorkerPool` keeps a few started in the
 background; a call to a warm worker is a pipe round trip plus the code's own run time.

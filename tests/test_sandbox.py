@@ -244,8 +244,8 @@ ESCAPES = {  # memory that RLIMIT_AS does not count, and namespaces of the code'
     "memfd": "import os\nfds = [os.memfd_create('x') for _ in range(100)]",
     "SysV shm": "import ctypes, os\nlibc = ctypes.CDLL(None, use_errno=True)\n"
                 "if libc.shmget(0, 15 << 20, 0o1600) < 0:\n    raise OSError(ctypes.get_errno(), os.strerror(ctypes.get_errno()))",
-    "unshare -rm + tmpfs": "import subprocess\nsubprocess.run(['unshare', '-rm', 'sh', '-c', 'mount -t tmpfs -o size=12g none /mnt && id'],"
-                           " check=True, capture_output=True)",
+    "unshare -rm + tmpfs": "import subprocess\nsubprocess.run(['unshare', '-rm', 'sh', '-c', 'mount -t tmpfs -o size=12g none /tmp && df -m /tmp'],"
+                           " check=True)",
     "unshare(CLONE_NEWUSER)": "import ctypes, os\nlibc = ctypes.CDLL(None, use_errno=True)\n"
                               "if libc.unshare(0x10000000) < 0:\n    raise OSError(ctypes.get_errno(), os.strerror(ctypes.get_errno()))",
 }
@@ -258,7 +258,7 @@ def test_memory_outside_the_address_space_and_new_namespaces_are_denied(name):
         sb.run("x = 1")
         r = sb.run(ESCAPES[name])
         assert r.status == "error" and not r.state_lost, r
-        assert "Operation not permitted" in r.stderr or "returned non-zero exit status" in r.stderr, r.stderr
+        assert "Operation not permitted" in r.stderr, r.stderr
         assert sb.run("print(x)").stdout == "1\n"
         assert sb.run("import os; print(os.getuid() != 0)").stdout == "True\n"
         _check_recovers(sb)
