@@ -13,26 +13,19 @@ the next sandbox, so the common path is two pipe round trips.
 from __future__ import annotations
 
 import itertools
-import json
-import os
 import re
-import select
 import sqlite3
-import struct
-import subprocess
-import sys
-import threading
-import time
 from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from thinkgym.rewards.worker import WorkerPool, WorkerProcess
+
 _MAX_PERMUTED_COLUMNS = 6  # wider results are compared in their own column order (6! = 720 tries)
 _KILL_AFTER_S = 0.5  # how long past its limit a query may take to stop on its own before it is killed
 _START_TIMEOUT_S = 30.0
-_MAX_IDLE = 8  # idle workers kept for reuse (one per concurrent verification is all that helps)
-_WORKER_SOURCE = (Path(__file__).parent / "sql_worker.py").read_text()
+_WORKERS = WorkerPool((Path(__file__).parent / "sql_worker.py").read_text())
 
 
 @dataclass(frozen=True)
@@ -55,71 +48,6 @@ def open_readonly(path: str | Path) -> sqlite3.Connection:
     return sqlite3.connect(f"{p.resolve().as_uri()}?mode=ro", uri=True, check_same_thread=False)
 
 
-class _Worker:
-    """One worker process and its pipes; `request` returns None when it did not answer in time."""
-
-    def __init__(self) -> None:
-        self.owner = os.getpid()
-        self.proc = subprocess.Popen([sys.executable, "-I", "-S", "-c", _WORKER_SOURCE], stdin=subprocess.PIPE,
-                                     stdout=subprocess.PIPE, stderr=subprocess.DEVNULL)
-
-    def request(self, header: dict, payload: bytes | None, wait_s: float) -> dict | None:
-        frames = [json.dumps(header).encode()] + ([payload] if payload is not None else [])
-        try:
-            self.proc.stdin.write(b"".join(struct.pack("<I", len(f)) + f for f in frames))
-            self.proc.stdin.flush()
-        except OSError:
-            return None
-        deadline = time.monotonic() + wait_s
-        head = self._read(4, deadline)
-        body = self._read(struct.unpack("<I", head)[0], deadline) if head is not None else None
-        return json.loads(body) if body is not None else None
-
-    def _read(self, n: int, deadline: float) -> bytes | None:
-        buf, fd = b"", self.proc.stdout.fileno()
-        while len(buf) < n:
-            left = deadline - time.monotonic()
-            if left <= 0 or not select.select([fd], [], [], left)[0]:
-                return None
-            chunk = os.read(fd, n - len(buf))
-            if not chunk:
-                return None
-            buf += chunk
-        return buf
-
-    def kill(self) -> None:
-        if os.getpid() == self.owner:
-            self.proc.kill()
-            self.proc.wait()
-        for f in (self.proc.stdin, self.proc.stdout):
-            try:
-                f.close()
-            except OSError:
-                pass
-
-
-_idle: list[_Worker] = []
-_idle_lock = threading.Lock()
-os.register_at_fork(after_in_child=_idle.clear)  # a forked child must not share its parent's workers
-
-
-def _acquire() -> _Worker:
-    with _idle_lock:
-        while _idle:
-            w = _idle.pop()
-            if w.proc.poll() is None:
-                return w
-    return _Worker()
-
-
-def _release(w: _Worker) -> None:
-    with _idle_lock:
-        if len(_idle) < _MAX_IDLE and w.proc.poll() is None and os.getpid() == w.owner:
-            _idle.append(w)
-            return
-    w.kill()
-
-
 def _decode(value: Any) -> Any:
     return bytes.fromhex(value[0]) if isinstance(value, list) else value
 
@@ -133,12 +61,12 @@ class SQLSandbox:
     def __init__(self, source: sqlite3.Connection, timeout_s: float = 2.0, max_rows: int = 10_000):
         self.timeout_s, self.max_rows = float(timeout_s), int(max_rows)
         self._db = source.serialize()
-        self._worker: _Worker | None = None
+        self._worker: WorkerProcess | None = None
 
-    def _loaded(self) -> _Worker:
+    def _loaded(self) -> WorkerProcess:
         """A worker holding this sandbox's database (a new one after a kill)."""
         if self._worker is None:
-            w = _acquire()
+            w = _WORKERS.acquire()
             if w.request({"op": "load"}, self._db, _START_TIMEOUT_S) is None:
                 w.kill()
                 raise RuntimeError("the SQL worker process failed to start or to load the database")
@@ -163,7 +91,7 @@ class SQLSandbox:
 
     def close(self) -> None:
         if self._worker is not None:
-            _release(self._worker)
+            _WORKERS.release(self._worker)
             self._worker = None
 
     def __enter__(self) -> "SQLSandbox":
