@@ -377,7 +377,7 @@ class _Worker:
         except OSError:
             return
         for _ in range(100):
-            others = [p for p in _descendants(self._init_pid) if p != self._code_pid]
+            others = [p for p in _descendants(self._init_pid) if p != self._code_pid and _running(p)]
             if not others:
                 return
             for pid in others:
@@ -431,6 +431,15 @@ def _descendants(pid: int) -> list[int]:
         found += kids
         todo += kids
     return found
+
+
+def _running(pid: int) -> bool:
+    """Whether a process still runs (not a zombie that only waits for its parent to reap it)."""
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().rsplit(")", 1)[1].split()[0] != "Z"
+    except (OSError, IndexError):
+        return False
 
 
 def _grab(fd: int, cap: int) -> tuple[str, bool]:

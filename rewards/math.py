@@ -10,6 +10,7 @@ rewards/math_worker.py instead, killed when it outlasts the bound (`9^{9^{9^{9}}
 
 from __future__ import annotations
 
+import os
 import re
 import threading
 from functools import lru_cache
@@ -23,6 +24,8 @@ _MATH_DELIMITER = re.compile(r"(?<!\\)\$")
 TIMEOUT_S = 5  # math-verify's own bound on parsing, and on verifying, in seconds
 _KILL_AFTER_S = 3 * TIMEOUT_S + 1.0  # two parses and a verify; a helper not back by then is stuck in C
 _START_TIMEOUT_S = 60.0  # importing math-verify and sympy in a new helper
+# Helpers at once: each holds sympy (~100 MB) and verifying is short, so 32 verifying threads share a few.
+_MAX_HELPERS = min(4, os.cpu_count() or 1)
 
 
 def after_think(text: str, require_think: bool = True) -> str | None:
@@ -67,7 +70,7 @@ def _timeout() -> int | None:
 def _helpers() -> WorkerPool:
     package_parent = str(Path(__file__).parents[2])  # the folder that holds `thinkgym`, as imported here
     return WorkerPool((Path(__file__).parent / "math_worker.py").read_text(), (package_parent,), isolated=False,
-                      start_timeout_s=_START_TIMEOUT_S)
+                      start_timeout_s=_START_TIMEOUT_S, max_workers=_MAX_HELPERS)
 
 
 def parse_math(expr: str):
@@ -101,7 +104,7 @@ def _math_equal_in_helper(pred: str, gold: str) -> bool:
     w = pool.acquire()
     reply = w.request({"pred": pred, "gold": gold}, None, _KILL_AFTER_S)
     if reply is None:
-        w.kill()
+        pool.discard(w)
         return False
     pool.release(w)
     return bool(reply.get("equal"))

@@ -75,36 +75,59 @@ class WorkerProcess:
 
 
 class WorkerPool:
-    """Idle `WorkerProcess`es of one program, at most `max_idle` kept; a forked child starts afresh.
+    """`WorkerProcess`es of one program: at most `max_workers` at once (None: no cap), at most
+    `max_idle` kept for reuse; a forked child starts afresh.
 
     With `start_timeout_s`, the program greets with one message once it is ready (its imports
-    done), and a new process is handed out only after that.
+    done), and a new process is handed out only after that. Hand each worker back with `release`
+    (it answered) or `discard` (it overran or died).
     """
 
     def __init__(self, source: str, args: tuple[str, ...] = (), isolated: bool = True, max_idle: int = 8,
-                 start_timeout_s: float | None = None):
+                 start_timeout_s: float | None = None, max_workers: int | None = None):
         self.source, self.args, self.isolated, self.max_idle = source, args, isolated, max_idle
-        self.start_timeout_s = start_timeout_s
-        self._idle: list[WorkerProcess] = []
+        self.start_timeout_s, self.max_workers = start_timeout_s, max_workers
         self._lock = threading.Lock()
-        os.register_at_fork(after_in_child=self._idle.clear)
+        self._reset()
+        os.register_at_fork(after_in_child=self._reset)
+
+    def _reset(self) -> None:
+        self._idle: list[WorkerProcess] = []
+        self._slots = threading.BoundedSemaphore(self.max_workers) if self.max_workers else None
 
     def acquire(self) -> WorkerProcess:
-        with self._lock:
-            while self._idle:
-                w = self._idle.pop()
-                if w.alive():
-                    return w
-        w = WorkerProcess(self.source, self.args, self.isolated)
-        if self.start_timeout_s is not None and w.receive(self.start_timeout_s) is None:
-            w.kill()
-            raise RuntimeError("a helper process failed to start (run its program by hand to see why)")
-        return w
+        """An idle worker, or a new one; waits while `max_workers` are busy."""
+        if self._slots is not None:
+            self._slots.acquire()
+        try:
+            with self._lock:
+                while self._idle:
+                    w = self._idle.pop()
+                    if w.alive():
+                        return w
+            w = WorkerProcess(self.source, self.args, self.isolated)
+            if self.start_timeout_s is not None and w.receive(self.start_timeout_s) is None:
+                w.kill()
+                raise RuntimeError("a helper process failed to start (run its program by hand to see why)")
+            return w
+        except BaseException:
+            if self._slots is not None:
+                self._slots.release()
+            raise
 
     def release(self, w: WorkerProcess) -> None:
         """Keep a worker that answered for the next caller (or kill it when enough are idle)."""
         with self._lock:
-            if len(self._idle) < self.max_idle and w.alive() and os.getpid() == w.owner:
+            keep = len(self._idle) < self.max_idle and w.alive() and os.getpid() == w.owner
+            if keep:
                 self._idle.append(w)
-                return
+        if not keep:
+            w.kill()
+        if self._slots is not None:
+            self._slots.release()
+
+    def discard(self, w: WorkerProcess) -> None:
+        """Kill a worker that overran or died."""
         w.kill()
+        if self._slots is not None:
+            self._slots.release()

@@ -272,8 +272,8 @@ def test_forged_replies_are_ignored():
         r = sb.run(f"import sys\nsys.modules['__main__'].send({forged})\nprint('real')\n1 / 0")
         assert r.status == "error" and r.stdout == "real\n" and "ZeroDivisionError" in r.stderr and not r.state_lost
         # With the nonce stolen from the worker's frame it can only speak for its own call, not its output ...
-        steal = ("import sys\nreq = sys._getframe(1).f_back.f_locals['req']\n"
-                 f"sys.modules['__main__'].send({{**{forged}, 'nonce': req['nonce']}})\nprint('real')")
+        steal = ("import sys\nreq = sys._getframe(1).f_back.f_locals['req']\nprint('real', flush=True)\n"
+                 f"sys.modules['__main__'].send({{**{forged}, 'nonce': req['nonce']}})")
         r = sb.run(steal)
         assert r.ok and r.stdout == "real\n"
         # ... and the worker's own, now stale, reply to that call does not answer the next one.

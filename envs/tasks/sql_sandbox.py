@@ -68,7 +68,7 @@ class SQLSandbox:
         if self._worker is None:
             w = _WORKERS.acquire()
             if w.request({"op": "load"}, self._db, _START_TIMEOUT_S) is None:
-                w.kill()
+                _WORKERS.discard(w)
                 raise RuntimeError("the SQL worker process failed to start or to load the database")
             self._worker = w
         return self._worker
@@ -80,7 +80,7 @@ class SQLSandbox:
                           self.timeout_s + _KILL_AFTER_S)
         if reply is None:  # stuck inside one call (or died): only killing the process stops it
             died = w.proc.poll()
-            w.kill()
+            _WORKERS.discard(w)
             self._worker = None
             if died is not None:
                 return QueryResult(None, f"the query's worker process died (exit status {died})")
