@@ -8,7 +8,6 @@ a JSON request, then for "load" the serialized database as a second body.
 """
 
 import json
-import os
 import sqlite3
 import struct
 import sys
