@@ -10,8 +10,10 @@ rewards/math_worker.py instead, killed when it outlasts the bound (`9^{9^{9^{9}}
 
 from __future__ import annotations
 
+import json
 import os
 import re
+import sys
 import threading
 from functools import lru_cache
 from pathlib import Path
@@ -68,9 +70,9 @@ def _timeout() -> int | None:
 
 @lru_cache(maxsize=1)
 def _helpers() -> WorkerPool:
-    package_parent = str(Path(__file__).parents[2])  # the folder that holds `thinkgym`, as imported here
-    return WorkerPool((Path(__file__).parent / "math_worker.py").read_text(), (package_parent,), isolated=False,
-                      start_timeout_s=_START_TIMEOUT_S, max_workers=_MAX_HELPERS)
+    # This process's import path, so the helper imports the same thinkgym and math-verify.
+    return WorkerPool((Path(__file__).parent / "math_worker.py").read_text(), (json.dumps(sys.path),),
+                      isolated=False, start_timeout_s=_START_TIMEOUT_S, max_workers=_MAX_HELPERS)
 
 
 def parse_math(expr: str):

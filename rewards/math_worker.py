@@ -2,7 +2,8 @@
 
 In its own main thread math-verify's signal timeouts work, and the caller kills the process when a
 single C call (a power tower's integer) outlasts them. Run by `rewards/math.py` with `python -I -c`;
-argv[1] is the folder that holds the `thinkgym` package. Messages are framed as in rewards/worker.py.
+argv[1] is the caller's `sys.path` as JSON, so that both import the same packages. Messages are
+framed as in rewards/worker.py.
 """
 
 import json
@@ -30,7 +31,7 @@ def main():
     global REPLIES
     REPLIES = os.fdopen(os.dup(1), "wb")
     os.dup2(os.open(os.devnull, os.O_WRONLY), 1)
-    sys.path.insert(0, sys.argv[1])
+    sys.path[:0] = json.loads(sys.argv[1])
     from thinkgym.rewards.math import math_equal
 
     math_equal("1", "1")  # import math-verify (and sympy) now, not in the first request's time
