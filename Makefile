@@ -30,9 +30,10 @@ $(VENV)/.full: $(VENV)/.core
 	$(PIP) uninstall -y torchvision torchaudio torchcodec >/dev/null 2>&1 || true
 	touch $@
 
-# bubblewrap gives the code sandbox its namespaces; installed when we are root and it is missing.
+# bubblewrap gives the code sandbox its namespaces and libseccomp its system-call filter; installed
+# when we are root and one is missing.
 sysdeps:
-	@command -v bwrap >/dev/null 2>&1 || { [ "$$(id -u)" = 0 ] && (apt-get update -qq >/dev/null && apt-get install -y -qq bubblewrap >/dev/null) || echo "note: bubblewrap not installed; the code sandbox will refuse to run"; }
+	@{ command -v bwrap >/dev/null 2>&1 && ldconfig -p | grep -q libseccomp.so.2; } || { [ "$$(id -u)" = 0 ] && (apt-get update -qq >/dev/null && apt-get install -y -qq bubblewrap libseccomp2 >/dev/null) || echo "note: bubblewrap or libseccomp not installed; the code sandbox will refuse to run"; }
 
 install: $(VENV)/.full sysdeps
 

@@ -4,10 +4,13 @@ Each worker is a Python process inside bubblewrap (`bwrap`) namespaces: no netwo
 namespace (so killing it kills every process it started), a read-only view of nothing but the
 interpreter and its libraries, and a private tmpfs work dir. Inside, it runs as an unprivileged
 uid of its own with rlimits on memory, CPU, processes, open files and file size, and a scrubbed
-environment. State (variables, imports) persists across the calls of one `Sandbox`. A call that
-runs past its limit is interrupted, as a notebook's interrupt does, and the state survives; a call
-stuck in C code past the limit, or one that crashes the worker, loses it (`state_lost`), and the
-next call starts a fresh worker.
+environment, and a seccomp filter (envs/seccomp.py) denies memory that RLIMIT_AS would not count
+and namespaces of its own. The worker program is envs/sandbox_worker.py; the code it runs shares its
+process, so the host trusts none of its replies but the one with the call's nonce, and reads the
+output and kills stray processes itself. State (variables, imports) persists across the calls of
+one `Sandbox`. A call that runs past its limit is interrupted, as a notebook's interrupt does, and
+the state survives; a call stuck in C code past the limit, or one that crashes the worker, loses it
+(`state_lost`), and the next call starts a fresh worker.
 
 Starting a worker costs tens of milliseconds, so a `WorkerPool` keeps a few started in the
 background; a call to a warm worker is a pipe round trip plus the code's own run time.
@@ -23,6 +26,7 @@ import atexit
 import json
 import logging
 import os
+import secrets
 import select
 import shutil
 import signal
@@ -39,7 +43,10 @@ from collections import deque
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from functools import lru_cache
+from pathlib import Path
 from typing import Literal
+
+from . import seccomp
 
 log = logging.getLogger(__name__)
 
@@ -112,142 +119,8 @@ class ExecResult:
         return self.stdout if self.ok else self.stdout + self.stderr
 
 
-# -- the worker: runs inside the sandbox, so it may import only the standard library ----------------
-_WORKER_SOURCE = r'''
-import ast, json, linecache, os, resource as R, signal, struct, sys, time, traceback
-
-cfg = json.loads(sys.argv[1])
-RFD, WFD = cfg["rfd"], cfg["wfd"]
-
-def send(obj):
-    data = json.dumps(obj).encode()
-    data = struct.pack("<I", len(data)) + data
-    while data:
-        data = data[os.write(WFD, data):]
-
-def recv_exact(n):
-    buf = b""
-    while len(buf) < n:
-        chunk = os.read(RFD, n - len(buf))
-        if not chunk:
-            os._exit(0)
-        buf += chunk
-    return buf
-
-class TimeLimitExceeded(BaseException):
-    # Not an Exception, so that the code's own `except Exception` does not swallow it.
-    pass
-
-def on_limit(signum, frame):
-    kind = "CPU" if signum == signal.SIGXCPU else "wall-clock"
-    raise TimeLimitExceeded("the call ran past its %g s %s limit" % (LIMIT, kind))
-
-if cfg["uid"] and os.getuid() == 0:
-    for d in (".", "/tmp", "/dev/shm"):
-        os.chown(d, cfg["uid"], cfg["uid"])
-    os.setgroups([]); os.setgid(cfg["uid"]); os.setuid(cfg["uid"])
-for name, value in cfg["limits"].items():
-    R.setrlimit(getattr(R, name), (value, value))
-signal.signal(signal.SIGXFSZ, signal.SIG_IGN)  # an oversized write fails with EFBIG instead
-signal.signal(signal.SIGXCPU, on_limit)
-signal.signal(signal.SIGALRM, on_limit)
-LIMIT = 0.0
-sys.path.extend(cfg["paths"])
-sys.argv = [""]
-for mod in cfg["preload"]:
-    __import__(mod)
-devnull = os.open("/dev/null", os.O_RDONLY)
-os.dup2(devnull, 0)
-OUT, ERR = os.memfd_create("stdout"), os.memfd_create("stderr")
-os.dup2(OUT, 1); os.dup2(ERR, 2)
-ME = os.getpid()
-NS = {"__name__": "__main__", "__builtins__": __builtins__}
-send({"ready": True})
-
-def grab(fd, cap):
-    size = os.fstat(fd).st_size
-    if size <= cap:
-        data, cut = os.pread(fd, size, 0), False
-    else:
-        half = cap // 2
-        data = os.pread(fd, half, 0) + b"\n...[%d bytes omitted]...\n" % (size - 2 * half) + os.pread(fd, half, size - half)
-        cut = True
-    os.ftruncate(fd, 0)
-    os.lseek(fd, 0, os.SEEK_SET)
-    return data.decode("utf-8", "replace"), cut
-
-def reap():
-    # Every process but pid 1 (bwrap's init) and this worker was started by the code: kill it.
-    for _ in range(100):
-        others = [int(p) for p in os.listdir("/proc") if p.isdigit() and int(p) not in (1, ME)]
-        for pid in others:
-            try:
-                os.kill(pid, signal.SIGKILL)
-            except OSError:
-                pass
-        try:
-            while os.waitpid(-1, os.WNOHANG)[0]:
-                pass
-        except ChildProcessError:
-            pass
-        if not others:
-            return
-        time.sleep(0.001)
-
-def run(n, src):
-    name = "<cell %d>" % n
-    linecache.cache[name] = (len(src), None, src.splitlines(True), name)
-    tree = ast.parse(src, name, "exec")
-    last = tree.body.pop() if tree.body and isinstance(tree.body[-1], ast.Expr) else None
-    exec(compile(tree, name, "exec"), NS)
-    if last is not None:
-        value = eval(compile(ast.Expression(last.value), name, "eval"), NS)
-        if value is not None:
-            print(repr(value))
-
-def user_traceback(exc):
-    tb = exc.__traceback__
-    while tb is not None and not tb.tb_frame.f_code.co_filename.startswith("<cell"):
-        tb = tb.tb_next
-    return "".join(traceback.format_exception(type(exc), exc, tb))
-
-n = 0
-while True:
-    (size,) = struct.unpack("<I", recv_exact(4))
-    req = json.loads(recv_exact(size))
-    n += 1
-    used, LIMIT = sum(R.getrusage(R.RUSAGE_SELF)[:2]), req["limit"]
-    status, tb = "ok", ""
-    sys.stdout = open(1, "w", encoding="utf-8", errors="backslashreplace", closefd=False)
-    sys.stderr = open(2, "w", encoding="utf-8", errors="backslashreplace", closefd=False)
-    try:
-        R.setrlimit(R.RLIMIT_CPU, (int(used + LIMIT) + 1, R.RLIM_INFINITY))
-        signal.setitimer(signal.ITIMER_REAL, LIMIT)
-        try:
-            run(n, req["code"])
-        finally:
-            signal.setitimer(signal.ITIMER_REAL, 0)
-            sys.stdout.flush()
-    except BaseException as exc:
-        if os.getpid() != ME:
-            os._exit(1)
-        status = "timeout" if isinstance(exc, TimeLimitExceeded) else "error"
-        tb = user_traceback(exc)
-    if os.getpid() != ME:  # a process forked by the code that fell through to here
-        os._exit(0)
-    R.setrlimit(R.RLIMIT_CPU, (R.RLIM_INFINITY, R.RLIM_INFINITY))
-    try:
-        sys.stderr.flush()
-    except BaseException:
-        pass
-    if cfg["pidns"]:
-        reap()
-    out, out_cut = grab(1, cfg["cap"])
-    err, err_cut = grab(2, cfg["cap"])
-    if len(tb) > cfg["cap"]:
-        tb = tb[: cfg["cap"] // 2] + "\n...\n" + tb[-cfg["cap"] // 2:]
-    send({"status": status, "stdout": out, "stderr": err + tb, "truncated": out_cut or err_cut})
-'''
+# The worker's program, run with `python -c` so that it needs no path inside the sandbox.
+_WORKER_SOURCE = (Path(__file__).parent / "sandbox_worker.py").read_text()
 
 
 # -- host side ----------------------------------------------------------------------------------
@@ -309,10 +182,16 @@ def namespaces_available() -> tuple[bool, str]:
         return False, "bubblewrap (bwrap) is not installed; install it (`apt-get install bubblewrap`, or `make sysdeps`)"
     mounts, _ = _mount_args(SandboxConfig(site_packages=False))
     try:
-        r = subprocess.run([bwrap, *_namespace_args(), *mounts, "/usr/bin/env", "true"], env={},
-                           capture_output=True, text=True, timeout=30)
+        filter_fd = seccomp.program_fd()
+    except OSError as exc:
+        return False, f"the sandbox's seccomp filter cannot be built: {exc}"
+    try:
+        r = subprocess.run([bwrap, *_namespace_args(), "--seccomp", str(filter_fd), *mounts, "/usr/bin/env", "true"],
+                           env={}, capture_output=True, text=True, timeout=30, pass_fds=(filter_fd,))
     except (OSError, subprocess.TimeoutExpired) as exc:
         return False, f"bwrap failed to start: {exc}"
+    finally:
+        os.close(filter_fd)
     if r.returncode != 0:
         return False, f"bwrap cannot create namespaces here: {r.stderr.strip()}"
     return True, ""
@@ -359,7 +238,12 @@ def _spawn(argv: list[str], fds: tuple[int, ...], cwd: str | None) -> subprocess
 
 
 class _Worker:
-    """One started worker process (bwrap and the interpreter in it) and its two pipes."""
+    """One started worker process (bwrap and the interpreter in it), its two pipes and output memfds.
+
+    The code runs in the worker's own process, so the host trusts none of it: it reads the output
+    from its own copies of the memfds, kills stray processes itself, and takes a reply only with the
+    request's nonce.
+    """
 
     def __init__(self, config: SandboxConfig, sandboxed: bool):
         self.config = config
@@ -367,6 +251,7 @@ class _Worker:
         to_r, self._to_w = os.pipe()
         self._from_r, from_w = os.pipe()
         info_r, info_w = os.pipe() if sandboxed else (-1, -1)
+        self._out, self._err = os.memfd_create("stdout"), os.memfd_create("stderr")
         uid = _next_uid() if os.geteuid() == 0 and sandboxed else 0
         exe, _, dirs = _interpreter_paths()
         limits = {"RLIMIT_AS": config.memory_mb << 20, "RLIMIT_NPROC": config.max_processes,
@@ -374,22 +259,26 @@ class _Worker:
         self._tmp = None
         if sandboxed:
             mounts, paths = _mount_args(config)
-            wrapper = [shutil.which("bwrap") or "bwrap", *_namespace_args(), "--info-fd", str(info_w), *mounts]
+            filter_fd = seccomp.program_fd()
+            wrapper = [shutil.which("bwrap") or "bwrap", *_namespace_args(), "--info-fd", str(info_w),
+                       "--seccomp", str(filter_fd), *mounts]
         else:
             self._tmp = tempfile.TemporaryDirectory(prefix="thinkgym-unsafe-")
             paths, wrapper = (dirs if config.site_packages else []), []
-        worker_cfg = {"rfd": to_r, "wfd": from_w, "uid": uid, "limits": limits, "paths": paths,
-                      "preload": list(config.preload), "cap": config.max_output_bytes, "pidns": sandboxed}
+        worker_cfg = {"rfd": to_r, "wfd": from_w, "out": self._out, "err": self._err, "uid": uid, "limits": limits,
+                      "paths": paths, "preload": list(config.preload), "cap": config.max_output_bytes, "pidns": sandboxed}
         argv = [*wrapper, exe, "-I", "-S", "-c", _WORKER_SOURCE, json.dumps(worker_cfg)]
-        fds = (to_r, from_w) + ((info_w,) if sandboxed else ())
+        fds = (to_r, from_w) + ((info_w, filter_fd) if sandboxed else ())
         try:
-            self.proc = _spawn(argv, fds, self._tmp.name if self._tmp else None)
+            self.proc = _spawn(argv, fds + (self._out, self._err), self._tmp.name if self._tmp else None)
         finally:
             for fd in fds:
                 os.close(fd)
         self._info_r = info_r
+        self._init_pid = self._code_pid = -1
         self.ready = False
-        self._finalizer = weakref.finalize(self, _kill, os.getpid(), self.proc, -1, self._to_w, self._from_r, info_r)
+        self._finalizer = weakref.finalize(self, _kill, os.getpid(), self.proc, -1, self._to_w, self._from_r, info_r,
+                                           self._out, self._err)
         # At exit, workers die with the process (bwrap --die-with-parent); killing them from an
         # exit hook would race with a pool thread still starting one.
         self._finalizer.atexit = False
@@ -436,8 +325,11 @@ class _Worker:
                 init_fd = os.pidfd_open(init_pid) if init_pid > 0 else -1
             except OSError:
                 init_fd = -1
+            if init_fd >= 0:  # the init's only child now is the worker
+                self._init_pid, self._code_pid = init_pid, next(iter(_children(init_pid)), -1)
             self._finalizer.detach()
-            self._finalizer = weakref.finalize(self, _kill, os.getpid(), self.proc, init_fd, self._to_w, self._from_r, init_fd)
+            self._finalizer = weakref.finalize(self, _kill, os.getpid(), self.proc, init_fd, self._to_w, self._from_r,
+                                               init_fd, self._out, self._err)
             self._finalizer.atexit = False
         self.ready = True
 
@@ -446,13 +338,16 @@ class _Worker:
 
     def call(self, code: str, timeout: float) -> ExecResult:
         t0 = time.perf_counter()
-        data = json.dumps({"code": code, "limit": timeout}).encode()
+        nonce = secrets.token_hex(16)
+        data = json.dumps({"code": code, "limit": timeout, "nonce": nonce}).encode()
         try:
             self._write_all(data)
         except OSError:
             msg = None
         else:
             msg = self._receive(t0 + timeout + _GRACE_S)
+            while msg is not None and msg.get("nonce") != nonce:  # forged by the code, or left from a past call
+                msg = self._receive(t0 + timeout + _GRACE_S)
         elapsed = time.perf_counter() - t0
         if msg is None or msg.get("status") not in ("ok", "error", "timeout"):
             timed_out = elapsed >= timeout
@@ -467,8 +362,37 @@ class _Worker:
                                   "the interpreter was restarted and its variables are lost\n", elapsed, state_lost=True)
             return ExecResult("crashed", "", f"the interpreter process died ({_exit_reason(self.proc.returncode)}); "
                               "it was restarted and its variables are lost\n", elapsed, state_lost=True)
-        return ExecResult(msg["status"], str(msg.get("stdout", "")), str(msg.get("stderr", "")), elapsed,
-                          bool(msg.get("truncated")))
+        self._reap()
+        out, out_cut = _grab(self._out, self.config.max_output_bytes)
+        err, err_cut = _grab(self._err, self.config.max_output_bytes)
+        return ExecResult(msg["status"], out, err + str(msg.get("traceback", "")), elapsed, out_cut or err_cut)
+
+    def _reap(self) -> None:
+        """Kill every process in the sandbox but its init and the worker (the worker does it too,
+        but the code it runs can switch that off)."""
+        if self._init_pid < 0:
+            return
+        try:
+            ns = os.readlink(f"/proc/{self._init_pid}/ns/pid")
+        except OSError:
+            return
+        for _ in range(100):
+            others = [p for p in _descendants(self._init_pid) if p != self._code_pid and _running(p)]
+            if not others:
+                return
+            for pid in others:
+                try:
+                    fd = os.pidfd_open(pid)
+                except OSError:
+                    continue
+                try:  # the pid may have been recycled since it was listed: kill only inside the sandbox
+                    if os.readlink(f"/proc/{pid}/ns/pid") == ns:
+                        signal.pidfd_send_signal(fd, signal.SIGKILL)
+                except OSError:
+                    pass
+                finally:
+                    os.close(fd)
+            time.sleep(0.001)
 
     def _write_all(self, data: bytes) -> None:
         buf = struct.pack("<I", len(data)) + data
@@ -480,6 +404,56 @@ class _Worker:
         self._finalizer()
         if self._tmp is not None:
             self._tmp.cleanup()
+
+
+def _children(pid: int) -> list[int]:
+    """The pids of a process's children (of all its threads), from /proc."""
+    kids: list[int] = []
+    try:
+        tids = os.listdir(f"/proc/{pid}/task")
+    except OSError:
+        return kids
+    for tid in tids:
+        try:
+            with open(f"/proc/{pid}/task/{tid}/children") as f:
+                kids += [int(k) for k in f.read().split()]
+        except OSError:
+            pass
+    return kids
+
+
+def _descendants(pid: int) -> list[int]:
+    """Every process below `pid`: in a PID namespace, orphans are re-parented to its init, so the
+    init's descendants are everything in it."""
+    found, todo = [], [pid]
+    while todo:
+        kids = _children(todo.pop())
+        found += kids
+        todo += kids
+    return found
+
+
+def _running(pid: int) -> bool:
+    """Whether a process still runs (not a zombie that only waits for its parent to reap it)."""
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().rsplit(")", 1)[1].split()[0] != "Z"
+    except (OSError, IndexError):
+        return False
+
+
+def _grab(fd: int, cap: int) -> tuple[str, bool]:
+    """A call's output from its memfd, its middle cut to fit `cap`; the file is emptied for the next."""
+    size = os.fstat(fd).st_size
+    if size <= cap:
+        data, cut = os.pread(fd, size, 0), False
+    else:
+        half = cap // 2
+        data = os.pread(fd, half, 0) + b"\n...[%d bytes omitted]...\n" % (size - 2 * half) + os.pread(fd, half, size - half)
+        cut = True
+    os.ftruncate(fd, 0)
+    os.lseek(fd, 0, os.SEEK_SET)
+    return data.decode("utf-8", "replace"), cut
 
 
 def _exit_reason(code: int | None) -> str:

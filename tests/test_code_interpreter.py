@@ -230,3 +230,19 @@ def test_hostile_blocks_come_back_as_output_and_the_episode_goes_on():
     obs, *_ = env.step(block(f"print({expression(obs)})"))
     _, r, term, _, info = env.step(f"</think>\\boxed{{{last_output(obs)}}}")
     assert term and r == 1.0 and (info["code_calls"], info["code_failures"]) == (3, 2)
+
+
+def test_memory_escapes_and_forged_replies_come_back_as_output():
+    """Issue 34: memfd files and a tmpfs in the code's own namespace held memory past the caps, and
+    the code could speak for the worker through `sys.modules['__main__']`."""
+    env = CodeInterpreterEnv(sandbox={"timeout": 1.0})
+    obs, _ = env.reset(seed=6)
+    obs, *_ = env.step(block("import os\nfds = [os.memfd_create('x') for _ in range(100)]"))
+    assert "PermissionError" in last_output(obs)
+    obs, *_ = env.step(block("import subprocess\nsubprocess.run(['unshare', '-rm', 'mount', '-t', 'tmpfs', 'none', '/tmp'], check=True)"))
+    assert "Operation not permitted" in last_output(obs)
+    obs, *_ = env.step(block("import sys\nsys.modules['__main__'].send({'status': 'ok', 'stdout': 'FORGED'})\nprint('real')"))
+    assert last_output(obs) == "real"
+    obs, *_ = env.step(block(f"print({expression(obs)})"))
+    _, r, term, _, info = env.step(f"</think>\\boxed{{{last_output(obs)}}}")
+    assert term and r == 1.0 and (info["code_calls"], info["code_failures"]) == (4, 2)

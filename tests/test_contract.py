@@ -1,7 +1,10 @@
 """The text-environment contract, for every registered id."""
 
+import ast
+import re
 import subprocess
 import sys
+from pathlib import Path
 
 import gymnasium as gym
 import numpy as np
@@ -10,6 +13,7 @@ from gymnasium.utils.env_checker import check_env
 
 import thinkgym
 from thinkgym.envs import LLMText, TokenAction, builtin_tokenizer
+from thinkgym.envs.sandbox import namespaces_available
 
 
 @pytest.mark.parametrize("env_id", thinkgym.ENV_IDS)
@@ -161,3 +165,41 @@ def test_a_truncated_final_step_says_no_further_action():
     obs, _, term, trunc, info = env.step(TokenAction("abcd", [97, 98, 99, 100], eos=False))
     assert trunc and not term
     assert (obs, info["max_new_tokens"], info["stop"], info["prompt_token_ids"]) == ("", 0, [], [])
+
+
+def _readme_async_vector_kwargs() -> dict:
+    """The async recipe as the README gives it, so that this test checks what users copy."""
+    readme = (Path(__file__).parents[1] / "README.md").read_text()
+    section = readme[readme.index("**Vector envs.**"):]
+    return ast.literal_eval(re.search(r"vector_kwargs=(\{[^}]*\})", section).group(1))
+
+
+def _rounds(env_id: str, mode: str, vector_kwargs: dict, calls: int) -> list:
+    """Three rounds of reset(seed) and `calls` code calls then the right answer, as a trainer does."""
+    vec = gym.make_vec(env_id, num_envs=2, vectorization_mode=mode, vector_kwargs=vector_kwargs)
+    seen = []
+    try:
+        for round_ in range(3):
+            obs, _ = vec.reset(seed=[10 * round_, 10 * round_ + 1])
+            answers = [p.answer for p in vec.get_attr("problem")]
+            seen.append(list(obs))
+            for t in range(calls + 1):
+                acts = tuple("```python\nprint(6 * 7)\n```\n" if t < calls else f"</think>\\boxed{{{a}}}" for a in answers)
+                obs, rew, term, trunc, info = vec.step(acts)
+                seen.append((list(obs), rew.tolist(), term.tolist(), trunc.tolist()))
+    finally:
+        vec.close()
+    return seen
+
+
+@pytest.mark.parametrize("env_id,calls", [("SAT-v0", 0), ("CodeInterpreter-v0", 2)])
+def test_async_vector_recipe_matches_sync_over_rounds(env_id, calls):
+    """Gymnasium 1.4's async worker without shared memory lost the first step after each reset in
+    NextStep mode (issue 34); the README's recipe must give exactly the sync results."""
+    if env_id == "CodeInterpreter-v0" and not namespaces_available()[0]:
+        pytest.skip(f"no sandbox here: {namespaces_available()[1]}")
+    kwargs = _readme_async_vector_kwargs()
+    sync_kwargs = {k: v for k, v in kwargs.items() if k != "shared_memory"}
+    sync, async_ = _rounds(env_id, "sync", sync_kwargs, calls), _rounds(env_id, "async", kwargs, calls)
+    assert async_ == sync
+    assert any(step[1] == [1.0, 1.0] for step in sync[1:] if isinstance(step, tuple))  # the answers were scored

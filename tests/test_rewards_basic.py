@@ -1,11 +1,16 @@
 """Stateless rewards against hand-computed values, the registry, and reward specs."""
 
 import json
+import threading
+import time
+from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 
 from thinkgym.rewards import (Sample, available_rewards, get_reward, has_repetition_loop, parse_reward_spec,
                               register_reward)
+from thinkgym.rewards.math import TIMEOUT_S, math_equal
+from thinkgym.rewards.worker import WorkerProcess
 
 
 def right(n, pid=0):
@@ -160,3 +165,33 @@ def test_an_escaped_dollar_is_a_dollar_sign_not_a_math_delimiter():
     assert not math_equal("\\$35", "\\$36")
     assert correctness("work</think>\\boxed{\\$36}", "\\$36") == 1.0
     assert math_equal("$\\frac{1}{2}$", "0.5")  # a real delimiter is still left as written
+
+
+def _in_thread(fn, *args, wait_s: float = 60.0):
+    """fn(*args) on another thread, and how long it took; None if it is still running after wait_s."""
+    out = {}
+    t = threading.Thread(target=lambda: out.update(value=fn(*args), took=time.perf_counter() - start), daemon=True)
+    start = time.perf_counter()
+    t.start()
+    t.join(wait_s)
+    return None if t.is_alive() else (out["value"], out["took"])
+
+
+def test_math_verify_is_bounded_in_a_thread():
+    """Issue 34: math-verify's timeouts are signals, main-thread only; a power tower verified from a
+    thread froze the process for over 75 s. Now it is checked in a helper process under the bound."""
+    assert math_equal("9^{9^{9^{9}}}", "3") is False  # the main thread: math-verify's own timeouts
+    result = _in_thread(math_equal, "9^{9^{9^{9}}}", "3")
+    assert result is not None, "verification in a thread did not finish within 60 s"
+    assert result[0] is False and result[1] < 3 * TIMEOUT_S + 30  # the helper's bound, plus its start-up
+    with ThreadPoolExecutor(4) as pool:  # and the common path still verifies, from several threads
+        got = list(pool.map(lambda a: math_equal(*a), [("\\frac{1}{2}", "0.5"), ("2", "3"), ("x+1", "1+x"), ("7", "7")]))
+    assert got == [True, False, True, True]
+
+
+def test_a_helper_process_that_overruns_is_killed():
+    w = WorkerProcess("import time\ntime.sleep(60)")
+    start = time.perf_counter()
+    assert w.request({"any": 1}, None, 0.3) is None and time.perf_counter() - start < 2
+    w.kill()
+    assert not w.alive()

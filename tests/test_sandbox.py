@@ -238,3 +238,57 @@ def test_no_stray_process_after_the_corpus():
     while sandbox_uids() and time.time() < deadline:
         time.sleep(0.05)
     assert sandbox_uids() == []
+
+
+ESCAPES = {  # memory that RLIMIT_AS does not count, and namespaces of the code's own: each must fail
+    "memfd": "import os\nfds = [os.memfd_create('x') for _ in range(100)]",
+    "SysV shm": "import ctypes, os\nlibc = ctypes.CDLL(None, use_errno=True)\n"
+                "if libc.shmget(0, 15 << 20, 0o1600) < 0:\n    raise OSError(ctypes.get_errno(), os.strerror(ctypes.get_errno()))",
+    "unshare -rm + tmpfs": "import subprocess\nsubprocess.run(['unshare', '-rm', 'sh', '-c', 'mount -t tmpfs -o size=12g none /tmp && df -m /tmp'],"
+                           " check=True)",
+    "unshare(CLONE_NEWUSER)": "import ctypes, os\nlibc = ctypes.CDLL(None, use_errno=True)\n"
+                              "if libc.unshare(0x10000000) < 0:\n    raise OSError(ctypes.get_errno(), os.strerror(ctypes.get_errno()))",
+}
+
+
+@pytest.mark.parametrize("name", list(ESCAPES))
+def test_memory_outside_the_address_space_and_new_namespaces_are_denied(name):
+    """Issue 34: 100 x 15 MB memfds held 1.5 GB past a 1 GiB cap, and `unshare -rm` mounted a 12 GB tmpfs."""
+    with Sandbox(FAST) as sb:
+        sb.run("x = 1")
+        r = sb.run(ESCAPES[name])
+        assert r.status == "error" and not r.state_lost, r
+        assert "Operation not permitted" in r.stderr, r.stderr
+        assert sb.run("print(x)").stdout == "1\n"
+        assert sb.run("import os; print(os.getuid() != 0)").stdout == "True\n"
+        _check_recovers(sb)
+
+
+def test_forged_replies_are_ignored():
+    """The code shares the worker's process: it can call the worker's `send`, but a reply without
+    this call's nonce is dropped and the output is read by the host, not taken from the reply."""
+    with Sandbox(FAST) as sb:
+        forged = "{'status': 'ok', 'stdout': 'FORGED', 'stderr': '', 'traceback': '', 'truncated': False}"
+        r = sb.run(f"import sys\nsys.modules['__main__'].send({forged})\nprint('real')\n1 / 0")
+        assert r.status == "error" and r.stdout == "real\n" and "ZeroDivisionError" in r.stderr and not r.state_lost
+        # With the nonce stolen from the worker's frame it can only speak for its own call, not its output ...
+        steal = ("import sys\nreq = sys._getframe(1).f_back.f_locals['req']\nprint('real', flush=True)\n"
+                 f"sys.modules['__main__'].send({{**{forged}, 'nonce': req['nonce']}})")
+        r = sb.run(steal)
+        assert r.ok and r.stdout == "real\n"
+        # ... and the worker's own, now stale, reply to that call does not answer the next one.
+        r = sb.run("print(6 * 7)")
+        assert r.ok and r.stdout == "42\n"
+        _check_recovers(sb)
+
+
+@pytest.mark.parametrize("switch_off", ["sys.modules['__main__'].reap = lambda: None",
+                                        "sys.modules['__main__'].cfg['pidns'] = False"])
+def test_background_processes_die_even_when_the_code_switches_off_reaping(switch_off):
+    with Sandbox(FAST) as sb:
+        r = sb.run(f"import subprocess, sys\n{switch_off}\np = subprocess.Popen(['sleep', '60'])\nprint('spawned')")
+        assert r.ok and r.stdout == "spawned\n"
+        r = sb.run("import os\nprint([p for p in os.listdir('/proc') if p.isdigit() and p not in ('1', '2')"
+                   " and open(f'/proc/{p}/stat').read().split()[2] != 'Z'])")
+        assert r.stdout == "[]\n"  # killed by the host (a zombie may wait for the disabled reaping)
+        assert not [p for p in sandbox_uids() if p.name() == "sleep" and p.status() != psutil.STATUS_ZOMBIE]

@@ -199,3 +199,32 @@ def test_never_ending_cross_join_is_stopped_by_the_time_limit():
     assert elapsed < 2.0
     env.reset(seed=1)
     assert env.step(env.task.demonstration(env.problem.seed))[1] == 1.0  # the env still works afterwards
+
+
+SLOW_FUNCTIONS = [  # one SQLite function call that never reaches the progress handler
+    "SELECT " + ", ".join(["length(printf('%.*c', 1000000000, 'x'))"] * 5),
+    "SELECT printf('%.*c', 1000000000, 'x') IS NULL",
+]
+
+
+@pytest.mark.parametrize("sql", SLOW_FUNCTIONS)
+def test_a_slow_function_call_is_stopped_by_the_time_limit(sql):
+    """Issue 34: five printf calls took 16 s against a 2 s limit, with no error."""
+    env = Text2SQLEnv(task_kwargs={"timeout_s": 0.5})
+    env.reset(seed=1)
+    start = time.monotonic()
+    _, reward, term, _, info = env.step(answer(sql))
+    assert reward == 0.0 and term and info["sql_error"] == "time limit exceeded (0.5 s)"
+    assert time.monotonic() - start < 2.0
+    env.reset(seed=1)
+    assert env.step(answer(env.unwrapped.problem.answer))[1] == 1.0
+
+
+def test_the_sandbox_answers_after_a_killed_query_and_keeps_types():
+    src = sqlite3.connect(":memory:")
+    src.execute("CREATE TABLE t (x, y, z)")
+    src.execute("INSERT INTO t VALUES (1, 2.5, x'00ff')")
+    src.commit()
+    with SQLSandbox(src, timeout_s=0.3) as box:
+        assert box.run(SLOW_FUNCTIONS[0]).error == "time limit exceeded (0.3 s)"
+        assert box.run("SELECT x, y, z, 'a' || NULL, 1e308 * 10 FROM t").rows == [(1, 2.5, b"\x00\xff", None, float("inf"))]

@@ -1,10 +1,13 @@
 """Running untrusted SQL on SQLite without letting it change anything or run forever.
 
-A policy's query runs on a private in-memory copy of the database (made with SQLite's backup
-API from a source opened read-only), with `PRAGMA query_only=ON`, an authorizer that allows only
-reading (no writes, ATTACH, PRAGMA, DDL or transactions), a cap on string/blob sizes and on the
-rows fetched, and a wall-clock limit enforced by a progress handler. So a query can neither modify
-the user's database nor hang the environment; every failure comes back as an error string.
+A policy's query runs in a worker process (envs/tasks/sql_worker.py) on a private in-memory copy
+of the database (serialized from a source opened read-only), with `PRAGMA query_only=ON`, an
+authorizer that allows only reading (no writes, ATTACH, PRAGMA, DDL or transactions), a cap on
+string/blob sizes and on the rows fetched, and a wall-clock limit. A progress handler stops most
+overruns inside SQLite; a single slow function call never reaches it, so a query that is not back
+shortly after its limit has its process killed. So a query can neither modify the user's database
+nor hang the environment; every failure comes back as an error string. Idle workers are kept for
+the next sandbox, so the common path is two pipe round trips.
 """
 
 from __future__ import annotations
@@ -12,18 +15,17 @@ from __future__ import annotations
 import itertools
 import re
 import sqlite3
-import time
 from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-# Authorizer actions a read-only SELECT needs; everything else (INSERT, UPDATE, DELETE, CREATE,
-# DROP, ALTER, ATTACH, DETACH, PRAGMA, TRANSACTION, ...) is denied when the statement is prepared.
-_ALLOWED_ACTIONS = frozenset({sqlite3.SQLITE_SELECT, sqlite3.SQLITE_READ, sqlite3.SQLITE_FUNCTION, sqlite3.SQLITE_RECURSIVE})
-_MAX_VALUE_BYTES = 10_000_000  # no string or blob (e.g. randomblob(1e9)) may grow past this
-_PROGRESS_EVERY = 1000  # SQLite VM instructions between checks of the clock
+from thinkgym.rewards.worker import WorkerPool, WorkerProcess
+
 _MAX_PERMUTED_COLUMNS = 6  # wider results are compared in their own column order (6! = 720 tries)
+_KILL_AFTER_S = 0.5  # how long past its limit a query may take to stop on its own before it is killed
+_START_TIMEOUT_S = 30.0
+_WORKERS = WorkerPool((Path(__file__).parent / "sql_worker.py").read_text())
 
 
 @dataclass(frozen=True)
@@ -38,10 +40,6 @@ class QueryResult:
         return self.error is None
 
 
-def _authorize(action: int, *_: Any) -> int:
-    return sqlite3.SQLITE_OK if action in _ALLOWED_ACTIONS else sqlite3.SQLITE_DENY
-
-
 def open_readonly(path: str | Path) -> sqlite3.Connection:
     """A read-only connection to a database file (a URI with mode=ro: SQLite refuses writes)."""
     p = Path(path)
@@ -50,45 +48,51 @@ def open_readonly(path: str | Path) -> sqlite3.Connection:
     return sqlite3.connect(f"{p.resolve().as_uri()}?mode=ro", uri=True, check_same_thread=False)
 
 
+def _decode(value: Any) -> Any:
+    return bytes.fromhex(value[0]) if isinstance(value, list) else value
+
+
 class SQLSandbox:
     """A private, locked-down in-memory copy of `source` for one episode's queries.
 
-    `source` must have no uncommitted writes (SQLite's backup waits for them to end).
+    `source` must have no uncommitted writes (serializing waits for them to end).
     """
 
     def __init__(self, source: sqlite3.Connection, timeout_s: float = 2.0, max_rows: int = 10_000):
         self.timeout_s, self.max_rows = float(timeout_s), int(max_rows)
-        self.conn = sqlite3.connect(":memory:", check_same_thread=False)
-        source.backup(self.conn)
-        self.conn.execute("PRAGMA query_only=ON")
-        self.conn.setlimit(sqlite3.SQLITE_LIMIT_LENGTH, _MAX_VALUE_BYTES)
-        self.conn.set_authorizer(_authorize)
+        self._db = source.serialize()
+        self._worker: WorkerProcess | None = None
+
+    def _loaded(self) -> WorkerProcess:
+        """A worker holding this sandbox's database (a new one after a kill)."""
+        if self._worker is None:
+            w = _WORKERS.acquire()
+            if w.request({"op": "load"}, self._db, _START_TIMEOUT_S) is None:
+                _WORKERS.discard(w)
+                raise RuntimeError("the SQL worker process failed to start or to load the database")
+            self._worker = w
+        return self._worker
 
     def run(self, sql: str) -> QueryResult:
         """Execute one statement under the time limit; never raises for a bad query."""
-        deadline = time.monotonic() + self.timeout_s
-        self.conn.set_progress_handler(lambda: time.monotonic() > deadline, _PROGRESS_EVERY)
-        try:
-            cur = self.conn.execute(sql)
-            rows: list[tuple] = []
-            while batch := cur.fetchmany(1000):
-                rows += batch
-                if len(rows) > self.max_rows:
-                    return QueryResult(None, f"result too large: more than {self.max_rows} rows")
-            return QueryResult(rows)
-        except sqlite3.OperationalError as exc:
-            if str(exc) == "interrupted":
-                return QueryResult(None, f"time limit exceeded ({self.timeout_s:g} s)")
-            return QueryResult(None, f"OperationalError: {exc}")
-        except (sqlite3.Error, ValueError, OverflowError, MemoryError) as exc:
-            return QueryResult(None, f"{exc.__class__.__name__}: {exc}")
-        finally:
-            self.conn.set_progress_handler(None, _PROGRESS_EVERY)
-            if self.conn.in_transaction:
-                self.conn.rollback()
+        w = self._loaded()
+        reply = w.request({"op": "run", "sql": sql, "timeout_s": self.timeout_s, "max_rows": self.max_rows}, None,
+                          self.timeout_s + _KILL_AFTER_S)
+        if reply is None:  # stuck inside one call (or died): only killing the process stops it
+            died = w.proc.poll()
+            _WORKERS.discard(w)
+            self._worker = None
+            if died is not None:
+                return QueryResult(None, f"the query's worker process died (exit status {died})")
+            return QueryResult(None, f"time limit exceeded ({self.timeout_s:g} s)")
+        if "error" in reply:
+            return QueryResult(None, reply["error"])
+        return QueryResult([tuple(_decode(v) for v in row) for row in reply["rows"]])
 
     def close(self) -> None:
-        self.conn.close()
+        if self._worker is not None:
+            _WORKERS.release(self._worker)
+            self._worker = None
 
     def __enter__(self) -> "SQLSandbox":
         return self
