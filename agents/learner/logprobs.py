@@ -64,7 +64,7 @@ def completion_logprobs(model: torch.nn.Module, batch: RowBatch, temperature: fl
     pos = pos.clamp(max=batch.input_ids.shape[1] - 1)
     head = CompletionHead(pos, batch.targets, temperature, with_entropy, entropy_grad, logits_per_chunk)
     with head.replacing_output_layer(model):
-        out = model(input_ids=batch.input_ids, attention_mask=batch.attention_mask).logits
+        out = model(input_ids=batch.input_ids, attention_mask=batch.attention_mask).logits.view(B, Lc, -1)
     if not with_entropy:
         return out[..., 0], None
     return out[..., 0], out[..., 1] if entropy_grad else out[..., 1].detach()
@@ -79,7 +79,8 @@ def causal_lm(model: torch.nn.Module) -> torch.nn.Module:
 
 class CompletionHead(torch.nn.Module):
     """Stands in for a causal LM's output layer during one forward: from the last hidden states
-    [B, L, H] it returns [B, Lc, 1 or 2], each completion token's log-prob (and entropy).
+    [B, L, H] it returns [B·Lc, 1 or 2], each completion token's log-prob (and entropy); not a view,
+    which FSDP2 warns about in a module's output.
 
     When the batch's logits fit in `logits_per_chunk` they are computed at every position and then
     picked, exactly as the model's own logits were (same sums, so CPU results do not move). Beyond,
@@ -115,13 +116,13 @@ class CompletionHead(torch.nn.Module):
         (B, Lc), V = self.targets.shape, layer.weight.shape[0]
         if B * hidden.shape[1] * V <= self.logits_per_chunk:
             logits = layer(hidden)
-            return self.token_stats(logits.gather(1, self.pos.unsqueeze(-1).expand(B, Lc, V)), self.targets)
+            return self.token_stats(logits.gather(1, self.pos.unsqueeze(-1).expand(B, Lc, V)).flatten(0, 1), self.targets.flatten())
         picked = hidden.gather(1, self.pos.unsqueeze(-1).expand(B, Lc, hidden.shape[-1])).flatten(0, 1)
         targets, n = self.targets.flatten(), max(1, self.logits_per_chunk // V)
         recompute = torch.is_grad_enabled() and picked.requires_grad
         parts = [checkpoint(self.chunk_stats, picked[i:i + n], targets[i:i + n], use_reentrant=False) if recompute
                  else self.chunk_stats(picked[i:i + n], targets[i:i + n]) for i in range(0, B * Lc, n)]
-        return torch.cat(parts).view(B, Lc, -1)
+        return torch.cat(parts)
 
     def chunk_stats(self, hidden: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
         return self.token_stats(self.output_layer[0](hidden), targets)
