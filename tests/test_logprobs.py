@@ -1,15 +1,21 @@
 """The learner's chunked log-probs (`completion_logprobs`): equal to the full-vocabulary path they replace
 (the model's [B, L, V] logits, picked, then log-softmax) in log-probs, entropy and every parameter's
 gradient, with padding, several chunks, a temperature, Qwen2 and Llama models and a LoRA adapter; one
-chunk is that path bit for bit; no call of the output layer sees more than a chunk of tokens."""
+chunk is that path bit for bit; no call of the output layer sees more than a chunk of tokens; through
+DDP and FSDP2 on two ranks (gloo), chunks with gradient checkpointing give one process' gradients."""
 
 from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
 
 import pytest
 import torch
 from transformers import LlamaConfig, LlamaForCausalLM
 
-from thinkgym.agents import lora
+from thinkgym.agents import distributed, lora
 from thinkgym.agents.learner.logprobs import CompletionHead, completion_logprobs, pad_rows
 from thinkgym.agents.policy import Policy
 from thinkgym.agents.types import Row
@@ -116,3 +122,41 @@ def test_logging_entropy_keeps_no_graph_and_no_grad_keeps_none():
 def test_a_chunk_must_hold_a_logit():
     with pytest.raises(ValueError, match="logits_per_chunk must be a positive"):
         CompletionHead(torch.zeros(1, 1, dtype=torch.long), torch.zeros(1, 1, dtype=torch.long), 1.0, False, True, 0)
+
+
+def two_rank_worker(out: Path) -> None:
+    """Every rank: the same batch through an FSDP2 copy and a DDP-wrapped model, in chunks, with gradient
+    checkpointing; rank 0 writes each one's largest gradient difference from one process' full-vocabulary path."""
+    torch.set_num_threads(1)
+    distributed.setup("cpu")
+    model = Policy.tiny(device="cpu").model
+    vocab = model.config.vocab_size
+    batch = ragged_batch(vocab)
+    ref = grads_of(Policy.tiny(device="cpu").model, lambda m, b: full_vocabulary_logprobs(m, b, 0.7), batch)[2]
+    gaps = {}
+    for mode in ("fsdp", "ddp"):
+        if mode == "fsdp":
+            trained = run = distributed.sharded_copy(model, torch.float32, gradient_checkpointing=True)
+        else:
+            trained = Policy.tiny(device="cpu").model
+            trained.gradient_checkpointing_enable()
+            run = distributed.wrap(trained.train())
+        grads_of(run, lambda m, b: completion_logprobs(m, b, 0.7, with_entropy=True, logits_per_chunk=5 * vocab), batch)
+        full = {n: p.grad.full_tensor() if hasattr(p.grad, "full_tensor") else p.grad for n, p in trained.named_parameters()}
+        gaps[mode] = max(float((full[n] - ref[n]).abs().max()) for n in ref)  # both average identical ranks: one rank's gradient
+    if distributed.world().is_main:
+        (out / "gaps.json").write_text(json.dumps(gaps))
+    distributed.shutdown()
+
+
+@pytest.mark.slow
+def test_chunks_through_ddp_and_fsdp_give_one_process_gradients(tmp_path):
+    proc = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2", __file__, str(tmp_path)],
+                          capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-4000:]
+    gaps = json.loads((tmp_path / "gaps.json").read_text())
+    assert set(gaps) == {"fsdp", "ddp"} and max(gaps.values()) < 1e-5, gaps
+
+
+if __name__ == "__main__":  # a rank of the two-rank test: `torchrun --nproc-per-node 2 tests/test_logprobs.py OUT`
+    two_rank_worker(Path(sys.argv[1]))
