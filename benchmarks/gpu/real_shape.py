@@ -15,10 +15,16 @@ attention, against the measured bf16 matmul rate, as bench.py's `train`), peak G
 first iteration's |log ratio| of learner to engine where the checkout logs it. Then the ratio of the
 steady steps (all but the first, which captures CUDA graphs), baseline over this checkout.
 
-A side that runs out of memory is reported as such and the other still runs. Every step is appended
-to DIR/steps.jsonl as it ends. The defaults fit about 8 minutes of an H100 for both sides (steps
-of ~80 s at `--max-chunks 2`, the baseline at micro-batch 1, where 2 runs out of memory); the
-paper's full shape is `--max-chunks 5 --steps 3`, about 3 minutes a step for the baseline.
+A side that runs out of memory is reported as such and the other still runs. Every step is printed
+and appended to DIR/steps.jsonl as it ends, so a run cut short keeps what it measured. Both sides run
+with `PYTORCH_CUDA_ALLOC_CONF=expandable_segments:True`, as the issue's baseline did.
+
+The defaults are sized for one device call of under 10 minutes on an H100, both sides included:
+2 steps each at `--max-chunks 2`. That is an estimate from the issue's baseline steps of 160 s at
+I = 5, not a measurement. Rows are as long at any I (8K), so memory is that of the full shape. The
+baseline runs at micro-batch 1, since 505741b runs out of memory at 2. The paper's full shape is
+`--max-chunks 5 --steps 3`, about 3 minutes a step for the baseline: run each side in its own call
+(`--baseline-only` for the second) and compare their DIR/results.json.
 """
 
 from __future__ import annotations
@@ -67,6 +73,8 @@ def worker(spec_file: str) -> None:
                "peak_reserved_GB": torch.cuda.max_memory_reserved() / 1e9 if cuda else None}
         with open(spec["steps_file"], "a") as f:
             f.write(json.dumps(rec) + "\n")
+        print(f"{spec['side']} step {rec['step']}: {rec['time/step_s']:.1f} s (rollout {rec['time/rollout_s']:.1f}, learner "
+              f"{rec['time/train_s']:.1f}), peak {rec['peak_allocated_GB'] or float('nan'):.1f} GB", flush=True)
         return metrics
 
     GRPOTrainer.optimize, GRPOTrainer.train_step = recording_optimize, recording_step
@@ -92,7 +100,8 @@ def run_side(side: str, checkout: Path, micro_batch: int, args: argparse.Namespa
     (path / "thinkgym").symlink_to(checkout.resolve())  # `import thinkgym` is this checkout in the side's process
     env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(path), os.environ.get("PYTHONPATH", "")]),
            "PYTORCH_CUDA_ALLOC_CONF": "expandable_segments:True"}
-    proc = subprocess.run([sys.executable, str(Path(__file__).resolve()), "--worker", str(spec)], env=env, capture_output=True, text=True)
+    # its stdout (a line per step) goes straight through; stderr (progress bars, a traceback) is kept
+    proc = subprocess.run([sys.executable, str(Path(__file__).resolve()), "--worker", str(spec)], env=env, stderr=subprocess.PIPE, text=True)
     steps = [json.loads(line) for line in steps_file.read_text().splitlines()[before:]] if steps_file.exists() else []
     tail = (proc.stderr or "")[-3000:]
     result = {"side": side, "checkout": str(checkout), "micro_batch_size": micro_batch, "returncode": proc.returncode,
@@ -128,6 +137,7 @@ def main() -> None:
     ap.add_argument("--out", required=True, help="folder for the saved model, each side's run and steps.jsonl / results.json")
     ap.add_argument("--micro-batch-size", type=int, default=4, help="this checkout's learner micro-batch (rows)")
     ap.add_argument("--baseline", help="a checkout to run the same way after this one (a worktree of 505741b); the ratio is printed")
+    ap.add_argument("--baseline-only", action="store_true", help="run the baseline alone (its own device call at the full shape)")
     ap.add_argument("--baseline-micro-batch-size", type=int, default=1, help="the baseline's micro-batch (505741b runs out of memory at 2)")
     ap.add_argument("--steps", type=int, default=2, help="GRPO steps per side; the first is not in the steady figures")
     ap.add_argument("--max-chunks", type=int, default=2, help="Delethink's I (the paper's is 5); rows are as long at any I, steps shorter")
@@ -138,6 +148,8 @@ def main() -> None:
     for name in ("micro_batch_size", "baseline_micro_batch_size", "steps", "max_chunks", "num_generations", "prompts_per_step"):
         if getattr(args, name) < 1:
             ap.error(f"--{name.replace('_', '-')} must be >= 1; got {getattr(args, name)}")
+    if args.baseline_only and not args.baseline:
+        ap.error("--baseline-only needs --baseline PATH")
     if args.baseline and not (Path(args.baseline) / "agents" / "cli.py").exists():
         ap.error(f"--baseline {args.baseline} is not a thinkgym checkout (no agents/cli.py in it)")
 
@@ -159,8 +171,8 @@ def main() -> None:
     free()
     matmul_flops = ceilings(device, args.tiny)["matmul_flops"]
     free()
-    sides = [("current", CHECKOUT, args.micro_batch_size)] + ([("baseline", Path(args.baseline), args.baseline_micro_batch_size)]
-                                                             if args.baseline else [])
+    sides = ([] if args.baseline_only else [("current", CHECKOUT, args.micro_batch_size)]) + \
+        ([("baseline", Path(args.baseline), args.baseline_micro_batch_size)] if args.baseline else [])
     results = {"device": torch.cuda.get_device_name() if device == "cuda" else "cpu", "matmul_flops": matmul_flops,
                "settings": vars(args), "sides": []}
     for side, checkout, mb in sides:
