@@ -134,7 +134,7 @@ def test_lora_rollout_merge_trains_with_the_recomputed_logprobs(tmp_path, monkey
     trainer = GRPOTrainer(lora_cfg(tmp_path, lora_rollout="merge"))
     corrections = []
     real = trainer._engine_correction
-    monkeypatch.setattr(trainer, "_engine_correction", lambda rows: corrections.append(len(rows)) or real(rows))
+    monkeypatch.setattr(trainer, "_engine_correction", lambda rows, gap: corrections.append(len(rows)) or real(rows, gap))
     trainer.train_step()
     assert corrections, "the learner used the merged engine's log-probabilities as its own"
     merged = trainer.engine.model

@@ -302,7 +302,12 @@ class GRPOTrainer:
             ep_len[r.episode] = ep_len.get(r.episode, 0) + sum(r.loss_mask)
         longest = max((len(r.loss_mask) for r in rows), default=1)
         max_len = cfg.max_completion_length or int(distributed.all_reduce([longest], "max")[0])
-        tis = None if self.engine.logprobs_are_trainers else self._engine_correction(rows)
+        gap = [0.0, 0.0, 0.0]  # the first iteration's |log ratio| of learner to engine: sum, max, tokens
+        trusted = self.engine.logprobs_are_trainers
+        behaviour = [torch.tensor(r.old_logprobs) for r in rows] if trusted else None  # the engine's, before the openings'
+        t_old = time.perf_counter()
+        tis = None if trusted else self._engine_correction(rows, gap)
+        old_logprobs_s = time.perf_counter() - t_old
         self._opening_logprobs(rows)  # after the engine correction, which sets old log-probs to the policy's
         row_adv = np.array([adv[r.episode] for r in rows], dtype=float)  # a rollout's advantage on each of its rows
         row_weight = np.zeros(len(rows))
@@ -317,7 +322,8 @@ class GRPOTrainer:
                     continue
                 row_weight[mb] = self.loss.row_weights(stats)
                 self.opt.zero_grad(set_to_none=True)
-                local_loss = self._backward(rows, mb, row_adv, row_weight, tis, sums)
+                local_loss = self._backward(rows, mb, row_adv, row_weight, tis, sums, behaviour, gap)
+                behaviour = None  # measured with the weights that sampled: before the first update only
                 step_loss = distributed.all_reduce([local_loss])[0]
                 grad_norm = torch.nn.utils.clip_grad_norm_(self.model.parameters(), cfg.max_grad_norm)
                 if hasattr(grad_norm, "full_tensor"):  # FSDP: a replicated DTensor
@@ -345,6 +351,11 @@ class GRPOTrainer:
         out["clip_ratio/region_mean"] = out["clip_ratio/low_mean"] + out["clip_ratio/high_mean"]
         if cfg.beta <= 0:
             out.pop("kl")
+        gap_sum, gap_tokens = distributed.all_reduce([gap[0], gap[2]])
+        out["engine_log_ratio/abs_mean"] = gap_sum / max(gap_tokens, 1)
+        out["engine_log_ratio/abs_max"] = distributed.all_reduce([gap[1]], "max")[0]
+        if not trusted:
+            out["time/old_logprobs_s"] = old_logprobs_s
         return out
 
     def _micro_batches(self, n: int, backward: bool) -> list[range]:
@@ -373,10 +384,12 @@ class GRPOTrainer:
                 return completion_logprobs(self.model, rb, self.cfg.temperature)[0]
 
     def _backward(self, rows: list[Row], mb: np.ndarray, row_adv: np.ndarray, row_weight: np.ndarray,
-                  tis: list[torch.Tensor] | None, sums: dict[str, float]) -> float:
+                  tis: list[torch.Tensor] | None, sums: dict[str, float], behaviour: list[torch.Tensor] | None,
+                  gap: list[float]) -> float:
         """Forward and backward each micro-batch of the minibatch `mb` (indices into `rows`); return this
         rank's part of the step's loss. DDP all-reduces the accumulated gradients in the step's last backward;
-        FSDP reduce-scatters each micro-batch's. A padding micro-batch adds a zero gradient."""
+        FSDP reduce-scatters each micro-batch's. A padding micro-batch adds a zero gradient. With the engine's
+        `behaviour` log-probs (before any update), their |log ratio| to the learner's is added to `gap`."""
         cfg = self.cfg
         micro = self._micro_batches(len(mb), backward=True)
         step_loss = 0.0
@@ -392,6 +405,8 @@ class GRPOTrainer:
                 args = (logp, rb.old_logprobs, a, rb.loss_mask, cfg.epsilon, cfg.epsilon_high) if self.loss.sequence_level \
                     else (logp, rb.old_logprobs, a, cfg.epsilon, cfg.epsilon_high)
                 per_tok, low, high = surrogate(*args)
+                if behaviour is not None and len(idx):
+                    add_log_ratio(gap, logp, pad_rows_like(behaviour, idx, logp), rb.loss_mask)
                 if tis is not None and len(idx):
                     per_tok = per_tok * pad_rows_like(tis, idx, logp)
                 if cfg.beta > 0:
@@ -425,9 +440,9 @@ class GRPOTrainer:
                 n = min(len(o.ids), r.completion_len)
                 r.old_logprobs[:n] = ([o.logprob] + [0.0] * (len(o.ids) - 1))[:n]
 
-    def _engine_correction(self, rows: list[Row]) -> list[torch.Tensor]:
+    def _engine_correction(self, rows: list[Row], gap: list[float]) -> list[torch.Tensor]:
         """Truncated importance sampling: the trainer recomputes old log-probs (used for the ratio) and
-        each token is weighted by min(π_trainer_old / π_engine, tis_cap)."""
+        each token is weighted by min(π_trainer_old / π_engine, tis_cap). Their |log ratio| is added to `gap`."""
         weights = []
         with torch.no_grad():
             for span in self._micro_batches(len(rows), backward=False):
@@ -437,6 +452,7 @@ class GRPOTrainer:
                 micro = rows[span.start:span.stop]
                 rb = pad_rows(micro, self.policy.tokenizer.pad_token_id, self.policy.device)
                 logp, _ = completion_logprobs(self.model, rb, self.cfg.temperature)
+                add_log_ratio(gap, logp, rb.old_logprobs, rb.loss_mask)
                 w = torch.clamp(torch.exp(logp - rb.old_logprobs), max=self.cfg.tis_cap)
                 for i, r in enumerate(micro):
                     n = r.completion_len
@@ -661,6 +677,14 @@ class GRPOTrainer:
         return (f"seed {ep.seed}, reward {reward:g} ({comps or 'no components'}), correct {bool(ep.info.get('correct'))}\n\n"
                 f"**prompt**\n\n```\n{prompt}\n```\n\n**gold answer** `{gold}`, **parsed answer** `{ep.info.get('answer')}`\n\n"
                 f"**completion**\n\n```\n{text}\n```")
+
+
+def add_log_ratio(gap: list[float], logp: torch.Tensor, engine_logp: torch.Tensor, mask: torch.Tensor) -> None:
+    """Add to `gap` ([sum, max, tokens]) the |log π_learner − log π_engine| of the tokens that count."""
+    d = (logp.detach() - engine_logp).abs() * mask
+    gap[0] += float(d.sum())
+    gap[1] = max(gap[1], float(d.max()))
+    gap[2] += float(mask.sum())
 
 
 def pad_rows_like(per_row: list[torch.Tensor], indices: Iterable[int], like: torch.Tensor) -> torch.Tensor:

@@ -1,0 +1,206 @@
+"""The paper's training shape end to end: `thinkgym train` on a random-weight R1-Distill-Qwen-1.5B
+(bench.py's SHAPES) in `Delethink-v0` (C = 8K, m = 4K), this checkout and optionally a baseline
+checkout, one after the other on the same card (issue 32).
+
+    python benchmarks/gpu/real_shape.py --out DIR [--micro-batch-size 4] [--baseline /path/to/505741b-worktree]
+    python benchmarks/gpu/real_shape.py --tiny --out DIR --baseline .   # the script itself, on a CPU
+
+Each side runs `thinkgym train --env Delethink-v0 --loss-type delethink --num-generations 8
+--prompts-per-step 4 --learning-rate 1e-6 --gradient-checkpointing true --eval-every 0 --save-every 0`
+on the same saved weights, in its own process with its checkout first on the path; the script
+wraps `GRPOTrainer.train_step` there (both checkouts have it) to record each step, and turns
+checkpoints off (they are no part of a step; the final one would write 25 GB). Per step it prints
+step, rollout and learner seconds, their tokens/s, the learner's MFU (6N per token plus causal
+attention, against the measured bf16 matmul rate, as bench.py's `train`), peak GPU memory, and the
+first iteration's |log ratio| of learner to engine where the checkout logs it. Then the ratio of the
+steady steps (all but the first, which captures CUDA graphs), baseline over this checkout.
+
+A side that runs out of memory is reported as such and the other still runs. Every step is printed
+and appended to DIR/steps.jsonl as it ends, so a run cut short keeps what it measured. Both sides run
+with `PYTORCH_CUDA_ALLOC_CONF=expandable_segments:True`, as the issue's baseline did.
+
+The defaults are sized for one device call of under 10 minutes on an H100, both sides included:
+2 steps each at `--max-chunks 2`. That is an estimate from the issue's baseline steps of 160 s at
+I = 5, not a measurement. Rows are as long at any I (8K), so memory is that of the full shape. The
+baseline runs at micro-batch 1, since 505741b runs out of memory at 2. The paper's full shape is
+`--max-chunks 5 --steps 3`, about 3 minutes a step for the baseline: run each side in its own call
+(`--baseline-only` for the second) and compare their DIR/results.json.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+
+HERE = Path(__file__).resolve().parent
+CHECKOUT = HERE.parents[1]
+KEPT = ("time/step_s", "time/rollout_s", "time/train_s", "time/old_logprobs_s", "rollout_tokens_per_s", "train_tokens_per_s",
+        "generated_tokens", "engine_log_ratio/abs_mean", "engine_log_ratio/abs_max", "delethink/chunks_mean",
+        "delethink/thinking_tokens_mean")
+
+
+def worker(spec_file: str) -> None:
+    """In a side's process (its checkout first on the path): `thinkgym train`, each step recorded."""
+    import torch
+
+    from thinkgym.agents import cli
+    from thinkgym.agents.learner.trainer import GRPOTrainer
+    from thinkgym.agents.policy import Policy
+
+    spec = json.loads(Path(spec_file).read_text())
+    cuda = torch.cuda.is_available()
+    rows: list[list[int]] = []
+    optimize, train_step = GRPOTrainer.optimize, GRPOTrainer.train_step
+
+    def recording_optimize(self, step_rows, adv):
+        rows.append([len(r.input_ids) for r in step_rows])
+        return optimize(self, step_rows, adv)
+
+    def recording_step(self):
+        rows.clear()
+        if cuda:
+            torch.cuda.reset_peak_memory_stats()
+        metrics = train_step(self)
+        rec = {"side": spec["side"], "step": self.step + 1, **{k: metrics[k] for k in KEPT if k in metrics},
+               "row_tokens": [n for step_rows in rows for n in step_rows],
+               "peak_allocated_GB": torch.cuda.max_memory_allocated() / 1e9 if cuda else None,
+               "peak_reserved_GB": torch.cuda.max_memory_reserved() / 1e9 if cuda else None}
+        with open(spec["steps_file"], "a") as f:
+            f.write(json.dumps(rec) + "\n")
+        print(f"{spec['side']} step {rec['step']}: {rec['time/step_s']:.1f} s (rollout {rec['time/rollout_s']:.1f}, learner "
+              f"{rec['time/train_s']:.1f}), peak {rec['peak_allocated_GB'] or float('nan'):.1f} GB", flush=True)
+        return metrics
+
+    GRPOTrainer.optimize, GRPOTrainer.train_step = recording_optimize, recording_step
+    GRPOTrainer.save = lambda self: None
+    # transformers loads a tokenizer saved beside a Qwen2 config as Qwen2's: the word tokenizer comes from its own folder
+    load = Policy.from_pretrained.__func__
+    Policy.from_pretrained = classmethod(lambda cls, name, **kw: load(cls, name, **{**kw, "tokenizer": spec["tokenizer"]}))
+    cli.main(spec["argv"])
+
+
+def run_side(side: str, checkout: Path, micro_batch: int, args: argparse.Namespace, out: Path) -> dict:
+    """One checkout's run in its own process; its steps (as the worker wrote them) and how it ended."""
+    env_kwargs = {"max_chunks": args.max_chunks, **({"chunk_size": 64, "carryover": 32, "head": 8} if args.tiny else {})}
+    argv = ["train", "--model", str(out / "model"), "--env", "Delethink-v0", "--env-kwargs", json.dumps(env_kwargs),
+            "--loss-type", "delethink", "--num-generations", str(args.num_generations), "--prompts-per-step", str(args.prompts_per_step),
+            "--micro-batch-size", str(micro_batch), "--gradient-checkpointing", "true", "--steps", str(args.steps),
+            "--eval-every", "0", "--save-every", "0", "--learning-rate", "1e-6", "--seed", "0", "--output-dir", str(out / side)]
+    steps_file = out / "steps.jsonl"
+    before = steps_file.read_text().count("\n") if steps_file.exists() else 0
+    spec = out / f"{side}_spec.json"
+    spec.write_text(json.dumps({"side": side, "argv": argv, "steps_file": str(steps_file), "tokenizer": str(out / "tokenizer")}))
+    path = Path(tempfile.mkdtemp(prefix=f"thinkgym-{side}-"))
+    (path / "thinkgym").symlink_to(checkout.resolve())  # `import thinkgym` is this checkout in the side's process
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(path), os.environ.get("PYTHONPATH", "")]),
+           "PYTORCH_CUDA_ALLOC_CONF": "expandable_segments:True"}
+    # its stdout (a line per step) goes straight through; stderr (progress bars, a traceback) is kept
+    proc = subprocess.run([sys.executable, str(Path(__file__).resolve()), "--worker", str(spec)], env=env, stderr=subprocess.PIPE, text=True)
+    steps = [json.loads(line) for line in steps_file.read_text().splitlines()[before:]] if steps_file.exists() else []
+    tail = (proc.stderr or "")[-3000:]
+    result = {"side": side, "checkout": str(checkout), "micro_batch_size": micro_batch, "returncode": proc.returncode,
+              "oom": "OutOfMemoryError" in tail or "out of memory" in tail, "steps": steps}
+    if proc.returncode:
+        result["stderr_tail"] = tail
+    return result
+
+
+def per_step(rec: dict, n_params: int, cfg, matmul_flops: float) -> dict:
+    """One step's line: times, throughputs, the learner's MFU and memory."""
+    from bench import attention_flops_per_token  # beside this script
+
+    flops = sum(6 * n_params * T + attention_flops_per_token(cfg, T) * T for T in rec["row_tokens"])
+    return {"side": rec["side"], "step": rec["step"], "step_s": rec["time/step_s"], "rollout_s": rec["time/rollout_s"],
+            "learner_s": rec["time/train_s"], "old_logprobs_s": rec.get("time/old_logprobs_s", 0.0),
+            "rollout_tok_s": rec["rollout_tokens_per_s"], "learner_tok_s": rec["train_tokens_per_s"],
+            "learner_mfu": flops / rec["time/train_s"] / matmul_flops, "peak_allocated_GB": rec["peak_allocated_GB"],
+            "log_ratio_mean": rec.get("engine_log_ratio/abs_mean"), "log_ratio_max": rec.get("engine_log_ratio/abs_max"),
+            "chunks_mean": rec.get("delethink/chunks_mean"), "thinking_tokens_mean": rec.get("delethink/thinking_tokens_mean")}
+
+
+def steady(lines: list[dict], key: str) -> float | None:
+    """The median over the steps after the first (the first alone if there is one)."""
+    values = [r[key] for r in (lines[1:] or lines)]
+    return statistics.median(values) if values else None
+
+
+def main() -> None:
+    if sys.argv[1:2] == ["--worker"]:  # a side's process, started by `run_side`
+        return worker(sys.argv[2])
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--out", required=True, help="folder for the saved model, each side's run and steps.jsonl / results.json")
+    ap.add_argument("--micro-batch-size", type=int, default=4, help="this checkout's learner micro-batch (rows)")
+    ap.add_argument("--baseline", help="a checkout to run the same way after this one (a worktree of 505741b); the ratio is printed")
+    ap.add_argument("--baseline-only", action="store_true", help="run the baseline alone (its own device call at the full shape)")
+    ap.add_argument("--baseline-micro-batch-size", type=int, default=1, help="the baseline's micro-batch (505741b runs out of memory at 2)")
+    ap.add_argument("--steps", type=int, default=2, help="GRPO steps per side; the first is not in the steady figures")
+    ap.add_argument("--max-chunks", type=int, default=2, help="Delethink's I (the paper's is 5); rows are as long at any I, steps shorter")
+    ap.add_argument("--num-generations", type=int, default=8, help="traces per prompt")
+    ap.add_argument("--prompts-per-step", type=int, default=4, help="prompts per step")
+    ap.add_argument("--tiny", action="store_true", help="bench.py's tiny model, 64-token chunks, on the CPU: to check the script")
+    args = ap.parse_args()
+    for name in ("micro_batch_size", "baseline_micro_batch_size", "steps", "max_chunks", "num_generations", "prompts_per_step"):
+        if getattr(args, name) < 1:
+            ap.error(f"--{name.replace('_', '-')} must be >= 1; got {getattr(args, name)}")
+    if args.baseline_only and not args.baseline:
+        ap.error("--baseline-only needs --baseline PATH")
+    if args.baseline and not (Path(args.baseline) / "agents" / "cli.py").exists():
+        ap.error(f"--baseline {args.baseline} is not a thinkgym checkout (no agents/cli.py in it)")
+
+    import torch
+
+    from bench import SHAPES, TINY, build, ceilings, free, matmul_params
+
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    device = "cuda" if torch.cuda.is_available() and not args.tiny else "cpu"
+    if args.tiny:
+        torch.set_num_threads(1)
+        args.num_generations, args.prompts_per_step = 2, 2
+    policy = build(TINY if args.tiny else SHAPES["r1-distill-1.5b"], device, torch.bfloat16 if device == "cuda" else torch.float32)
+    policy.save_pretrained(out / "model")
+    policy.tokenizer.save_pretrained(out / "tokenizer")
+    cfg, n_params = policy.model.config, matmul_params(policy.model)
+    del policy
+    free()
+    matmul_flops = ceilings(device, args.tiny)["matmul_flops"]
+    free()
+    sides = ([] if args.baseline_only else [("current", CHECKOUT, args.micro_batch_size)]) + \
+        ([("baseline", Path(args.baseline), args.baseline_micro_batch_size)] if args.baseline else [])
+    results = {"device": torch.cuda.get_device_name() if device == "cuda" else "cpu", "matmul_flops": matmul_flops,
+               "settings": vars(args), "sides": []}
+    for side, checkout, mb in sides:
+        run = run_side(side, checkout, mb, args, out)
+        run["lines"] = [per_step(r, n_params, cfg, matmul_flops) for r in run.pop("steps")]
+        for line in run["lines"]:
+            print(json.dumps(line), flush=True)
+        if run["returncode"]:
+            print(f"{side} (micro-batch {mb}) failed{' (out of memory)' if run['oom'] else ''} after {len(run['lines'])} steps:\n"
+                  f"{run['stderr_tail'][-1500:]}", flush=True)
+        run["steady"] = {k: steady(run["lines"], k) for k in ("step_s", "rollout_s", "learner_s", "rollout_tok_s", "learner_tok_s",
+                                                             "learner_mfu", "peak_allocated_GB")}
+        results["sides"].append(run)
+    if len(results["sides"]) == 2 and all(r["steady"]["step_s"] for r in results["sides"]):
+        cur, base = (r["steady"] for r in results["sides"])
+        results["speedup"] = {k: base[k] / cur[k] for k in ("step_s", "rollout_s", "learner_s")}
+    (out / "results.json").write_text(json.dumps(results, indent=1))
+    print(f"\n{results['device']}, {args.prompts_per_step} prompts x {args.num_generations} traces, C=8K m=4K I={args.max_chunks}"
+          if not args.tiny else "\ntiny, on the CPU")
+    for r in results["sides"]:
+        s = r["steady"]
+        print(f"{r['side']:>8} mb {r['micro_batch_size']}: " + ("no step finished" if s["step_s"] is None else
+              f"step {s['step_s']:.1f} s (rollout {s['rollout_s']:.1f}, learner {s['learner_s']:.1f}), "
+              f"rollout {s['rollout_tok_s']:.0f} tok/s, learner {s['learner_tok_s']:.0f} tok/s, MFU {100 * s['learner_mfu']:.1f}%, "
+              f"peak {s['peak_allocated_GB'] or float('nan'):.1f} GB") + (" [failed]" if r["returncode"] else ""))
+    if "speedup" in results:
+        print("speed-up, baseline / current (steady): " + ", ".join(f"{k} {v:.2f}x" for k, v in results["speedup"].items()))
+
+
+if __name__ == "__main__":
+    main()

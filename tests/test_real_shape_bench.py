@@ -1,0 +1,34 @@
+"""benchmarks/gpu/real_shape.py in its `--tiny` mode on the CPU: `thinkgym train` runs for this checkout and
+a baseline checkout (here this one again) in their own processes, every step is recorded with its times,
+MFU and log ratio, and the speed-up of one over the other is computed."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+@pytest.mark.slow
+def test_real_shape_benchmark_runs_both_checkouts_and_compares_them(tmp_path):
+    out = tmp_path / "rs"
+    proc = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "gpu" / "real_shape.py"), "--tiny", "--steps", "1", "--max-chunks", "1",
+                           "--out", str(out), "--baseline", str(ROOT)], capture_output=True, text=True, timeout=400,
+                          env={**os.environ, "OMP_NUM_THREADS": "1"})
+    assert proc.returncode == 0, proc.stderr[-4000:]
+    res = json.loads((out / "results.json").read_text())
+    assert [(s["side"], s["micro_batch_size"], s["returncode"]) for s in res["sides"]] == [("current", 4, 0), ("baseline", 1, 0)]
+    for side in res["sides"]:
+        (line,) = side["lines"]
+        assert line["step"] == 1 and line["step_s"] >= line["rollout_s"] + line["learner_s"] > 0
+        assert 0 < line["learner_mfu"] < 1 and line["rollout_tok_s"] > 0 and line["chunks_mean"] == 1
+        assert 0 <= line["log_ratio_mean"] < 1e-5  # fp32 on the CPU: the engine's log-probs are the learner's
+    assert set(res["speedup"]) == {"step_s", "rollout_s", "learner_s"} and all(v > 0 for v in res["speedup"].values())
+    assert "speed-up, baseline / current" in proc.stdout
+    assert not list(out.glob("*/checkpoint-*"))  # checkpoints are off
