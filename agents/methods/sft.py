@@ -17,6 +17,7 @@ from tqdm import tqdm
 
 import thinkgym  # noqa: F401
 from thinkgym.envs import TokenAction
+from thinkgym.envs.registration import make_env
 from thinkgym.envs.tokenizer import encode
 
 from ..learner.logprobs import completion_logprobs, pad_rows
@@ -56,7 +57,7 @@ def demonstration_episode(env: gym.Env, seed: int) -> Episode:
 
 def demonstration_rows(env_id: str, seeds: Iterable[int], tokenizer: Any, env_kwargs: dict | None = None) -> list[Row]:
     """Training rows from demonstrations; each ends with EOS, so the policy learns to stop."""
-    env = gym.make(env_id, disable_env_checker=True, **{"tokenizer": tokenizer, **(env_kwargs or {})})
+    env = make_env(env_id, **{"tokenizer": tokenizer, **(env_kwargs or {})})
     rows = []
     for seed in seeds:
         ep = demonstration_episode(env, seed)
