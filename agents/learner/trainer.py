@@ -14,11 +14,13 @@ model is a peft model and only its LoRA adapter trains (`lora.py`).
 from __future__ import annotations
 
 import copy
+import dataclasses
 import math
-import signal
+import shutil
 import time
 import warnings
 from collections.abc import Iterable
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -28,7 +30,7 @@ from tqdm import tqdm
 
 from thinkgym.rewards import Sample, parse_reward_spec
 
-from .. import distributed, lora
+from .. import distributed, interrupt, lora, run_dir
 from ..evaluate import evaluate
 from ..methods.sft import demonstration_rows, train_sft
 from ..policy import Policy
@@ -55,9 +57,12 @@ class GRPOTrainer:
         if engine is not None and policy is not None and engine.policy is not policy:
             raise ValueError("the engine samples from another policy than the one given: pass the engine alone "
                              "(its policy is trained), or the policy alone")
-        self.cfg = cfg
         self.world = distributed.world()
         device = distributed.setup(cfg.device)
+        fresh = not cfg.output_dir and not cfg.resume  # a new time-stamped folder, linked from runs/latest
+        if not cfg.output_dir:
+            cfg = dataclasses.replace(cfg, output_dir=str(run_dir.latest_run() if cfg.resume else run_dir.fresh_run_dir()))
+        self.cfg = cfg
         if cfg.prompts_per_step < self.world.size:
             raise ValueError(f"prompts_per_step={cfg.prompts_per_step} is split over {self.world.size} processes: "
                              "it must be at least the number of processes")
@@ -103,10 +108,12 @@ class GRPOTrainer:
             self.siri = SiriSchedule(**cfg.siri)
         self.collector = Collector(cfg.env, self.engine, cfg.env_kwargs, cfg.num_generations, cfg.temperature, cfg.top_p)
         self.writer = SummaryWriter(cfg.output_dir) if self.world.is_main else None
+        if fresh:
+            run_dir.link_latest(cfg.output_dir)
         self.step, self.nonfinite_streak, self.nonfinite_total = 0, 0, 0
         self.warm_started = False
         self.last_episode: Episode | None = None
-        self._stop_requested = False
+        self.eval_pending = False  # the current step's held-out evaluation is still to run (saved with the checkpoint)
         self._shuffle = np.random.default_rng(cfg.seed)
 
     def step_prompts(self, step: int, round_: int = 0) -> list[int]:
@@ -457,8 +464,16 @@ class GRPOTrainer:
         """Held-out evaluation, its seeds shared among the ranks; every metric is a mean over prompts."""
         cfg = self.cfg
         seeds = distributed.shard(range(cfg.eval_prompts))
-        res = evaluate(self.engine, cfg.env, seeds, n=cfg.eval_samples, env_kwargs=cfg.env_kwargs,
-                       temperature=cfg.eval_temperature, ks=sorted({1, cfg.eval_samples})) if seeds else {}
+        rng = rng_state(self.engine)
+        try:  # a stop signal ends it at once with one process; ranks wait for each other in its collectives
+            with interrupt.abortable(self.world.size == 1):
+                res = evaluate(self.engine, cfg.env, seeds, n=cfg.eval_samples, env_kwargs=cfg.env_kwargs,
+                               temperature=cfg.eval_temperature, ks=sorted({1, cfg.eval_samples})) if seeds else {}
+        except interrupt.Interrupted:  # rewind its sampling, so that a resume runs it again and continues exactly
+            set_rng_state(rng, self.engine)
+            self.eval_pending = True
+            return {}
+        self.eval_pending = False
         res = distributed.global_means({k: (v * len(seeds), float(len(seeds))) for k, v in res.items()})
         self.log({f"eval/{k}": v for k, v in res.items()}, step)
         return res
@@ -470,7 +485,7 @@ class GRPOTrainer:
                 "env": self.collector.env_state()}
         return {"step": self.step, "optimizer": None if self.sharded else self.opt.state_dict(), "scheduler": self.sched.state_dict(),
                 "ranks": distributed.gather(mine), "reward": self.reward.state_dict() if self.reward is not None else None,
-                "nonfinite": (self.nonfinite_streak, self.nonfinite_total), "config": self.cfg.to_dict()}
+                "nonfinite": (self.nonfinite_streak, self.nonfinite_total), "eval_pending": self.eval_pending, "config": self.cfg.to_dict()}
 
     def save(self) -> None:
         """Rank 0 writes the policy (a LoRA policy: its adapter) and the trainer state; under FSDP every rank
@@ -517,46 +532,66 @@ class GRPOTrainer:
         self.collector.load_env_state(mine["env"])
         self.nonfinite_streak, self.nonfinite_total = st["nonfinite"]
         self.step = st["step"]
+        self.eval_pending = st.get("eval_pending", False)
         self.engine.sync_weights()
         return True
 
     # -- the run ----------------------------------------------------------------------------------
+    @property
+    def warm_start_dir(self) -> Path:
+        """Where a warm start cut short by a stop signal leaves its checkpoint, which `resume` continues."""
+        return Path(self.cfg.output_dir) / "warm_start"
+
     def warm_start(self) -> None:
         """SFT on the task's demonstrations (`sft_steps`), once: a second call refuses, since RL's
-        starting point would silently move."""
+        starting point would silently move. A stop signal ends it early, leaving `warm_started` False and
+        a checkpoint in `warm_start_dir`; with `resume` it continues from there."""
         if self.warm_started:
             raise RuntimeError("this trainer has already warm-started; a second SFT pass would move RL's starting point")
         cfg = self.cfg
         seeds = range(SFT_SEED_BASE, SFT_SEED_BASE + cfg.sft_seeds)
         rows = demonstration_rows(cfg.env, seeds, self.policy.tokenizer, cfg.env_kwargs)
         train_sft(self.policy, rows, steps=cfg.sft_steps, lr=cfg.sft_learning_rate, seed=cfg.seed, writer=self.writer,
-                  progress=self.world.is_main)
+                  progress=self.world.is_main, output_dir=self.warm_start_dir, keep=1, resume=cfg.resume)
+        if interrupt.requested() is not None:  # stopped: its checkpoint is in warm_start_dir, for --resume
+            return
         distributed.broadcast_module(self.policy.model)  # every rank ran the same SFT; rank 0's result is the one kept
         if self.sharded:
             distributed.load_whole(self.model, self.policy.model)
         self.engine.sync_weights()
         self.warm_started = True
 
-    def _request_stop(self, signum, frame) -> None:
-        self._stop_requested = True
-
     def train(self) -> dict[str, float]:
+        """Run to `steps` (or resume there). The first SIGINT/SIGTERM stops it at the next safe point, with a
+        checkpoint to resume from (`interrupt`); a second exits at once. Returns the last step's metrics."""
+        with interrupt.stop_on_signal():
+            return self._run()
+
+    def _run(self) -> dict[str, float]:
         cfg = self.cfg
         resumed = cfg.resume and self.load()
-        if cfg.resume and not resumed and self.world.is_main:
-            warnings.warn(f"resume: no checkpoint in {cfg.output_dir}; starting a fresh run", stacklevel=2)
+        if cfg.resume and not resumed and self.world.is_main and not latest_checkpoint(self.warm_start_dir):
+            warnings.warn(f"resume: no checkpoint in {cfg.output_dir}; starting a fresh run", stacklevel=3)
         if not resumed:
             if cfg.sft_steps and not self.warm_started:
                 self.warm_start()
+                if not self.warm_started:
+                    self._report_stop(f"during the warm start; its checkpoint is in {self.warm_start_dir}")
+                    return {}
+            self.eval_pending = bool(cfg.eval_every)
             self.save()  # checkpoint-0: exactly the weights RL starts from, for before/after comparisons
-        old = {s: signal.signal(s, self._request_stop) for s in (signal.SIGINT, signal.SIGTERM)}
+            if self.world.is_main and self.warm_start_dir.exists():
+                shutil.rmtree(self.warm_start_dir)  # an interrupted warm start's checkpoint: checkpoint-0 supersedes it
         last: dict[str, float] = {}
         try:
-            if cfg.eval_every and not resumed:
+            if self.eval_pending:
                 self.run_eval(self.step)
             bar = tqdm(range(self.step, cfg.steps), initial=self.step, total=cfg.steps, desc="grpo", dynamic_ncols=True,
                        disable=not self.world.is_main)
             for _ in bar:
+                if distributed.any_rank(interrupt.requested() is not None):  # stopped in the evaluation before this step
+                    self._report_stop(f"before step {self.step + 1}; checkpoint-{self.step} in {cfg.output_dir} resumes here")
+                    break
                 last = self.train_step()
                 self.step += 1
                 self.log(last, self.step)
@@ -566,19 +601,21 @@ class GRPOTrainer:
                     self.writer.add_text("completions", self._sample_text(), self.step)
                 if cfg.eval_every and self.step % cfg.eval_every == 0:
                     last.update({f"eval/{k}": v for k, v in self.run_eval(self.step).items()})
-                stop = distributed.any_rank(self._stop_requested)  # ranks stop at the same step
+                stop = distributed.any_rank(interrupt.requested() is not None)  # ranks stop at the same step
                 if stop or (cfg.save_every and self.step % cfg.save_every == 0) or self.step == cfg.steps:
                     self.save()
                 if stop:
-                    if self.world.is_main:
-                        print(f"stopped by signal at step {self.step}; checkpoint saved in {cfg.output_dir}", flush=True)
+                    self._report_stop(f"at step {self.step}; checkpoint-{self.step} saved in {cfg.output_dir}")
                     break
         finally:
-            for s, h in old.items():
-                signal.signal(s, h)
             if self.writer is not None:
                 self.writer.flush()
         return last
+
+    def _report_stop(self, where: str) -> None:
+        if self.world.is_main:
+            name = interrupt.describe(interrupt.requested()) if interrupt.requested() is not None else "a signal"
+            print(f"stopped by {name} {where}; `--resume` continues the run", flush=True)
 
     def _sample_text(self) -> str:
         ep = self.last_episode
