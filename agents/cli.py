@@ -8,6 +8,7 @@ or from `--config run.yaml`; flags override the file. On several GPUs, the same 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import sys
 from collections.abc import Sequence
@@ -290,15 +291,18 @@ def build_parser(train_flags: bool = True) -> argparse.ArgumentParser:
     return p
 
 
+STOPPABLE = ("train", "sft", "redi", "eval")  # the long commands, which stop cleanly on Ctrl-C (`interrupt`)
+
+
 def main(argv: Sequence[str] | None = None) -> None:
-    """Run one command. A bad setting is a one-line error (exit 1). The first Ctrl-C or SIGTERM stops the
-    command at its next safe point, after it has saved what a resume needs; a second exits at once. Either
-    way the exit status is the shell's for the signal: 130 (SIGINT), 143 (SIGTERM)."""
+    """Run one command. A bad setting is a one-line error (exit 1). In the long commands the first Ctrl-C or
+    SIGTERM stops the command at its next safe point, after it has saved what a resume needs; a second exits
+    at once. Either way the exit status is the shell's for the signal: 130 (SIGINT), 143 (SIGTERM)."""
     from . import interrupt
 
     argv = list(sys.argv[1:] if argv is None else argv)
     args = build_parser(train_flags=not argv or argv[0] == "train").parse_args(argv)
-    with interrupt.stop_on_signal():
+    with interrupt.stop_on_signal() if args.command in STOPPABLE else contextlib.nullcontext():
         try:
             args.func(args)
         except ValueError as exc:

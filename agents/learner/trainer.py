@@ -553,8 +553,8 @@ class GRPOTrainer:
         rows = demonstration_rows(cfg.env, seeds, self.policy.tokenizer, cfg.env_kwargs)
         train_sft(self.policy, rows, steps=cfg.sft_steps, lr=cfg.sft_learning_rate, seed=cfg.seed, writer=self.writer,
                   progress=self.world.is_main, output_dir=self.warm_start_dir, keep=1, resume=cfg.resume)
-        if interrupt.requested() is not None:  # stopped: its checkpoint is in warm_start_dir, for --resume
-            return
+        if distributed.any_rank(interrupt.requested() is not None):  # stopped, on every rank: its checkpoint is in
+            return                                                     # warm_start_dir, for resume
         distributed.broadcast_module(self.policy.model)  # every rank ran the same SFT; rank 0's result is the one kept
         if self.sharded:
             distributed.load_whole(self.model, self.policy.model)
