@@ -64,22 +64,25 @@ def looks_like_run(path: Path) -> bool:
 def prepare_output_dir(path: str | Path, resume: bool = False, overwrite: bool = False) -> None:
     """Check, before anything is written, that a run may write into `path`: a fresh run refuses a folder
     that holds files; `overwrite` deletes the run that is there first (only a thinkgym run's folder);
-    `resume` continues it. Every rank checks; rank 0 deletes."""
+    `resume` continues it. Every rank checks before any rank goes on to write; rank 0 deletes."""
+    if _must_delete(Path(path), resume, overwrite) and distributed.is_main():
+        shutil.rmtree(path)
+    distributed.barrier()
+
+
+def _must_delete(p: Path, resume: bool, overwrite: bool) -> bool:
     if resume and overwrite:
         raise ValueError("--resume continues the run in the output folder and --overwrite deletes it: pass one of them")
-    p = Path(path)
     if resume or not p.exists():
-        return
+        return False
     if not p.is_dir():
         raise ValueError(f"output folder {str(p)!r} is a file; pass a folder as --output-dir")
     if not any(p.iterdir()):
-        return
+        return False
     if not overwrite:
         raise ValueError(f"output folder {str(p)!r} already holds files (an earlier run?): pass --resume to continue "
                          "that run, --overwrite to replace it, or another --output-dir")
     if not looks_like_run(p):
         raise ValueError(f"--overwrite: {str(p)!r} holds files that no thinkgym run wrote, so they are not deleted; "
                          "pass another --output-dir")
-    if distributed.is_main():
-        shutil.rmtree(p)
-    distributed.barrier()
+    return True
