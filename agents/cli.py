@@ -8,6 +8,7 @@ or from `--config run.yaml`; flags override the file. On several GPUs, the same 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import sys
 from collections.abc import Sequence
@@ -34,39 +35,69 @@ def add_config_flags(parser: argparse.ArgumentParser) -> None:
                                 metavar=f.name.upper(), help=f"{docs[f.name]} (default: {default!r})".replace("%", "%%"))
 
 
-def config_stages(args: argparse.Namespace) -> list[GRPOConfig]:
-    """One config, or one per entry of a YAML file's `stages` list (each continues from the last).
+def read_yaml(path: str) -> dict:
+    """A YAML config file's mapping, or a one-line error for a missing file or a syntax error."""
+    try:
+        with open(path) as f:
+            data = yaml.safe_load(f)
+    except FileNotFoundError:
+        raise ValueError(f"--config {path}: no such file") from None
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark is not None else ""
+        raise ValueError(f"--config {path} is not valid YAML{where}: {getattr(exc, 'problem', None) or exc}") from None
+    if data is not None and not isinstance(data, dict):
+        raise ValueError(f"--config {path} must be a mapping of GRPOConfig keys (key: value lines); got a {type(data).__name__}")
+    return data or {}
+
+
+def config_stages(args: argparse.Namespace, root: str | None = None) -> tuple[str, list[GRPOConfig]]:
+    """The output folder (empty where none is set) and one config, or one per entry of a YAML file's
+    `stages` list (each continues from the last).
 
     A stage's keys override the file's top-level keys; command-line flags override both, and each
-    stage writes to `<output_dir>/stage<i>-<env>`."""
+    stage writes to `<output folder>/stage<i>-<env>`. `root`, where given, is the output folder."""
     from .learner.config import GRPOConfig
 
-    data = {}
-    if args.config:
-        with open(args.config) as f:
-            data = yaml.safe_load(f) or {}
+    data = read_yaml(args.config) if args.config else {}
     stages = data.pop("stages", None)
     overrides = {f.name: getattr(args, f.name) for f in fields(GRPOConfig) if getattr(args, f.name, None) is not None}
+    if root is not None:
+        overrides["output_dir"] = root
+    root = overrides.get("output_dir", data.get("output_dir", GRPOConfig.output_dir))
     if stages is None:
-        return [GRPOConfig.from_dict({**data, **overrides})]
+        return root, [GRPOConfig.from_dict({**data, **overrides})]
     if not isinstance(stages, list) or not all(isinstance(s, dict) for s in stages) or not stages:
         raise ValueError(f"{args.config}: `stages` must be a non-empty list of mappings of config keys")
-    root = overrides.get("output_dir", data.get("output_dir", GRPOConfig.output_dir))
-    return [GRPOConfig.from_dict({**data, **stage, **overrides, "output_dir": f"{root}/stage{i}-{stage.get('env', 'env')}"})
-            for i, stage in enumerate(stages, 1)]
+    return root, [GRPOConfig.from_dict({**data, **stage, **overrides,
+                                        "output_dir": f"{root}/stage{i}-{stage.get('env', 'env')}" if root else ""})
+                  for i, stage in enumerate(stages, 1)]
 
 
 def cmd_train(args: argparse.Namespace) -> None:
-    """Train every stage; under `torchrun` this runs on every rank (see `distributed.py`) and rank 0 reports."""
-    from . import distributed
+    """Train every stage; under `torchrun` this runs on every rank (see `distributed.py`) and rank 0 reports.
+
+    The output folder is checked before anything is written (`run_dir.prepare_output_dir`); without one,
+    the run gets a new time-stamped folder, linked from runs/latest once the first stage has started."""
+    from . import distributed, interrupt, run_dir
     from .learner.trainer import GRPOTrainer
 
     policy = trainer = None
     try:
-        for cfg in config_stages(args):
+        root, stages = config_stages(args)  # every setting checked before the output folder is touched
+        distributed.setup(stages[0].device)  # the ranks agree on a new folder's name
+        fresh = not root and not args.resume
+        if not root:
+            root, stages = config_stages(args, str(run_dir.latest_run() if args.resume else run_dir.fresh_run_dir()))
+        run_dir.prepare_output_dir(root, resume=bool(args.resume), overwrite=args.overwrite)
+        for cfg in stages:
             trainer = GRPOTrainer(cfg, policy=policy)
+            if fresh:
+                run_dir.link_latest(root)
             last = trainer.train()
             policy = trainer.policy
+            if interrupt.requested() is not None:
+                break
             if distributed.is_main():
                 print(json.dumps({"output_dir": cfg.output_dir,
                                   **{k: round(v, 4) for k, v in last.items() if k.startswith(("reward", "eval/", "accuracy"))}}))
@@ -78,18 +109,43 @@ def cmd_train(args: argparse.Namespace) -> None:
 
 
 def cmd_sft(args: argparse.Namespace) -> None:
+    """Checkpoints go to `output_dir/checkpoint-<step>` (resumable) and the final policy to `output_dir` itself."""
+    from torch.utils.tensorboard import SummaryWriter
+
+    from . import interrupt
+    from .learner.checkpoint import latest_checkpoint
     from .methods.sft import demonstration_rows, jsonl_rows, train_sft
     from .policy import Policy
+    from .run_dir import prepare_output_dir
 
+    prepare_output_dir(args.output_dir, resume=args.resume, overwrite=args.overwrite)
     policy = Policy.from_pretrained(args.model, device=args.device)
     rows = jsonl_rows(args.data, policy.tokenizer) if args.data else demonstration_rows(
-        args.env, range(SFT_SEED_BASE, SFT_SEED_BASE + args.seeds), policy.tokenizer, json.loads(args.env_kwargs))
-    train_sft(policy, rows, steps=args.steps, lr=args.learning_rate, batch_size=args.batch_size)
+        args.env, range(SFT_SEED_BASE, SFT_SEED_BASE + args.seeds), policy.tokenizer, env_kwargs(args))
+    with SummaryWriter(args.output_dir) as writer:
+        train_sft(policy, rows, steps=args.steps, lr=args.learning_rate, batch_size=args.batch_size, seed=args.seed, writer=writer,
+                  output_dir=args.output_dir, save_every=args.save_every, keep=args.save_total_limit, resume=args.resume)
+    if interrupt.requested() is not None:
+        print(f"stopped by {interrupt.describe(interrupt.requested())}; {latest_checkpoint(args.output_dir)} saved; "
+              "`--resume` continues the run", flush=True)
+        return
     policy.save_pretrained(args.output_dir)
     print(f"saved the fine-tuned policy to {args.output_dir}")
 
 
+def env_kwargs(args: argparse.Namespace) -> dict:
+    """`--env-kwargs` as a dict, or a one-line error."""
+    try:
+        kwargs = json.loads(args.env_kwargs)
+    except json.JSONDecodeError as exc:
+        raise ValueError(f"--env-kwargs must be a JSON object, e.g. '{{\"chunk_size\": 96}}'; got {args.env_kwargs!r}: {exc}") from None
+    if not isinstance(kwargs, dict):
+        raise ValueError(f"--env-kwargs must be a JSON object, e.g. '{{\"chunk_size\": 96}}'; got {args.env_kwargs!r}")
+    return kwargs
+
+
 def cmd_eval(args: argparse.Namespace) -> None:
+    from . import interrupt
     from .evaluate import evaluate
     from .policy import Policy
     from .rollout.engine import make_engine
@@ -100,8 +156,10 @@ def cmd_eval(args: argparse.Namespace) -> None:
     if args.temperature < 0 or args.n < 1 or args.seeds < 1:
         raise ValueError(f"--temperature must be >= 0, --n and --seeds >= 1; got {args.temperature}, {args.n}, {args.seeds}")
     policy = Policy.from_pretrained(args.model, device=args.device)
-    res = evaluate(make_engine(args.engine, policy, args.seed), args.env, range(args.seeds), n=args.n, env_kwargs=json.loads(args.env_kwargs),
-                   temperature=args.temperature, progress="eval", out=args.out, problem_seeds=args.problem_seeds)
+    with interrupt.abortable():  # Ctrl-C stops it at once: an evaluation holds nothing to save
+        res = evaluate(make_engine(args.engine, policy, args.seed), args.env, range(args.seeds), n=args.n,
+                       env_kwargs=json.loads(args.env_kwargs), temperature=args.temperature, progress="eval", out=args.out,
+                       problem_seeds=args.problem_seeds)
     mode = {"mode": "greedy"} if args.temperature == 0 else {"mode": "sampling", "temperature": args.temperature, "n": args.n}
     print(json.dumps({**mode, "problems": args.seeds, "seed": args.seed, **res, **({"out": args.out} if args.out else {})}, indent=1))
 
@@ -130,13 +188,16 @@ def cmd_sample(args: argparse.Namespace) -> None:
 def cmd_redi(args: argparse.Namespace) -> None:
     from torch.utils.tensorboard import SummaryWriter
 
+    from . import interrupt
     from .evaluate import evaluate
     from .methods.redi import build_redi_data, check_alpha, load_traces, train_redi
     from .methods.sft import train_sft
     from .policy import Policy
     from .rollout.engine import make_engine
+    from .run_dir import prepare_output_dir
 
     check_alpha(args.alpha)
+    prepare_output_dir(args.output_dir, overwrite=args.overwrite)
     policy = Policy.from_pretrained(args.model, device=args.device)
     data = build_redi_data(load_traces(args.data, policy.tokenizer), args.pairs_per_prompt or None)
     print(json.dumps(data.counts))
@@ -144,29 +205,41 @@ def cmd_redi(args: argparse.Namespace) -> None:
     if args.sft_steps:  # stage 1: SFT on the positives
         train_sft(policy, [r for t in data.positives for r in t.rows], steps=args.sft_steps, lr=args.sft_learning_rate,
                   batch_size=args.batch_size, seed=args.seed, writer=writer)
-    engine, kw = make_engine(args.engine, policy, args.seed), json.loads(args.env_kwargs)
+        if interrupt.requested() is not None:
+            print(f"stopped by {interrupt.describe(interrupt.requested())} in stage 1 (SFT); nothing saved", flush=True)
+            return
+    engine, kw = make_engine(args.engine, policy, args.seed), env_kwargs(args)
     hist = train_redi(policy, data.pairs, steps=args.steps, batch_size=args.batch_size, lr=args.learning_rate, alpha=args.alpha,
                       seed=args.seed, writer=writer, eval_every=args.eval_every, output_dir=args.output_dir, save_every=args.save_every,
                       eval_fn=lambda: evaluate(engine, args.env, range(args.eval_prompts), env_kwargs=kw, temperature=0.0))
-    print(json.dumps({k: round(v, 4) for k, v in hist[-1].items()}))
+    if interrupt.requested() is not None:
+        print(f"stopped by {interrupt.describe(interrupt.requested())} at step {len(hist)}; checkpoint-{len(hist)} saved in "
+              f"{args.output_dir}", flush=True)
+    elif hist:
+        print(json.dumps({k: round(v, 4) for k, v in hist[-1].items()}))
 
 
 def build_parser(train_flags: bool = True) -> argparse.ArgumentParser:
     """Every command and flag. `train_flags=False` leaves out train's GRPOConfig flags, so that the other
     commands (their `--help` too) never load the learner's config."""
-    p = argparse.ArgumentParser(prog="thinkgym", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = argparse.ArgumentParser(prog="thinkgym", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter,
+                                allow_abbrev=False)  # no prefixes: `--lr` must not become `--lr-scheduler`
     d = argparse.ArgumentDefaultsHelpFormatter
     sub = p.add_subparsers(dest="command", required=True)
-    t = sub.add_parser("train", help="GRPO training (flags = GRPOConfig fields)", description="GRPO training; each flag is a GRPOConfig field")
+    t = sub.add_parser("train", help="GRPO training (flags = GRPOConfig fields)", description="GRPO training; each flag is a GRPOConfig field",
+                       allow_abbrev=False)
     t.add_argument("--config", help="YAML file of GRPOConfig fields")
-    t.add_argument("--resume", dest="resume", action="store_const", const=True, default=None, help="continue from output_dir's latest checkpoint")
+    t.add_argument("--resume", dest="resume", action="store_const", const=True, default=None,
+                   help="continue from output_dir's latest checkpoint (without --output-dir: the run runs/latest links to)")
+    t.add_argument("--overwrite", action="store_true", help="delete the run already in output_dir and start afresh "
+                   "(a fresh run refuses a folder that holds files)")
     if train_flags:
         add_config_flags(t)
     t.set_defaults(func=cmd_train)
     helps = {"sft": "SFT on an env's demonstrations or a jsonl of pairs", "eval": "held-out accuracy, or avg@n and pass@k, of a policy",
              "sample": "write a jsonl of sampled traces", "redi": "REDI on a jsonl of (prompt, response, correct)"}
     for name, func in (("sft", cmd_sft), ("eval", cmd_eval), ("sample", cmd_sample), ("redi", cmd_redi)):
-        s = sub.add_parser(name, help=helps[name], description=helps[name], formatter_class=d)
+        s = sub.add_parser(name, help=helps[name], description=helps[name], formatter_class=d, allow_abbrev=False)
         s.add_argument("--model", default="tiny", help="a local folder, a hub id, or `tiny` (the embedded default)")
         s.add_argument("--env", default="DelethinkDemo-v0", help="registered environment id")
         s.add_argument("--env-kwargs", default="{}", help="JSON keyword arguments for the environment")
@@ -174,15 +247,22 @@ def build_parser(train_flags: bool = True) -> argparse.ArgumentParser:
         s.set_defaults(func=func)
     for name in ("eval", "sample", "redi"):
         sub.choices[name].add_argument("--engine", default="hf", help="rollout engine: hf or vllm")
-    for name in ("sample", "redi"):
-        sub.choices[name].add_argument("--seed", type=int, default=0, help="seeds the sampler (and REDI's batches)")
+    for name in ("sample", "redi", "sft"):
+        sub.choices[name].add_argument("--seed", type=int, default=0, help="seeds the sampler (REDI's and SFT's batches)")
+    for name in ("sft", "redi"):
+        sub.choices[name].add_argument("--overwrite", action="store_true", help="delete the run already in --output-dir "
+                                       "and start afresh (a fresh run refuses a folder that holds files)")
     s = sub.choices["sft"]
     s.add_argument("--data", help="jsonl of prompt/response pairs; unset trains on the env's demonstrations")
     s.add_argument("--seeds", type=int, default=400, help="demonstrations (env seeds) to train on")
     s.add_argument("--steps", type=int, default=300, help="optimizer steps")
     s.add_argument("--batch-size", type=int, default=32, help="rows per step")
     s.add_argument("--learning-rate", type=float, default=1e-3, help="AdamW learning rate (warm-up, then linear decay)")
-    s.add_argument("--output-dir", required=True, help="where the fine-tuned policy is saved (from_pretrained loads it)")
+    s.add_argument("--output-dir", required=True, help="where the fine-tuned policy is saved (from_pretrained loads it), "
+                   "with TensorBoard logs and checkpoint-<step> folders")
+    s.add_argument("--save-every", type=int, default=100, help="checkpoint every N steps, at the end and on Ctrl-C (0: only on Ctrl-C)")
+    s.add_argument("--save-total-limit", type=int, default=3, help="keep the newest N checkpoints (0: all)")
+    s.add_argument("--resume", action="store_true", help="continue from --output-dir's latest checkpoint")
     e = sub.choices["eval"]
     e.add_argument("--seeds", type=int, default=64, help="held-out env seeds 0..N-1, one problem each")
     e.add_argument("--n", type=int, default=1, help="samples per problem when sampling (avg@n, and pass@k for every k <= n); greedy takes 1")
@@ -193,7 +273,7 @@ def build_parser(train_flags: bool = True) -> argparse.ArgumentParser:
     e.add_argument("--problem-seeds", action="store_true",
                    help="seed i poses the task's problem i (reset option problem_seed): on a dataset task, --seeds N of "
                         "a dataset of N records poses each record exactly once; unset, a seed draws its problem, as in training")
-    pl = sub.add_parser("plot", help="PNG curves from a run's TensorBoard logs", formatter_class=d,
+    pl = sub.add_parser("plot", help="PNG curves from a run's TensorBoard logs", formatter_class=d, allow_abbrev=False,
                         description="PNG of a run's loss, entropy, grad norm, KL, clip fraction, reward and its components, "
                                     "accuracy, learning rate and length, smoothed, and of any --tags")
     pl.add_argument("run_dir", help="a run's output_dir")
@@ -230,13 +310,27 @@ def build_parser(train_flags: bool = True) -> argparse.ArgumentParser:
     return p
 
 
+STOPPABLE = ("train", "sft", "redi", "eval")  # the long commands, which stop cleanly on Ctrl-C (`interrupt`)
+
+
 def main(argv: Sequence[str] | None = None) -> None:
+    """Run one command. A bad setting is a one-line error (exit 1). In the long commands the first Ctrl-C or
+    SIGTERM stops the command at its next safe point, after it has saved what a resume needs; a second exits
+    at once. Either way the exit status is the shell's for the signal: 130 (SIGINT), 143 (SIGTERM)."""
+    from . import interrupt
+
     argv = list(sys.argv[1:] if argv is None else argv)
     args = build_parser(train_flags=not argv or argv[0] == "train").parse_args(argv)
-    try:
-        args.func(args)
-    except ValueError as exc:
-        sys.exit(f"thinkgym {args.command}: error: {exc}")
+    with interrupt.stop_on_signal() if args.command in STOPPABLE else contextlib.nullcontext():
+        try:
+            args.func(args)
+        except ValueError as exc:
+            sys.exit(f"thinkgym {args.command}: error: {' '.join(str(exc).split())}")
+        except interrupt.Interrupted:
+            print(f"thinkgym {args.command}: stopped by {interrupt.describe(interrupt.requested())}; nothing to save", flush=True)
+        stopped = interrupt.requested()
+    if stopped is not None:
+        sys.exit(interrupt.exit_code(stopped))
 
 
 if __name__ == "__main__":

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import functools
 import inspect
+import re
 from pathlib import Path
 from typing import Any
 
@@ -40,6 +41,36 @@ def default_device() -> torch.device:
 def default_dtype(device: torch.device) -> torch.dtype:
     """bf16 on a GPU, fp32 on the CPU."""
     return torch.bfloat16 if device.type == "cuda" else torch.float32
+
+
+HUB_ID = re.compile(r"[A-Za-z0-9][\w.-]*/[\w.-]+")
+
+
+def _holds_model(folder: Path) -> bool:
+    """A model's folder (save_pretrained's `config.json`), or a LoRA adapter's (peft's `adapter_config.json`)."""
+    return (folder / "config.json").exists() or (folder / "adapter_config.json").exists()
+
+
+def check_model_location(name_or_path: str) -> None:
+    """Refuse at once what cannot be a model: a local path that does not exist (a name is taken for a hub id
+    only when it reads `org/name` and `org` is no local folder, so no hub retries for a mistyped path), and
+    a folder without a model's `config.json`, naming the subfolder to pass where it is a checkpoint or a run."""
+    path = Path(name_or_path).expanduser()
+    if not path.exists():
+        if HUB_ID.fullmatch(name_or_path) and not Path(name_or_path.split("/")[0]).is_dir():
+            return  # a hub id
+        raise ValueError(f"model folder {name_or_path!r} does not exist (a hub id reads org/name; `tiny` is the embedded default)")
+    if not path.is_dir() or _holds_model(path):
+        return
+    if _holds_model(path / "policy"):
+        raise ValueError(f"{name_or_path!r} is a checkpoint folder; its model is in {str(path / 'policy')!r}")
+    steps = sorted(int(m.group(1)) for p in path.glob("checkpoint-*")
+                   if (m := re.fullmatch(r"checkpoint-(\d+)", p.name)) and _holds_model(p / "policy"))
+    if steps:
+        raise ValueError(f"{name_or_path!r} is a run folder; pass one of its checkpoints' policy folders, "
+                         f"e.g. the newest, {str(path / f'checkpoint-{steps[-1]}' / 'policy')!r}")
+    raise ValueError(f"{name_or_path!r} holds no model (no config.json): pass a folder written by save_pretrained, "
+                     "a checkpoint's policy folder, a hub id or `tiny`")
 
 
 class Policy:
@@ -83,15 +114,12 @@ class Policy:
         initialised from `seed`)."""
         if name_or_path == "tiny":
             return cls.tiny(seed=seed, device=device, dtype=dtype)
-        local = Path(name_or_path).expanduser()
-        looks_local = name_or_path.startswith((".", "/", "~")) or name_or_path.count("/") > 1  # hub ids are "org/name"
-        if not local.exists() and looks_local:
-            raise ValueError(f"model path {name_or_path!r} does not exist")
+        check_model_location(name_or_path)
         try:
             tok = resolve_tokenizer(tokenizer or name_or_path)
             model = AutoModelForCausalLM.from_pretrained(name_or_path, torch_dtype=dtype if not isinstance(dtype, str) else getattr(torch, dtype))
         except (OSError, ValueError) as exc:
-            where = "folder" if local.exists() else "hub id (the hub may be unreachable from here, or the id wrong)"
+            where = "folder" if Path(name_or_path).expanduser().exists() else "hub id (the hub may be unreachable from here, or the id wrong)"
             raise ValueError(f"could not load a causal LM from {name_or_path!r} as a {where}: {exc}") from exc
         return cls(model, tok, device, dtype)
 

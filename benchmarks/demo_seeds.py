@@ -66,7 +66,7 @@ def summarise(runs: dict[int, dict]) -> dict[str, float]:
 
 
 def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter, allow_abbrev=False)
     ap.add_argument("--seeds", default="0,1,2", help="seeds, e.g. 0,1,2 or 0-7")
     ap.add_argument("--arms", default="demo:", help="';'-separated arms, each 'name:extra demo.py flags'")
     ap.add_argument("--common", default="", help="demo.py flags added to every arm (e.g. the device)")

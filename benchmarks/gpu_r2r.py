@@ -67,7 +67,7 @@ def timed(engine, reqs, device: torch.device, repeats: int) -> float:
 
 
 def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], allow_abbrev=False)
     ap.add_argument("--tiny", action="store_true", help="tiny shapes, short runs: a CPU check of the script")
     ap.add_argument("--large", choices=["1.5b", "7b"], default="1.5b", help="the large model's shape (the small one is 0.5B)")
     ap.add_argument("--rates", type=float, nargs="+", default=[0.05, 0.1, 0.2])

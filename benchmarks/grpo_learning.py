@@ -84,7 +84,7 @@ def held_out(policy: Policy, env: str, kw: dict, n: int) -> dict[str, float]:
 
 
 def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter, allow_abbrev=False)
     ap.add_argument("--arms", default=";".join(ARMS), help="';'-separated arms, each 'name:key=value,...'")
     ap.add_argument("--seed", type=int, default=0, help="seed of the warm start, the prompts' sampler and every arm")
     ap.add_argument("--steps", type=int, default=40, help="GRPO steps per arm")

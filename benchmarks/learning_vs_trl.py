@@ -40,7 +40,7 @@ ENV = "LongCoT-v0"
 
 
 def parse_args() -> argparse.Namespace:
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter, allow_abbrev=False)
     ap.add_argument("--seeds", type=int, default=3, help="independent runs (warm start, both arms); the table gives their spread")
     ap.add_argument("--steps", type=int, default=30, help="RL steps (one optimizer step each) per arm")
     ap.add_argument("--sft-steps", type=int, default=500, help="warm-start SFT steps")

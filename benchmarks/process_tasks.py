@@ -56,7 +56,7 @@ def run(name: str, cls, kwargs: dict, source: dict, n_verify: int = 100) -> dict
 
 
 def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0], allow_abbrev=False)
     ap.add_argument("--data", default=str(Path(__file__).resolve().parents[2] / "shared" / "data" / "math"))
     args = ap.parse_args()
     sources = {"running_sum": {"source": "running_sum"}, "long_addition": {"source": "long_addition"}}

@@ -41,7 +41,7 @@ def check(result) -> None:
 
 
 def main() -> None:
-    ap = argparse.ArgumentParser()
+    ap = argparse.ArgumentParser(allow_abbrev=False)
     ap.add_argument("--calls", type=int, default=500)
     args = ap.parse_args()
     ok, why = sbx.namespaces_available()

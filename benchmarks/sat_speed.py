@@ -28,7 +28,7 @@ def gen_verify(task: SATTask, seed: int) -> None:
 
 
 def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], allow_abbrev=False)
     ap.add_argument("--instances", type=int, default=2000)
     seeds = range(ap.parse_args().instances)
     head = f"{'(n,k,l)':>10} {'D':>6} | {'gen+verify us':>13} {'per s':>7} | {'random gen+verify us':>20} | {'episode us':>10} | {'pysat solve us':>14}"

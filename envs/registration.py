@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+import inspect
+import re
+from typing import Any
+
 import gymnasium as gym
 
 # Demo-sized Delethink: tiny chunks so a tiny model on a CPU thinks across several of them.
@@ -25,3 +29,30 @@ def register_all() -> None:
     for env_id, entry_point, kwargs in ENV_SPECS:
         if env_id not in gym.registry:
             gym.register(id=env_id, entry_point=entry_point, kwargs=kwargs)
+
+
+def accepted_kwargs(env_id: str) -> list[str]:
+    """The keyword arguments an env id's constructor names, following `**kwargs` up its base classes."""
+    cls = gym.envs.registration.load_env_creator(gym.spec(env_id).entry_point)
+    names: set[str] = set()
+    for klass in getattr(cls, "__mro__", (cls,)):
+        if "__init__" not in vars(klass):
+            continue
+        params = inspect.signature(vars(klass)["__init__"]).parameters.values()
+        names |= {p.name for p in params if p.name != "self" and p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY)}
+        if not any(p.kind is p.VAR_KEYWORD for p in params):
+            break
+    return sorted(names)
+
+
+def make_env(env_id: str, **kwargs: Any) -> gym.Env:
+    """`gym.make` (no env checker), where a keyword the env does not take is a one-line error naming the
+    env and the keywords it accepts, not a TypeError that prints every argument (a tokenizer included)."""
+    try:
+        return gym.make(env_id, disable_env_checker=True, **kwargs)
+    except TypeError as exc:
+        unknown = re.search(r"unexpected keyword argument '(\w+)'", str(exc))
+        if unknown is None:
+            raise
+        raise ValueError(f"{env_id} takes no keyword argument {unknown.group(1)!r}; accepted: {accepted_kwargs(env_id)}"
+                         + (" (and the task's knobs, in task_kwargs)" if "task_kwargs" in accepted_kwargs(env_id) else "")) from None

@@ -34,7 +34,7 @@ from thinkgym.agents.learner.trainer import GRPOTrainer
 from thinkgym.agents.plot import plot_run
 from thinkgym.envs.registration import DEMO_DELETHINK
 
-ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter, allow_abbrev=False)
 ap.add_argument("--seed", type=int, default=0, help="seeds the tiny policy's init, the warm start and the sampler")
 ap.add_argument("--restate", type=float, default=0.35, help="share of demonstrations that restate the state on every line")
 ap.add_argument("--n-terms", type=int, default=DEMO_DELETHINK["task_kwargs"]["n_terms"], help="terms of each running sum")

@@ -114,7 +114,7 @@ def header() -> str:
 
 
 def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0], allow_abbrev=False)
     ap.add_argument("--questions", type=int, default=40, help="questions in the perturbed setting")
     ap.add_argument("--gen-questions", type=int, default=8, help="questions in the generated setting (slow on a CPU)")
     ap.add_argument("--n", type=int, default=5, help="candidates per question")

@@ -7,7 +7,12 @@ accuracy holds. Every arm starts from the same weights and is measured on the sa
 (the trainer's eval seeds 0..eval_prompts-1, sampled at T=1); the table gives the binomial standard
 error of each accuracy.
 
-    python examples/length_shaping.py [--steps 30] [--threads 2] [--png benchmarks/length_shaping.png]
+    python examples/length_shaping.py [--steps 30] [--threads 2] [--out runs/length_shaping]
+
+Everything it writes goes under `--out`, relative to the working directory: the arms' TensorBoard runs,
+the curves as JSON and the figure (`--png` puts the figure elsewhere, e.g. the committed
+benchmarks/length_shaping.png when regenerating it). A second run refuses a folder that holds the
+first's, whose curves would mix with its own, unless given `--overwrite`.
 """
 
 from __future__ import annotations
@@ -17,6 +22,7 @@ import copy
 import json
 import math
 import time
+from pathlib import Path
 
 import matplotlib
 
@@ -29,9 +35,10 @@ from thinkgym.agents.learner.trainer import GRPOTrainer  # noqa: E402
 from thinkgym.agents.methods.sft import demonstration_rows, train_sft  # noqa: E402
 from thinkgym.agents.plot import read_scalars  # noqa: E402
 from thinkgym.agents.policy import Policy  # noqa: E402
+from thinkgym.agents.run_dir import prepare_output_dir  # noqa: E402
 from thinkgym.agents.types import SFT_SEED_BASE  # noqa: E402
 
-ap = argparse.ArgumentParser()
+ap = argparse.ArgumentParser(allow_abbrev=False)
 ap.add_argument("--steps", type=int, default=30, help="GRPO steps per arm")
 ap.add_argument("--sft-steps", type=int, default=1500, help="warm-start steps (600 left accuracy near 0.75, where GRPO itself was unstable)")
 ap.add_argument("--sft-seeds", type=int, default=2000, help="demonstrations in the warm-start set")
@@ -42,9 +49,15 @@ ap.add_argument("--eval-prompts", type=int, default=256)
 ap.add_argument("--eval-samples", type=int, default=4)
 ap.add_argument("--seed", type=int, default=0)
 ap.add_argument("--threads", type=int, default=2)
-ap.add_argument("--out", default="runs/length_shaping", help="TensorBoard runs and the curves as JSON")
-ap.add_argument("--png", default="benchmarks/length_shaping.png")
+ap.add_argument("--out", default="runs/length_shaping", help="TensorBoard runs, the curves as JSON and the figure")
+ap.add_argument("--png", help="the figure's path (default: OUT/length_shaping.png)")
+ap.add_argument("--overwrite", action="store_true", help="replace an earlier run in --out")
 args = ap.parse_args()
+try:  # before training: a figure or table drawn from two runs' logs would mislead
+    prepare_output_dir(args.out, overwrite=args.overwrite)
+except ValueError as exc:
+    ap.error(str(exc))
+png = Path(args.png or Path(args.out) / "length_shaping.png")
 torch.set_num_threads(args.threads)
 t0 = time.perf_counter()
 
@@ -73,7 +86,8 @@ for name, c in curves.items():
         ax.set_xlabel("GRPO step")
 axes[0].legend()
 fig.tight_layout()
-fig.savefig(args.png, dpi=110)
+png.parent.mkdir(parents=True, exist_ok=True)
+fig.savefig(png, dpi=110)
 with open(f"{args.out}/length_shaping.json", "w") as f:
     json.dump(curves, f, indent=1)
 
@@ -89,4 +103,4 @@ print(f"{'reward':<48} {'tokens (start -> end)':>22} {'accuracy ± s.e. (start -
 for name, c in curves.items():
     (t_a, t_b), (a_a, a_b) = (c["mean_tokens"][0][1], c["mean_tokens"][-1][1]), (c["accuracy"][0][1], c["accuracy"][-1][1])
     print(f"{c['spec']:<48} {t_a:>9.1f} -> {t_b:<9.1f} {a_a:>11.3f} ± {se(a_a):.3f} -> {a_b:.3f} ± {se(a_b):.3f}")
-print(f"{time.perf_counter() - t0:.0f} s")
+print(f"{time.perf_counter() - t0:.0f} s; figure: {png}")

@@ -41,7 +41,7 @@ def timed_eval(engine, seeds) -> tuple[dict, float]:
 
 
 def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], allow_abbrev=False)
     ap.add_argument("--small-steps", type=int, default=300)
     ap.add_argument("--large-steps", type=int, default=500)
     ap.add_argument("--label-seeds", type=int, default=250, help="tasks labelled for router training (80%) and tau (20%)")

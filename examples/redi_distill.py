@@ -99,7 +99,7 @@ def labelled_traces(path: Path, tokenizer, labels: str, task: str) -> tuple[list
 
 
 def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter, allow_abbrev=False)
     ap.add_argument("--out", default="/tmp/redi_distill")
     ap.add_argument("--task", choices=("running_sum", "parity"), default="running_sum")
     ap.add_argument("--no-think", type=float, default=0.0,

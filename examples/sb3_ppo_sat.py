@@ -56,7 +56,7 @@ def random_bits_rate(env: TokenLevelWrapper) -> float:
 
 
 def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], allow_abbrev=False)
     ap.add_argument("--steps", type=int, default=300_000, help="PPO environment steps (tokens)")
     ap.add_argument("--n", type=int, default=2, help="literals per clause (n <= 3)")
     args = ap.parse_args()

@@ -24,7 +24,7 @@ ENV = "LongCoT-v0"
 
 
 def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter, allow_abbrev=False)
     ap.add_argument("--steps", type=int, default=20, help="GRPO steps (TRL's max_steps)")
     ap.add_argument("--sft-steps", type=int, default=500, help="warm-start SFT steps")
     ap.add_argument("--prompts-per-step", type=int, default=8, help="prompts per step")

@@ -47,3 +47,19 @@ def test_trl_example_trains_in_grpo_trainer_through_the_adapter(tmp_path):
     rows = [line for line in out.stdout.splitlines() if line.startswith("| ") and line[2].isdigit()]
     assert [r.split(" | ")[0] for r in rows] == ["| 1", "| 2"]
     assert (tmp_path / "log_history.json").exists()
+
+
+@pytest.mark.slow
+def test_length_shaping_writes_under_the_working_directory_and_leaves_benchmarks_alone(tmp_path):
+    """Run from anywhere but the repository: its outputs land under ./runs/length_shaping (the committed
+    figure in benchmarks/ is left as it is), and a second run refuses to mix into the first's folder."""
+    committed = (ROOT / "benchmarks" / "length_shaping.png").read_bytes()
+    args = [sys.executable, str(ROOT / "examples" / "length_shaping.py"), "--sft-steps", "2", "--sft-seeds", "4", "--steps", "1",
+            "--eval-prompts", "2", "--eval-samples", "1", "--weights", "0.5", "--threads", "1"]
+    out = subprocess.run(args, cwd=tmp_path, capture_output=True, text=True, timeout=900, env={**os.environ, "TQDM_DISABLE": "1"})
+    assert out.returncode == 0, out.stderr[-3000:]
+    assert (tmp_path / "runs" / "length_shaping" / "length_shaping.png").exists()
+    assert (tmp_path / "runs" / "length_shaping" / "length_shaping.json").exists()
+    assert "correctness" in out.stdout and (ROOT / "benchmarks" / "length_shaping.png").read_bytes() == committed
+    again = subprocess.run(args, cwd=tmp_path, capture_output=True, text=True, timeout=900)
+    assert again.returncode != 0 and "already holds files" in again.stderr

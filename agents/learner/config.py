@@ -175,8 +175,9 @@ class GRPOConfig:
     """Most SFT steps in all when gated (0: `sft_steps`, so one round and a verdict)."""
 
     # -- bookkeeping --------------------------------------------------------------------------
-    output_dir: str = "runs/latest"
-    """TensorBoard logs, checkpoints and plots go here."""
+    output_dir: str = ""
+    """TensorBoard logs, checkpoints and plots go here; empty is a new time-stamped folder under runs/, which
+    runs/latest links to (with `resume`: the run runs/latest links to)."""
     seed: int = 0
     """Seeds the tiny model's init, the warm start, the sampler and the minibatch order. The training
     prompts are the same for every seed."""

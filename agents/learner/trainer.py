@@ -14,10 +14,11 @@ model is a peft model and only its LoRA adapter trains (`lora.py`).
 from __future__ import annotations
 
 import copy
+import dataclasses
 import itertools
 import json
 import math
-import signal
+import shutil
 import time
 import warnings
 from collections.abc import Iterable
@@ -32,7 +33,7 @@ from tqdm import tqdm
 from thinkgym.envs.compute import attention_cost
 from thinkgym.rewards import Sample, parse_reward_spec
 
-from .. import distributed, lora
+from .. import distributed, interrupt, lora, run_dir
 from ..evaluate import PosedProblems, evaluate
 from ..methods.sft import demonstration_rows, train_sft
 from ..policy import Policy
@@ -59,9 +60,12 @@ class GRPOTrainer:
         if engine is not None and policy is not None and engine.policy is not policy:
             raise ValueError("the engine samples from another policy than the one given: pass the engine alone "
                              "(its policy is trained), or the policy alone")
-        self.cfg = cfg
         self.world = distributed.world()
         device = distributed.setup(cfg.device)
+        fresh = not cfg.output_dir and not cfg.resume  # a new time-stamped folder, linked from runs/latest
+        if not cfg.output_dir:
+            cfg = dataclasses.replace(cfg, output_dir=str(run_dir.latest_run() if cfg.resume else run_dir.fresh_run_dir()))
+        self.cfg = cfg
         if cfg.prompts_per_step < self.world.size:
             raise ValueError(f"prompts_per_step={cfg.prompts_per_step} is split over {self.world.size} processes: "
                              "it must be at least the number of processes")
@@ -107,13 +111,15 @@ class GRPOTrainer:
             self.siri = SiriSchedule(**cfg.siri)
         self.collector = Collector(cfg.env, self.engine, cfg.env_kwargs, cfg.num_generations, cfg.temperature, cfg.top_p)
         self.writer = SummaryWriter(cfg.output_dir) if self.world.is_main else None
+        if fresh:
+            run_dir.link_latest(cfg.output_dir)
         self.step, self.nonfinite_streak, self.nonfinite_total = 0, 0, 0
         self.warm_started = False
         self.warm_start_report: dict[str, Any] | None = None
         self.last_episode: Episode | None = None
         self.last_scores: tuple[float, dict[str, float]] = (0.0, {})
         self._posed: PosedProblems | None = None  # built on the first logged sample
-        self._stop_requested = False
+        self.eval_pending = False  # the current step's held-out evaluation is still to run (saved with the checkpoint)
         self._shuffle = np.random.default_rng(cfg.seed)
 
     def step_prompts(self, step: int, round_: int = 0) -> list[int]:
@@ -497,8 +503,16 @@ class GRPOTrainer:
         (`eval_temperature=0`) logs `eval/accuracy`; sampling adds `eval/avg@n` and `eval/pass@k` for k <= n."""
         cfg = self.cfg
         seeds = distributed.shard(range(cfg.eval_prompts))
-        res = evaluate(self.engine, cfg.env, seeds, n=cfg.eval_samples, env_kwargs=cfg.env_kwargs,
-                       temperature=cfg.eval_temperature) if seeds else {}  # pass@k only when sampling
+        rng = rng_state(self.engine)
+        try:  # a stop signal ends it at once with one process; ranks wait for each other in its collectives
+            with interrupt.abortable(self.world.size == 1):
+                res = evaluate(self.engine, cfg.env, seeds, n=cfg.eval_samples, env_kwargs=cfg.env_kwargs,
+                               temperature=cfg.eval_temperature) if seeds else {}  # pass@k only when sampling
+        except interrupt.Interrupted:  # rewind its sampling, so that a resume runs it again and continues exactly
+            set_rng_state(rng, self.engine)
+            self.eval_pending = True
+            return {}
+        self.eval_pending = False
         res = distributed.global_means({k: (v * len(seeds), float(len(seeds))) for k, v in res.items()})
         self.log({f"eval/{k}": v for k, v in res.items()}, step)
         return res
@@ -510,7 +524,7 @@ class GRPOTrainer:
                 "env": self.collector.env_state()}
         return {"step": self.step, "optimizer": None if self.sharded else self.opt.state_dict(), "scheduler": self.sched.state_dict(),
                 "ranks": distributed.gather(mine), "reward": self.reward.state_dict() if self.reward is not None else None,
-                "nonfinite": (self.nonfinite_streak, self.nonfinite_total), "config": self.cfg.to_dict()}
+                "nonfinite": (self.nonfinite_streak, self.nonfinite_total), "eval_pending": self.eval_pending, "config": self.cfg.to_dict()}
 
     def save(self) -> None:
         """Rank 0 writes the policy (a LoRA policy: its adapter) and the trainer state; under FSDP every rank
@@ -560,13 +574,20 @@ class GRPOTrainer:
         self.collector.load_env_state(mine["env"])
         self.nonfinite_streak, self.nonfinite_total = st["nonfinite"]
         self.step = st["step"]
+        self.eval_pending = st.get("eval_pending", False)
         self.engine.sync_weights()
         return True
 
     # -- the run ----------------------------------------------------------------------------------
+    @property
+    def warm_start_dir(self) -> Path:
+        """Where a warm start cut short by a stop signal leaves its checkpoint, which `resume` continues."""
+        return Path(self.cfg.output_dir) / "warm_start"
+
     def warm_start(self) -> None:
         """SFT on the task's demonstrations (`sft_steps`), once: a second call refuses, since RL's
-        starting point would silently move."""
+        starting point would silently move. A stop signal ends it early, leaving `warm_started` False and
+        a checkpoint in `warm_start_dir`; with `resume` it continues from there."""
         if self.warm_started:
             raise RuntimeError("this trainer has already warm-started; a second SFT pass would move RL's starting point")
         cfg = self.cfg
@@ -575,8 +596,11 @@ class GRPOTrainer:
         done, cap, accuracy = 0, cfg.sft_max_steps or cfg.sft_steps, None
         for rnd in itertools.count():  # one round without a gate; with one, rounds until it passes or the cap
             steps = cfg.sft_steps if rnd == 0 else min(cfg.sft_gate_round, cap - done)
+            out = self.warm_start_dir if rnd == 0 else self.warm_start_dir / f"round-{rnd}"
             train_sft(self.policy, rows, steps=steps, lr=cfg.sft_learning_rate, seed=cfg.seed + rnd, writer=self.writer,
-                      progress=self.world.is_main, first_step=done)
+                      progress=self.world.is_main, output_dir=out, keep=1, resume=cfg.resume, first_step=done)
+            if distributed.any_rank(interrupt.requested() is not None):  # stopped, on every rank: its checkpoint is in
+                return                                                     # warm_start_dir, for resume
             done += steps
             distributed.broadcast_module(self.policy.model)  # every rank ran the same SFT; rank 0's result is the one kept
             if self.sharded:
@@ -617,26 +641,37 @@ class GRPOTrainer:
         acc = evaluate(self.engine, cfg.env, seeds, n=1, temperature=0.0, env_kwargs=cfg.env_kwargs)["accuracy"] if seeds else 0.0
         return distributed.global_means({"acc": (acc * len(seeds), float(len(seeds)))})["acc"]
 
-    def _request_stop(self, signum, frame) -> None:
-        self._stop_requested = True
-
     def train(self) -> dict[str, float]:
+        """Run to `steps` (or resume there). The first SIGINT/SIGTERM stops it at the next safe point, with a
+        checkpoint to resume from (`interrupt`); a second exits at once. Returns the last step's metrics."""
+        with interrupt.stop_on_signal():
+            return self._run()
+
+    def _run(self) -> dict[str, float]:
         cfg = self.cfg
         resumed = cfg.resume and self.load()
-        if cfg.resume and not resumed and self.world.is_main:
-            warnings.warn(f"resume: no checkpoint in {cfg.output_dir}; starting a fresh run", stacklevel=2)
+        if cfg.resume and not resumed and self.world.is_main and not self.warm_start_dir.exists():
+            warnings.warn(f"resume: no checkpoint in {cfg.output_dir}; starting a fresh run", stacklevel=3)
         if not resumed:
             if cfg.sft_steps and not self.warm_started:
                 self.warm_start()
+                if not self.warm_started:
+                    self._report_stop(f"during the warm start; its checkpoint is in {self.warm_start_dir}")
+                    return {}
+            self.eval_pending = bool(cfg.eval_every)
             self.save()  # checkpoint-0: exactly the weights RL starts from, for before/after comparisons
-        old = {s: signal.signal(s, self._request_stop) for s in (signal.SIGINT, signal.SIGTERM)}
+            if self.world.is_main and self.warm_start_dir.exists():
+                shutil.rmtree(self.warm_start_dir)  # an interrupted warm start's checkpoint: checkpoint-0 supersedes it
         last: dict[str, float] = {}
         try:
-            if cfg.eval_every and not resumed:
+            if self.eval_pending:
                 self.run_eval(self.step)
             bar = tqdm(range(self.step, cfg.steps), initial=self.step, total=cfg.steps, desc="grpo", dynamic_ncols=True,
                        disable=not self.world.is_main)
             for _ in bar:
+                if distributed.any_rank(interrupt.requested() is not None):  # stopped in the evaluation before this step
+                    self._report_stop(f"before step {self.step + 1}; checkpoint-{self.step} in {cfg.output_dir} resumes here")
+                    break
                 last = self.train_step()
                 self.step += 1
                 self.log(last, self.step)
@@ -646,21 +681,23 @@ class GRPOTrainer:
                     self.writer.add_text("completions", self._sample_text(), self.step)
                 if cfg.eval_every and self.step % cfg.eval_every == 0:
                     last.update({f"eval/{k}": v for k, v in self.run_eval(self.step).items()})
-                stop = distributed.any_rank(self._stop_requested)  # ranks stop at the same step
+                stop = distributed.any_rank(interrupt.requested() is not None)  # ranks stop at the same step
                 if stop or (cfg.save_every and self.step % cfg.save_every == 0) or self.step == cfg.steps:
                     self.save()
                 if stop:
-                    if self.world.is_main:
-                        print(f"stopped by signal at step {self.step}; checkpoint saved in {cfg.output_dir}", flush=True)
+                    self._report_stop(f"at step {self.step}; checkpoint-{self.step} saved in {cfg.output_dir}")
                     break
             if cfg.eval_every and self.step == cfg.steps and self.step % cfg.eval_every:  # the run ends on a held-out number
                 last.update({f"eval/{k}": v for k, v in self.run_eval(self.step).items()})
         finally:
-            for s, h in old.items():
-                signal.signal(s, h)
             if self.writer is not None:
                 self.writer.flush()
         return last
+
+    def _report_stop(self, where: str) -> None:
+        if self.world.is_main:
+            name = interrupt.describe(interrupt.requested()) if interrupt.requested() is not None else "a signal"
+            print(f"stopped by {name} {where}; `--resume` continues the run", flush=True)
 
     def _sample_text(self) -> str:
         """A rollout of the step as TensorBoard markdown: the prompt, the gold answer, the completion (its

@@ -23,12 +23,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Sequence
 
-import gymnasium as gym
 import torch
 from transformers import DynamicCache
 
 import thinkgym  # noqa: F401  (registers the environment ids)
 from thinkgym.envs import TokenAction
+from thinkgym.envs.registration import make_env
 
 from ..policy import Policy, cache_kwargs
 from ..rollout.engine import Completion, GenerationRequest
@@ -61,7 +61,7 @@ class _Verifier:
     """Scores a whole response to seed's task by one step of the episode (single-context envs)."""
 
     def __init__(self, env_id: str, tokenizer: Any, env_kwargs: dict | None):
-        self.env = gym.make(env_id, disable_env_checker=True, **{"tokenizer": tokenizer, **(env_kwargs or {})}).unwrapped
+        self.env = make_env(env_id, **{"tokenizer": tokenizer, **(env_kwargs or {})}).unwrapped
 
     def start(self, seed: int) -> dict:
         return self.env.reset(seed=seed)[1]

@@ -27,6 +27,7 @@ import torch
 
 from thinkgym.envs.tokenizer import encode
 
+from .. import interrupt
 from ..learner.checkpoint import save_checkpoint
 from ..learner.logprobs import completion_logprobs, pad_rows
 from ..learner.precision import build_optimizer, lr_schedule
@@ -191,7 +192,8 @@ def train_redi(policy: Policy, pairs: list[tuple[Trace, Trace]], steps: int = 10
                save_every: int = 0, log_every: int = 10) -> list[dict[str, float]]:
     """Stage 2: AdamW (fp32 masters under bf16) with linear warmup and decay on random minibatches of pairs. Logs `loss`,
     `logps/chosen` and `logps/rejected` (mean token log-probs: watch for both falling together, the
-    collapse the paper warns about), `learning_rate`, `grad_norm` and `eval/*`; returns the log."""
+    collapse the paper warns about), `learning_rate`, `grad_norm` and `eval/*`; returns the log. A stop signal
+    (`interrupt.stop_on_signal`) ends it after the current step, with a checkpoint in `output_dir`."""
     alpha = check_alpha(alpha)
     if not pairs:
         raise ValueError("no (correct, incorrect) pairs to train on: the data needs prompts with both kinds of trace")
@@ -206,8 +208,16 @@ def train_redi(policy: Policy, pairs: list[tuple[Trace, Trace]], steps: int = 10
                 writer.add_scalar(k, v, step)
             writer.flush()
 
+    def evaluate_now() -> dict[str, float]:
+        """`eval_fn`, which a stop signal cuts short (nothing of it is kept)."""
+        try:
+            with interrupt.abortable():
+                return eval_fn()
+        except interrupt.Interrupted:
+            return {}
+
     if eval_fn is not None and eval_every:
-        log({f"eval/{k}": v for k, v in eval_fn().items()}, 0)
+        log({f"eval/{k}": v for k, v in evaluate_now().items()}, 0)
     for step in range(1, steps + 1):
         model.train()
         idx = torch.randint(len(pairs), (min(batch_size, len(pairs)),), generator=g).tolist()
@@ -226,12 +236,15 @@ def train_redi(policy: Policy, pairs: list[tuple[Trace, Trace]], steps: int = 10
         m = {"loss": loss.item(), "logps/chosen": float(mean_tok[:b].mean()), "logps/rejected": float(mean_tok[b:].mean()),
              "learning_rate": lr_now, "grad_norm": grad_norm}
         if eval_fn is not None and eval_every and (step % eval_every == 0 or step == steps):
-            m.update({f"eval/{k}": v for k, v in eval_fn().items()})
+            m.update({f"eval/{k}": v for k, v in evaluate_now().items()})
         log(m, step)
         history.append(m)
         if log_every and (step % log_every == 0 or step == steps):
             print(f"redi step {step}: " + " ".join(f"{k} {v:.4f}" for k, v in m.items() if k != "learning_rate"), flush=True)
-        if output_dir is not None and ((save_every and step % save_every == 0) or step == steps):
+        stop = interrupt.requested() is not None  # a stop signal ends the run here, with a checkpoint
+        if output_dir is not None and ((save_every and step % save_every == 0) or step == steps or stop):
             save_checkpoint(output_dir, step, policy, {"step": step, "alpha": alpha, "optimizer": opt.state_dict(),
-                                                        "scheduler": sched.state_dict()})
+                                                        "scheduler": sched.state_dict(), "sampler": g.get_state()})
+        if stop:
+            break
     return history

@@ -17,8 +17,11 @@ from tqdm import tqdm
 
 import thinkgym  # noqa: F401
 from thinkgym.envs import TokenAction
+from thinkgym.envs.registration import make_env
 from thinkgym.envs.tokenizer import encode
 
+from .. import distributed, interrupt, lora
+from ..learner.checkpoint import latest_checkpoint, load_trainer_state, save_checkpoint
 from ..learner.logprobs import completion_logprobs, pad_rows
 from ..learner.precision import build_optimizer
 from ..policy import Policy
@@ -56,7 +59,7 @@ def demonstration_episode(env: gym.Env, seed: int) -> Episode:
 
 def demonstration_rows(env_id: str, seeds: Iterable[int], tokenizer: Any, env_kwargs: dict | None = None) -> list[Row]:
     """Training rows from demonstrations; each ends with EOS, so the policy learns to stop."""
-    env = gym.make(env_id, disable_env_checker=True, **{"tokenizer": tokenizer, **(env_kwargs or {})})
+    env = make_env(env_id, **{"tokenizer": tokenizer, **(env_kwargs or {})})
     rows = []
     for seed in seeds:
         ep = demonstration_episode(env, seed)
@@ -83,20 +86,28 @@ def jsonl_rows(path: str | Path, tokenizer: Any, prompt_key: str = "prompt", res
 
 
 def train_sft(policy: Policy, rows: list[Row], steps: int = 300, batch_size: int = 32, lr: float = 1e-3,
-              seed: int = 0, writer: Any = None, progress: bool = True, first_step: int = 0) -> list[float]:
-    """Masked next-token cross-entropy on the rows, with a progress bar; returns the loss curve.
-    `first_step` numbers the logged steps of a later round after the earlier ones."""
+              seed: int = 0, writer: Any = None, progress: bool = True, output_dir: str | Path | None = None,
+              save_every: int = 0, keep: int = 3, resume: bool = False, first_step: int = 0) -> list[float]:
+    """Masked next-token cross-entropy on the rows, with a progress bar; returns this call's loss curve.
+
+    With `output_dir`, a checkpoint (weights, optimizer, schedule, the batch sampler's state and the step)
+    is written to `output_dir/checkpoint-<step>` every `save_every` steps and at the end (0: neither), and
+    when a stop signal arrives (`interrupt.stop_on_signal`): the loop then ends after the current step, and
+    the curve is shorter than `steps`. `resume` continues from the latest checkpoint there exactly:
+    the final weights equal those of an uninterrupted run. `keep` bounds the checkpoints kept (0: all).
+    `first_step` numbers the logged steps of a later round (the warm-start gate's) after the earlier ones."""
     if not rows:
         raise ValueError("no rows to train on")
     if steps < 1:
         raise ValueError(f"SFT needs steps >= 1; got {steps}")
     model = policy.model
-    model.train()
     # warm-up over the first tenth, linear decay over the whole run, and a floor of 1e-3 (the demo's warm start)
     opt, sched = build_optimizer(model, lr, lambda s: min(1.0, (s + 1) / max(1, steps // 10)) * max(0.0, 1 - s / steps) + 1e-3)
     g = torch.Generator().manual_seed(seed)
-    losses = []
-    bar = tqdm(range(steps), desc="sft", dynamic_ncols=True, disable=not progress)
+    start = _resume(policy, opt, sched, g, output_dir) if resume and output_dir is not None else 0
+    model.train()
+    losses: list[float] = []
+    bar = tqdm(range(start, steps), initial=start, total=steps, desc="sft", dynamic_ncols=True, disable=not progress)
     for step in bar:
         idx = torch.randint(len(rows), (batch_size,), generator=g).tolist()
         batch = pad_rows([rows[i] for i in idx], policy.tokenizer.pad_token_id, policy.device)
@@ -112,5 +123,31 @@ def train_sft(policy: Policy, rows: list[Row], steps: int = 300, batch_size: int
             bar.set_postfix(loss=f"{losses[-1]:.4f}")
             if writer is not None:
                 writer.add_scalar("sft/loss", losses[-1], first_step + step)
+        stop = distributed.any_rank(interrupt.requested() is not None)  # under torchrun, every rank stops at one step
+        due = stop or (save_every and ((step + 1) % save_every == 0 or step + 1 == steps))
+        if output_dir is not None and due and distributed.is_main():
+            save_checkpoint(output_dir, step + 1, policy, {"step": step + 1, "optimizer": opt.state_dict(),
+                                                           "scheduler": sched.state_dict(), "sampler": g.get_state()}, keep=keep)
+        if stop:
+            break
+    bar.close()
     model.eval()
     return losses
+
+
+def _resume(policy: Policy, opt: Any, sched: Any, g: torch.Generator, output_dir: str | Path) -> int:
+    """Load the latest SFT checkpoint in `output_dir` into the policy, optimizer, schedule and sampler; its step
+    (0 where there is none)."""
+    path = latest_checkpoint(output_dir)
+    if path is None:
+        return 0
+    state = load_trainer_state(path)
+    if lora.is_adapted(policy.model):
+        lora.load_adapter(policy.model, path / "policy")
+    else:
+        saved = Policy.from_pretrained(str(path / "policy"), device=str(policy.device), dtype=policy.dtype)
+        policy.model.load_state_dict(saved.model.state_dict())
+    opt.load_state_dict(state["optimizer"])
+    sched.load_state_dict(state["scheduler"])
+    g.set_state(state["sampler"])
+    return int(state["step"])

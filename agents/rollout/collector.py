@@ -16,6 +16,7 @@ import gymnasium as gym
 
 import thinkgym  # noqa: F401  (registers the environment ids)
 from thinkgym.envs import TokenAction
+from thinkgym.envs.registration import make_env
 
 from ..types import Batch, Episode, Step, episode_rows
 from .engine import Engine, GenerationRequest
@@ -45,10 +46,11 @@ class Collector:
         self.temperature, self.top_p, self.problem_seeds = temperature, top_p, problem_seeds
         self.thinking_budget: int | None = None  # set by SIRI's schedule; None keeps the env's own
         self._envs: list[gym.Env] = []
+        self._pool(1)  # a bad env setting fails here, before a run writes anything
 
     def _pool(self, n: int) -> list[gym.Env]:
         while len(self._envs) < n:
-            env = gym.make(self.env_id, disable_env_checker=True, **self.env_kwargs).unwrapped
+            env = make_env(self.env_id, **self.env_kwargs).unwrapped
             if self._envs and hasattr(env, "curriculum"):  # one curriculum sees every episode's result
                 env.curriculum = self._envs[0].curriculum
             self._envs.append(env)

@@ -444,7 +444,7 @@ def grpo(out_dir: Path, device: str, tiny: bool) -> dict:
 
 
 def main() -> None:
-    ap = argparse.ArgumentParser()
+    ap = argparse.ArgumentParser(allow_abbrev=False)
     ap.add_argument("--out", default="bench_out")
     ap.add_argument("--sections", default="rollout,train,grpo")
     ap.add_argument("--tiny", action="store_true")

@@ -57,7 +57,7 @@ def reset_peak() -> None:
 
 
 def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter, allow_abbrev=False)
     ap.add_argument("--mode", required=True, choices=["lora", "fsdp"], help="lora (one GPU) or fsdp (under torchrun, 2+ GPUs)")
     ap.add_argument("--shape", default="qwen2.5-7b", choices=sorted(SHAPES))
     ap.add_argument("--lora-rollout", default="apply,merge", help="lora: the hf engine's ways to sample, each timed (apply, merge)")

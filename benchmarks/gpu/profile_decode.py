@@ -22,7 +22,7 @@ from thinkgym.agents.rollout.sampling import sample_tokens
 
 
 def main() -> None:
-    ap = argparse.ArgumentParser()
+    ap = argparse.ArgumentParser(allow_abbrev=False)
     ap.add_argument("--shape", default="r1-distill-1.5b", choices=list(SHAPES))
     ap.add_argument("--batch", type=int, default=256)
     ap.add_argument("--prompt", type=int, default=512)

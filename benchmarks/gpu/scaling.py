@@ -108,7 +108,7 @@ def speedups(runs: list[dict], one: dict[str, dict]) -> list[dict]:
 
 
 def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter, allow_abbrev=False)
     ap.add_argument("--shapes", default="qwen2.5-0.5b,qwen2.5-1.5b", help=f"comma-separated, of {sorted(SHAPES)}")
     ap.add_argument("--modes", default="strong,weak", help="under torchrun: strong, weak or both (one process runs one)")
     ap.add_argument("--steps", type=int, default=3, help="steps per run; the first is not timed")
