@@ -54,7 +54,7 @@ def measure(args: argparse.Namespace) -> dict:
 
 
 def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter, allow_abbrev=False)
     ap.add_argument("--vocab", type=int, default=151936, help="vocabulary size (R1-Distill-Qwen's by default)")
     ap.add_argument("--rows", type=int, default=1, help="rows in the micro-batch")
     ap.add_argument("--prompt", type=int, default=256, help="prompt tokens per row")

@@ -132,7 +132,7 @@ def table(results: dict[int, dict[str, Any]], args: argparse.Namespace) -> tuple
 
 
 def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter, allow_abbrev=False)
     ap.add_argument("--seeds", default="0,1,2", help="seeds, e.g. 0,1,2 or 0-7")
     ap.add_argument("--jobs", type=int, default=1, help="seeds at a time (spawned processes)")
     ap.add_argument("--threads", type=int, default=2, help="torch CPU threads per seed")

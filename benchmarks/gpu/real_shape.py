@@ -133,7 +133,7 @@ def steady(lines: list[dict], key: str) -> float | None:
 def main() -> None:
     if sys.argv[1:2] == ["--worker"]:  # a side's process, started by `run_side`
         return worker(sys.argv[2])
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter, allow_abbrev=False)
     ap.add_argument("--out", required=True, help="folder for the saved model, each side's run and steps.jsonl / results.json")
     ap.add_argument("--micro-batch-size", type=int, default=4, help="this checkout's learner micro-batch (rows)")
     ap.add_argument("--baseline", help="a checkout to run the same way after this one (a worktree of 505741b); the ratio is printed")
