@@ -171,6 +171,9 @@ class GRPOConfig:
     """Validation problems of the warm-start gate."""
     sft_gate_round: int = 300
     """SFT steps of each extra round when the warm start is below its gate."""
+    sft_gate_learning_rate: float = 0.0
+    """Peak learning rate of the extra rounds (0: half of `sft_learning_rate`): a start that missed a skill at
+    one rate tends to learn it at a lower one."""
     sft_max_steps: int = 0
     """Most SFT steps in all when gated (0: `sft_steps`, so one round and a verdict)."""
 
@@ -214,6 +217,8 @@ class GRPOConfig:
                      "vllm_tensor_parallel_size"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be >= 1; got {getattr(self, name)}")
+        if self.sft_gate_learning_rate < 0:
+            raise ValueError(f"sft_gate_learning_rate must be > 0, or 0 for half of sft_learning_rate; got {self.sft_gate_learning_rate}")
         if not 0 <= self.sft_gate <= 1 or self.sft_gate_prompts < 1 or self.sft_gate_round < 1:
             raise ValueError(f"need 0 <= sft_gate <= 1 (0: no gate), sft_gate_prompts >= 1 and sft_gate_round >= 1; got "
                              f"{self.sft_gate}, {self.sft_gate_prompts}, {self.sft_gate_round}")

@@ -597,7 +597,8 @@ class GRPOTrainer:
         for rnd in itertools.count():  # one round without a gate; with one, rounds until it passes or the cap
             steps = cfg.sft_steps if rnd == 0 else min(cfg.sft_gate_round, cap - done)
             out = self.warm_start_dir if rnd == 0 else self.warm_start_dir / f"round-{rnd}"
-            train_sft(self.policy, rows, steps=steps, lr=cfg.sft_learning_rate, seed=cfg.seed + rnd, writer=self.writer,
+            lr = cfg.sft_learning_rate if rnd == 0 else cfg.sft_gate_learning_rate or cfg.sft_learning_rate / 2
+            train_sft(self.policy, rows, steps=steps, lr=lr, seed=cfg.seed + rnd, writer=self.writer,
                       progress=self.world.is_main, output_dir=out, keep=1, resume=cfg.resume, first_step=done)
             if distributed.any_rank(interrupt.requested() is not None):  # stopped, on every rank: its checkpoint is in
                 return                                                     # warm_start_dir, for resume
