@@ -192,3 +192,26 @@ def test_a_truncated_final_step_says_no_further_action():
     obs, _, term, trunc, info = env.step(TokenAction("abcd", [97, 98, 99, 100], eos=False))
     assert trunc and not term
     assert (obs, info["max_new_tokens"], info["stop"], info["prompt_token_ids"]) == ("", 0, [], [])
+
+
+@pytest.mark.parametrize("env_id", thinkgym.ENV_IDS)
+@pytest.mark.parametrize("options, named", [
+    (5, "options must be a dict"), ([1, 2], "options must be a dict"), ("problem_seed", "options must be a dict"),
+    ({"problem_seed": -1}, r"options\['problem_seed'\] must be an integer >= 0"),
+    ({"problem_seed": 1.9}, r"options\['problem_seed'\] must be an integer >= 0"),
+    ({"problem_seed": "7"}, r"options\['problem_seed'\] must be an integer >= 0"),
+    ({"problem_seed": True}, r"options\['problem_seed'\] must be an integer >= 0"),
+    ({"problm_seed": 7}, r"unknown key\(s\) 'problm_seed'.*'problem_seed'"),
+])
+def test_reset_options_of_the_wrong_type_are_refused_by_name(env_id, options, named):
+    """`options=5` raised "argument of type 'int' is not iterable", `{'problem_seed': -1}` an error naming
+    no key, and `options=[1, 2]` or `problem_seed=1.9` were accepted silently."""
+    env = gym.make(env_id).unwrapped
+    with pytest.raises(ValueError, match=named):
+        env.reset(seed=0, options=options)
+
+
+@pytest.mark.parametrize("env_id", thinkgym.ENV_IDS)
+def test_a_numpy_problem_seed_poses_the_same_problem_as_an_int(env_id):
+    env = gym.make(env_id).unwrapped
+    assert env.reset(seed=0, options={"problem_seed": np.int64(7)})[0] == env.reset(seed=1, options={"problem_seed": 7})[0]
