@@ -14,15 +14,23 @@ from thinkgym.agents.learner import checkpoint as ckpt
 from thinkgym.agents.learner.checkpoint import latest_checkpoint, save_checkpoint
 from thinkgym.agents.learner.config import GRPOConfig
 from thinkgym.agents.learner.trainer import GRPOTrainer
+from thinkgym.agents.policy import Policy
+from thinkgym.rewards import register_reward
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 MANIFEST = "manifest.json"
 
 
+@register_reward("sevens_written")
+def sevens_written(sample, **_):
+    """A reward with variance for an untrained policy, so that every step moves the weights."""
+    return float(sample.text.count("7"))
+
+
 def cfg(out: Path, **kw) -> GRPOConfig:
     base = dict(env="DelethinkDemo-v0", env_kwargs={"max_chunks": 2}, model="tiny", output_dir=str(out), steps=2,
                 prompts_per_step=1, num_generations=2, micro_batch_size=4, learning_rate=1e-3, eval_every=0, save_every=1,
-                log_completions_every=0, reward="")
+                log_completions_every=0, reward="sevens_written")
     return GRPOConfig(**{**base, **kw})
 
 
@@ -44,7 +52,10 @@ def runs(tmp_path_factory):
     shutil.rmtree(root / "ref" / "checkpoint-2")
     (root / "ref" / "latest").write_text("checkpoint-1")
     ref, _ = resume(root / "ref")
-    return root, {k: v.clone() for k, v in ref.model.state_dict().items()}
+    weights = {k: v.clone() for k, v in ref.model.state_dict().items()}
+    stopped_at_2 = Policy.from_pretrained(str(root / "base" / "checkpoint-2" / "policy")).model.state_dict()
+    assert any(not torch.equal(stopped_at_2[k], v) for k, v in weights.items())  # the steps moved the weights
+    return root, weights
 
 
 def tensor_data_offset(path: Path) -> int:
