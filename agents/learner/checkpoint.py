@@ -124,13 +124,13 @@ def save_checkpoint(output_dir: str | Path, step: int, policy: Any, trainer_stat
     _replace(path / TRAINER_STATE, lambda tmp: torch.save(trainer_state, tmp))
     write_manifest(path)
     _replace(root / LATEST, lambda tmp: tmp.write_text(path.name))
+    clear_leftovers(root)
     if keep > 0:
         for old in complete_checkpoints(root)[:-keep]:
             if old.name not in ("checkpoint-0", path.name):
                 doomed = old.with_name(old.name + DELETING)
                 os.replace(old, doomed)  # gone from the checkpoints at once, whatever rmtree then manages
                 shutil.rmtree(doomed)
-    clear_leftovers(root)
     return path
 
 

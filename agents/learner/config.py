@@ -28,8 +28,8 @@ LR_SCHEDULERS = ("constant", "linear", "cosine")
 GROUP_ESTIMATORS = ("grpo", "rloo")
 
 
-def _at_least(low: float) -> tuple[Callable[[Any], bool], str]:
-    return (lambda v: v >= low), f">= {low}"
+def _at_least(low: float, note: str = "") -> tuple[Callable[[Any], bool], str]:
+    return (lambda v: v >= low), f">= {low}" + (f" ({note})" if note else "")
 
 
 def _above(low: float) -> tuple[Callable[[Any], bool], str]:
@@ -45,6 +45,12 @@ RANGES: dict[str, tuple[Callable[[Any], bool], str]] = {
                                         "train_prompts", "warmup_steps", "weight_decay", "sft_steps", "seed", "save_every",
                                         "save_total_limit", "eval_every", "eval_prompts", "eval_temperature", "log_completions_every")},
     **{name: _above(0) for name in ("lora_alpha", "temperature", "learning_rate", "sft_learning_rate")},
+    "save_every": _at_least(0, "0 saves only at the end and on SIGINT/SIGTERM"),
+    "save_total_limit": _at_least(0, "0 keeps every checkpoint"),
+    "monitor_prompts": _at_least(0, "0 uses the step's own rollouts"),
+    "train_prompts": _at_least(0, "0 draws fresh prompts every step"),
+    "eval_every": _at_least(0, "0 never evaluates"),
+    "eval_temperature": _at_least(0, "0 is greedy"),
     "max_grad_norm": ((lambda v: v > 0), "> 0 (inf turns clipping off)"),
     "lora_dropout": ((lambda v: 0 <= v < 1), "in [0, 1)"),
     "top_p": ((lambda v: 0 < v <= 1), "in (0, 1]"),
