@@ -8,8 +8,9 @@ Other task environments subclass `ReasoningEnv` and change only the task or the 
 from __future__ import annotations
 
 from dataclasses import fields
-from typing import Any
+from typing import Any, Mapping
 
+import numpy as np
 from gymnasium.error import ResetNeeded
 
 from .compute import compare_with_longcot
@@ -41,6 +42,8 @@ class ReasoningEnv(TextEnv):
 
     # An env built around one task narrows this: `task=` must then be that task's name or an instance.
     task_type: type[Task] = Task
+    # The keys `reset(options=...)` reads; a subclass that reads more adds them.
+    option_keys: tuple[str, ...] = ("problem_seed",)
 
     def __init__(
         self,
@@ -85,10 +88,25 @@ class ReasoningEnv(TextEnv):
         return text if text.rstrip().endswith(THINK_OPEN) else text + THINK_OPEN + "\n"
 
     # -- episode ----------------------------------------------------------------------------------
+    def read_options(self, options: Any) -> dict[str, Any]:
+        """`reset`'s options as a dict, refused by name when they are not a dict, hold a key this env
+        does not read (a typo would otherwise be ignored), or a `problem_seed` that is not an integer >= 0."""
+        if options is None:
+            return {}
+        if not isinstance(options, Mapping):
+            raise ValueError(f"options must be a dict (keys {list(self.option_keys)}) or None; got {type(options).__name__}: {options!r}")
+        unknown = sorted(map(repr, set(options) - set(self.option_keys)))
+        if unknown:
+            raise ValueError(f"options has unknown key(s) {', '.join(unknown)}; {type(self).__name__} reads {list(self.option_keys)}")
+        seed = options.get("problem_seed")
+        if seed is not None and not (isinstance(seed, (int, np.integer)) and not isinstance(seed, bool) and seed >= 0):
+            raise ValueError(f"options['problem_seed'] must be an integer >= 0; got {seed!r}")
+        return dict(options)
+
     def reset(self, *, seed: int | None = None, options: dict[str, Any] | None = None) -> tuple[str, dict]:
+        options = self.read_options(options)
         super().reset(seed=seed)
-        options = options or {}
-        problem_seed = int(options["problem_seed"]) if "problem_seed" in options else int(self.np_random.integers(0, 2**31 - 1))
+        problem_seed = int(options["problem_seed"]) if options.get("problem_seed") is not None else int(self.np_random.integers(0, 2**31 - 1))
         self.problem = self.task.sample(problem_seed)
         self.query_ids = self.encode(self.format_prompt(self.problem.prompt))
         self.actions: list[list[int]] = []

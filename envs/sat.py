@@ -52,6 +52,8 @@ class SATCurriculumEnv(SATEnv):
     `options={"level": i}` poses one episode at level i without recording its result.
     """
 
+    option_keys = (*SATEnv.option_keys, "level")
+
     def __init__(self, levels: Sequence[dict[str, Any]] | None = None, promote_above: float = 0.5,
                  check_every: int = 250, window: int | None = None, demote_below: float | None = None,
                  start_level: int = 0, task: str = "sat", task_kwargs: dict[str, Any] | None = None, **kwargs: Any):
@@ -66,7 +68,7 @@ class SATCurriculumEnv(SATEnv):
         self._recorded = True
 
     def reset(self, *, seed: int | None = None, options: dict[str, Any] | None = None):
-        forced = (options or {}).get("level")
+        forced = self.read_options(options).get("level")
         if forced is not None and not (isinstance(forced, int) and 0 <= forced < len(self._tasks)):
             raise ValueError(f"options['level'] must be in 0..{len(self._tasks) - 1}; got {forced!r}")
         self._level = self.curriculum.level if forced is None else forced

@@ -7,6 +7,7 @@ digits as single tokens, which suits the tiny models that the demo trains on the
 
 from __future__ import annotations
 
+import re
 from functools import lru_cache
 from typing import Any
 
@@ -19,6 +20,9 @@ EOS_TOKEN = "<|endoftext|>"
 SPECIAL_TOKENS = (EOS_TOKEN, THINK_OPEN, THINK_CLOSE)
 
 TokenizerLike = PreTrainedTokenizerBase | str | None
+
+# UTF-16 code units: a Python str may hold them unpaired, and no UTF-8 tokenizer can take them.
+_SURROGATE = re.compile("[\ud800-\udfff]")
 
 
 @lru_cache(maxsize=1)
@@ -55,9 +59,18 @@ def resolve_tokenizer(tokenizer: TokenizerLike = None) -> PreTrainedTokenizerBas
     )
 
 
+def encodable(text: str) -> str:
+    """`text` with its surrogate code units made valid: a pair written as two units becomes its
+    character, a lone one becomes U+FFFD, as a UTF-16 decoder does. Python strings are the only
+    text that can hold them (a model's output, `json.loads` of an escape), and tokenizers refuse it."""
+    if _SURROGATE.search(text) is None:
+        return text
+    return text.encode("utf-16-le", "surrogatepass").decode("utf-16-le", "replace")
+
+
 def encode(tokenizer: PreTrainedTokenizerBase, text: str) -> list[int]:
     """Token ids of `text` with no special tokens added (no BOS), as the env counts them."""
-    return list(tokenizer.encode(text, add_special_tokens=False))
+    return list(tokenizer.encode(encodable(text), add_special_tokens=False))
 
 
 def decode(tokenizer: PreTrainedTokenizerBase, ids: Any) -> str:

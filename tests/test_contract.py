@@ -41,6 +41,37 @@ def test_token_ids_no_tokenizer_holds_are_a_malformed_action(env_id, ids):
     assert term and not trunc and info["format_error"] and isinstance(reward, float)
 
 
+# Strings a Python str can hold and no UTF-8 tokenizer can take: unpaired UTF-16 surrogates, alone,
+# reversed, inside text, next to EOS, in a closed code block; and edge code points that must stay fine.
+UNENCODABLE = [
+    "\ud800", "\udfff", "a\udcffb", "\ude00\ud83d", "\ud83d" * 300, "</think>\\boxed{\ud800}",
+    "7\ud800<|endoftext|>", "```python\nprint('\udc80')\n```\n", "\x00", "\ufffe\uffff\U0010ffff", "\ufeff",
+]
+
+
+@pytest.mark.parametrize("env_id", thinkgym.ENV_IDS)
+@pytest.mark.parametrize("text", UNENCODABLE, ids=ascii)
+def test_unencodable_text_actions_never_raise(env_id, text):
+    """A lone surrogate raised TypeError inside the tokenizer in every env; the contract says a
+    malformed action never raises. The env keeps going or ends with a float reward."""
+    env = gym.make(env_id).unwrapped
+    env.reset(seed=0)
+    done, steps = False, 0
+    while not done and steps < 3:
+        _, reward, term, trunc, info = env.step(text)
+        done, steps = term or trunc, steps + 1
+        assert isinstance(reward, float) and np.isfinite(reward)
+        assert all(isinstance(t, int) for t in info["prompt_token_ids"])
+    env.close()
+
+
+def test_surrogates_are_encoded_as_a_utf16_decoder_reads_them():
+    """A pair written as two code units is its character; a lone unit is U+FFFD."""
+    env = gym.make("LongCoT-v0").unwrapped
+    assert env.encode("a\ud83d\ude00b") == env.encode("a\U0001f600b")
+    assert env.encode("a\ud800b") == env.encode("a\ufffdb")
+
+
 def test_ids_of_a_padded_vocabulary_are_a_real_action():
     """Models pad the vocabulary past len(tokenizer) (the tiny policy: 320 rows for 259 tokens) and a
     sampled id there is a real, empty piece of text, not a malformed action."""
@@ -203,3 +234,26 @@ def test_async_vector_recipe_matches_sync_over_rounds(env_id, calls):
     sync, async_ = _rounds(env_id, "sync", sync_kwargs, calls), _rounds(env_id, "async", kwargs, calls)
     assert async_ == sync
     assert any(step[1] == [1.0, 1.0] for step in sync[1:] if isinstance(step, tuple))  # the answers were scored
+
+
+@pytest.mark.parametrize("env_id", thinkgym.ENV_IDS)
+@pytest.mark.parametrize("options, named", [
+    (5, "options must be a dict"), ([1, 2], "options must be a dict"), ("problem_seed", "options must be a dict"),
+    ({"problem_seed": -1}, r"options\['problem_seed'\] must be an integer >= 0"),
+    ({"problem_seed": 1.9}, r"options\['problem_seed'\] must be an integer >= 0"),
+    ({"problem_seed": "7"}, r"options\['problem_seed'\] must be an integer >= 0"),
+    ({"problem_seed": True}, r"options\['problem_seed'\] must be an integer >= 0"),
+    ({"problm_seed": 7}, r"unknown key\(s\) 'problm_seed'.*'problem_seed'"),
+])
+def test_reset_options_of_the_wrong_type_are_refused_by_name(env_id, options, named):
+    """`options=5` raised "argument of type 'int' is not iterable", `{'problem_seed': -1}` an error naming
+    no key, and `options=[1, 2]` or `problem_seed=1.9` were accepted silently."""
+    env = gym.make(env_id).unwrapped
+    with pytest.raises(ValueError, match=named):
+        env.reset(seed=0, options=options)
+
+
+@pytest.mark.parametrize("env_id", thinkgym.ENV_IDS)
+def test_a_numpy_problem_seed_poses_the_same_problem_as_an_int(env_id):
+    env = gym.make(env_id).unwrapped
+    assert env.reset(seed=0, options={"problem_seed": np.int64(7)})[0] == env.reset(seed=1, options={"problem_seed": 7})[0]

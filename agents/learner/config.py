@@ -10,9 +10,11 @@ import argparse
 import ast
 import inspect
 import json
+import math
 from dataclasses import asdict, dataclass, field, fields
 from functools import cache
-from typing import Any
+from numbers import Real
+from typing import Any, Callable, Mapping
 
 import yaml
 
@@ -22,6 +24,45 @@ DTYPES = (None, "float32", "bfloat16", "float16")
 PARALLELISMS = ("ddp", "fsdp")
 LORA_ROLLOUTS = ("apply", "merge")
 LR_SCHEDULERS = ("constant", "linear", "cosine")
+# Estimators that compare a rollout with the rest of its group: one rollout per prompt has no advantage.
+GROUP_ESTIMATORS = ("grpo", "rloo")
+
+
+def _at_least(low: float, note: str = "") -> tuple[Callable[[Any], bool], str]:
+    return (lambda v: v >= low), f">= {low}" + (f" ({note})" if note else "")
+
+
+def _above(low: float) -> tuple[Callable[[Any], bool], str]:
+    return (lambda v: v > low), f"> {low}"
+
+
+# The accepted values of each numeric field (None, where a field allows it, is always accepted).
+RANGES: dict[str, tuple[Callable[[Any], bool], str]] = {
+    **{name: _at_least(1) for name in ("vllm_tensor_parallel_size", "lora_r", "num_generations", "prompts_per_step", "steps",
+                                        "num_iterations", "minibatches", "micro_batch_size", "max_nonfinite_steps", "sft_seeds",
+                                        "eval_samples", "max_completion_length", "tis_cap")},
+    **{name: _at_least(0) for name in ("beta", "entropy_coef", "mgpo_lambda", "max_resample_rounds", "monitor_prompts",
+                                        "train_prompts", "warmup_steps", "weight_decay", "sft_steps", "seed", "save_every",
+                                        "save_total_limit", "eval_every", "eval_prompts", "eval_temperature", "log_completions_every")},
+    **{name: _above(0) for name in ("lora_alpha", "temperature", "learning_rate", "sft_learning_rate")},
+    "save_every": _at_least(0, "0 saves only at the end and on SIGINT/SIGTERM"),
+    "save_total_limit": _at_least(0, "0 keeps every checkpoint"),
+    "monitor_prompts": _at_least(0, "0 uses the step's own rollouts"),
+    "train_prompts": _at_least(0, "0 draws fresh prompts every step"),
+    "eval_every": _at_least(0, "0 never evaluates"),
+    "eval_temperature": _at_least(0, "0 is greedy"),
+    "max_grad_norm": ((lambda v: v > 0), "> 0 (inf turns clipping off)"),
+    "lora_dropout": ((lambda v: 0 <= v < 1), "in [0, 1)"),
+    "top_p": ((lambda v: 0 < v <= 1), "in (0, 1]"),
+    "epsilon": ((lambda v: 0 <= v < 1), "in [0, 1)"),
+    "sft_gate": ((lambda v: 0 <= v <= 1), "in [0, 1] (0: no gate)"),
+    "sft_gate_prompts": _at_least(1),
+    "sft_gate_round": _at_least(1),
+    "sft_gate_learning_rate": _at_least(0, "0 is half of sft_learning_rate"),
+    "sft_max_steps": _at_least(0, "0 is sft_steps"),
+}
+_EXPECTED = {"bool": "true or false", "int": "an integer", "float": "a number", "str": "a string", "dict": "a mapping",
+             "list": "a list"}
 
 
 @dataclass
@@ -153,7 +194,7 @@ class GRPOConfig:
     """Recompute each layer's activations in the backward pass: long rows fit in memory, for about a
     third more compute. The optimizer keeps fp32 master weights whenever the model is in bf16/fp16."""
     max_grad_norm: float = 1.0
-    """Gradient clipping."""
+    """Gradient clipping: the largest global gradient norm; `inf` turns clipping off (the norm is still logged)."""
     max_nonfinite_steps: int = 5
     """A NaN/inf loss skips its optimizer step; this many in a row stops the run."""
     sft_steps: int = 0
@@ -207,41 +248,47 @@ class GRPOConfig:
         from .advantages import SCALE_REWARDS, get_advantage
         from .losses import get_policy_loss
 
+        for f in fields(self):
+            setattr(self, f.name, coerce_field(f.name, str(f.type), getattr(self, f.name)))
+        self._check_ranges()
         get_policy_loss(self.loss_type)
         get_advantage(self.advantage_estimator)
         for name, choices in (("engine", ENGINES), ("dtype", DTYPES), ("scale_rewards", SCALE_REWARDS),
                               ("lr_scheduler", LR_SCHEDULERS), ("parallelism", PARALLELISMS), ("lora_rollout", LORA_ROLLOUTS)):
             if getattr(self, name) not in choices:
                 raise ValueError(f"{name}={getattr(self, name)!r} is unknown; valid: {list(choices)}")
-        for name in ("num_generations", "prompts_per_step", "steps", "num_iterations", "minibatches", "micro_batch_size",
-                     "vllm_tensor_parallel_size"):
-            if getattr(self, name) < 1:
-                raise ValueError(f"{name} must be >= 1; got {getattr(self, name)}")
-        if self.sft_gate_learning_rate < 0:
-            raise ValueError(f"sft_gate_learning_rate must be > 0, or 0 for half of sft_learning_rate; got {self.sft_gate_learning_rate}")
-        if not 0 <= self.sft_gate <= 1 or self.sft_gate_prompts < 1 or self.sft_gate_round < 1:
-            raise ValueError(f"need 0 <= sft_gate <= 1 (0: no gate), sft_gate_prompts >= 1 and sft_gate_round >= 1; got "
-                             f"{self.sft_gate}, {self.sft_gate_prompts}, {self.sft_gate_round}")
+        if self.num_generations < 2 and self.advantage_estimator in GROUP_ESTIMATORS:
+            raise ValueError(f"num_generations must be >= 2 for advantage_estimator={self.advantage_estimator!r} (a group of one "
+                             f"rollout has zero advantage); got {self.num_generations}. advantage_estimator='raw' takes 1")
+        if self.epsilon_high < self.epsilon:
+            raise ValueError(f"epsilon_high must be >= epsilon ({self.epsilon}): the upper clip range is the wider one; "
+                             f"got {self.epsilon_high}")
         if self.sft_max_steps and self.sft_max_steps < self.sft_steps:
             raise ValueError(f"sft_max_steps must be 0 (= sft_steps) or >= sft_steps={self.sft_steps}; got {self.sft_max_steps}")
-        if self.save_total_limit < 0:
-            raise ValueError(f"save_total_limit must be >= 0 (0 keeps every checkpoint); got {self.save_total_limit}")
-        if self.monitor_prompts < 0:
-            raise ValueError(f"monitor_prompts must be >= 0 (0 uses the step's own rollouts); got {self.monitor_prompts}")
-        if self.train_prompts < 0:
-            raise ValueError(f"train_prompts must be >= 0 (0 draws fresh prompts every step); got {self.train_prompts}")
-        if not 0 <= self.epsilon < 1 or self.epsilon_high < 0:
-            raise ValueError(f"need 0 <= epsilon < 1 and epsilon_high >= 0; got {self.epsilon}, {self.epsilon_high}")
+        if self.eval_every and not self.eval_prompts:
+            raise ValueError(f"eval_prompts must be >= 1 when eval_every={self.eval_every} (eval_every=0 turns evaluation off)")
+        for name in ("env", "model"):  # output_dir "" is a new time-stamped folder under runs/
+            if not getattr(self, name).strip():
+                raise ValueError(f"{name} must be a non-empty string")
+        bad = sorted(k for k, v in self.reward_params.items() if not isinstance(v, Mapping))
+        if bad:
+            raise ValueError(f"reward_params must map each reward name to a mapping of its keyword arguments; {bad} are not")
         self._check_lora()
+
+    def _check_ranges(self) -> None:
+        """Every numeric field within its accepted values (RANGES), and finite (max_grad_norm may be inf)."""
+        for name, (ok, accepted) in RANGES.items():
+            value = getattr(self, name)
+            if value is None:
+                continue
+            if not ok(value) or (name != "max_grad_norm" and not math.isfinite(value)):
+                raise ValueError(f"{name} must be {accepted}; got {value!r}")
 
     def _check_lora(self) -> None:
         if not self.use_peft:
             if self.lora_rollout != "apply":
                 raise ValueError(f"lora_rollout={self.lora_rollout!r} needs use_peft=True (there is no adapter to merge)")
             return
-        if self.lora_r < 1 or self.lora_alpha <= 0 or not 0 <= self.lora_dropout < 1:
-            raise ValueError(f"need lora_r >= 1, lora_alpha > 0 and 0 <= lora_dropout < 1; got {self.lora_r}, {self.lora_alpha}, "
-                             f"{self.lora_dropout}")
         targets = self.lora_target_modules
         if targets is not None and (not isinstance(targets, list) or not targets or not all(isinstance(t, str) and t for t in targets)):
             raise ValueError(f"lora_target_modules must be a non-empty list of module names (or None for peft's default); got {targets!r}")
@@ -253,6 +300,10 @@ class GRPOConfig:
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> "GRPOConfig":
+        """A config from a mapping of field names (a YAML file's); each value is converted to its field's
+        type (PyYAML reads `1e-4` as a string) or refused, naming the key and the type expected."""
+        if not isinstance(data, Mapping):
+            raise ValueError(f"a config must be a mapping of GRPOConfig keys to values; got a {type(data).__name__}")
         known = {f.name for f in fields(cls)}
         unknown = sorted(set(data) - known)
         if unknown:
@@ -262,11 +313,42 @@ class GRPOConfig:
     @classmethod
     def from_yaml(cls, path: str, **overrides: Any) -> "GRPOConfig":
         with open(path) as f:
-            data = yaml.safe_load(f) or {}
-        return cls.from_dict({**data, **overrides})
+            data = yaml.safe_load(f)
+        if data is not None and not isinstance(data, dict):
+            raise ValueError(f"{path}: a config file must be a mapping of GRPOConfig keys to values (key: value lines); "
+                             f"its top level is a {type(data).__name__}")
+        return cls.from_dict({**(data or {}), **overrides})
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
+
+
+def coerce_field(name: str, kind: str, value: Any) -> Any:
+    """`value` as a value of field `name` of type `kind` (a string parsed as the command line parses it, an
+    integral float as an int, an int as a float), or a ValueError naming the field and the type expected."""
+    base = kind.split("[")[0].split(" |")[0]
+    optional = "None" in kind
+    if value is None and optional:
+        return None
+    if isinstance(value, str) and base != "str":
+        try:
+            value = parse_field_value(kind, value)
+        except (ValueError, argparse.ArgumentTypeError):
+            pass  # refused below, by name
+    if base == "bool" and isinstance(value, bool):
+        return value
+    if base == "int" and isinstance(value, Real) and not isinstance(value, bool) and float(value).is_integer():
+        return int(value)
+    if base == "float" and isinstance(value, Real) and not isinstance(value, bool):
+        return float(value)
+    if (base == "str" and isinstance(value, str)) or (base == "list" and isinstance(value, list)):
+        return value
+    if base == "dict" and isinstance(value, Mapping):
+        return dict(value)
+    if base in _EXPECTED:
+        raise ValueError(f"{name} must be {_EXPECTED.get(base, base)}{' or null' if optional else ''}; "
+                         f"got {value!r} ({type(value).__name__})")
+    return value
 
 
 @cache
