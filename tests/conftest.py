@@ -28,7 +28,8 @@ def one_thread():
 
 class ProcessState:
     """The process-wide settings a test can leave behind for the tests after it: environment variables,
-    the working directory, torch's global settings and a default process group."""
+    the working directory and torch's global settings. A process group is left alone: vLLM's in-process
+    engine binds its global state to the one it starts, and a later engine in the same process reuses it."""
 
     def __init__(self) -> None:
         import torch
@@ -38,14 +39,13 @@ class ProcessState:
         self.torch = {"default dtype": torch.get_default_dtype(), "threads": torch.get_num_threads(),
                       "deterministic algorithms": torch.are_deterministic_algorithms_enabled(),
                       "grad mode": torch.is_grad_enabled(), "float32 matmul precision": torch.get_float32_matmul_precision()}
-        self.process_group = torch.distributed.is_available() and torch.distributed.is_initialized()
 
     def changes_since(self, before: "ProcessState") -> list[str]:
         keys = sorted(k for k in self.env.keys() | before.env.keys() if self.env.get(k) != before.env.get(k))
         changes = [f"environment variables {keys}"] if keys else []
         changes += ["the working directory"] if self.cwd != before.cwd else []
         changes += [f"torch's {k} ({before.torch[k]} -> {v})" for k, v in self.torch.items() if v != before.torch[k]]
-        return changes + (["a torch.distributed default process group"] if self.process_group != before.process_group else [])
+        return changes
 
     def restore(self) -> None:
         import torch
@@ -59,8 +59,6 @@ class ProcessState:
         torch.use_deterministic_algorithms(self.torch["deterministic algorithms"])
         torch.set_grad_enabled(self.torch["grad mode"])
         torch.set_float32_matmul_precision(self.torch["float32 matmul precision"])
-        if not self.process_group and torch.distributed.is_available() and torch.distributed.is_initialized():
-            torch.distributed.destroy_process_group()
 
 
 @pytest.fixture(autouse=True)
@@ -79,7 +77,7 @@ def leaves_no_process_state(request):
 @pytest.fixture
 def restores_process_state():
     """For tests of libraries that set process-wide state themselves (TRL's colocated vLLM sets RANK,
-    WORLD_SIZE and MASTER_* and starts a process group): puts it all back afterwards."""
+    WORLD_SIZE and MASTER_*, which made accelerate take the next test for a distributed run): puts it back."""
     before = ProcessState()
     yield
     before.restore()

@@ -31,7 +31,7 @@ from thinkgym.agents.rollout.engine import Completion, GenerationRequest
 from thinkgym.rewards import register_reward
 
 # every test here launches torchrun: the shared two-rank run takes about 70 s on 2 CPU cores, the scaling benchmark 30 s
-pytestmark = pytest.mark.slow
+pytestmark = [pytest.mark.slow, pytest.mark.usefixtures("one_thread")]  # the one-process references run with one thread, as the ranks do
 
 
 @register_reward("dist_sevens")

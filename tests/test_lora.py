@@ -148,8 +148,8 @@ def test_lora_rollout_merge_trains_with_the_recomputed_logprobs(tmp_path, monkey
     (dict(lora_rollout="merge"), "needs use_peft=True"),
     (dict(use_peft=True, lora_rollout="merge", engine="vllm"), "setting of the hf engine"),
     (dict(use_peft=True, lora_rollout="fold"), "valid: \\['apply', 'merge'\\]"),
-    (dict(use_peft=True, lora_r=0), "lora_r >= 1"),
-    (dict(use_peft=True, lora_dropout=1.0), "lora_dropout < 1"),
+    (dict(use_peft=True, lora_r=0), "lora_r must be >= 1"),
+    (dict(use_peft=True, lora_dropout=1.0), r"lora_dropout must be in \[0, 1\)"),
     (dict(use_peft=True, lora_target_modules=[]), "lora_target_modules must be"),
     (dict(parallelism="zero3"), "valid: \\['ddp', 'fsdp'\\]"),
 ])

@@ -11,7 +11,7 @@ from thinkgym.agents.plot import read_scalars  # noqa: E402
 
 @pytest.mark.vllm
 @pytest.mark.slow  # about 100 s on 2 CPU cores (vLLM start-up and two GRPO steps)
-def test_grpo_trains_with_the_vllm_engine(tmp_path, monkeypatch):
+def test_grpo_trains_with_the_vllm_engine(tmp_path, monkeypatch, restores_process_state):  # vLLM sets VLLM_DIST_IDENT
     monkeypatch.setenv("VLLM_CPU_KVCACHE_SPACE", "1")
     cfg = GRPOConfig(env="DelethinkDemo-v0", engine="vllm", steps=2, prompts_per_step=2, num_generations=2, micro_batch_size=8,
                      learning_rate=1e-3, eval_every=2, eval_prompts=2, eval_samples=1, entropy_coef=0.01,

@@ -267,8 +267,8 @@ class GRPOConfig:
             raise ValueError(f"sft_max_steps must be 0 (= sft_steps) or >= sft_steps={self.sft_steps}; got {self.sft_max_steps}")
         if self.eval_every and not self.eval_prompts:
             raise ValueError(f"eval_prompts must be >= 1 when eval_every={self.eval_every} (eval_every=0 turns evaluation off)")
-        for name in ("env", "model"):  # output_dir "" is a new time-stamped folder under runs/
-            if not getattr(self, name).strip():
+        for name in ("env", "model", "output_dir"):  # output_dir "" (the default) is a new time-stamped folder under runs/
+            if not getattr(self, name).strip() and (name != "output_dir" or self.output_dir):
                 raise ValueError(f"{name} must be a non-empty string")
         bad = sorted(k for k, v in self.reward_params.items() if not isinstance(v, Mapping))
         if bad:
