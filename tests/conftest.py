@@ -26,6 +26,12 @@ def one_thread():
     torch.set_num_threads(before)
 
 
+def internal(key: str) -> bool:
+    """Variables that are not a test's doing: pytest's own (per phase), and the marker torch's inductor
+    sets once per process when it first compiles (vLLM compiles)."""
+    return key == "PYTEST_CURRENT_TEST" or key.startswith("_TORCHINDUCTOR_")
+
+
 class ProcessState:
     """The process-wide settings a test can leave behind for the tests after it: environment variables,
     the working directory and torch's global settings. A process group is left alone: vLLM's in-process
@@ -34,7 +40,7 @@ class ProcessState:
     def __init__(self) -> None:
         import torch
 
-        self.env = {k: v for k, v in os.environ.items() if k != "PYTEST_CURRENT_TEST"}  # pytest's own, per phase
+        self.env = {k: v for k, v in os.environ.items() if not internal(k)}
         self.cwd = os.getcwd()
         self.torch = {"default dtype": torch.get_default_dtype(), "threads": torch.get_num_threads(),
                       "deterministic algorithms": torch.are_deterministic_algorithms_enabled(),
@@ -50,8 +56,9 @@ class ProcessState:
     def restore(self) -> None:
         import torch
 
-        for key in set(os.environ) - set(self.env) - {"PYTEST_CURRENT_TEST"}:
-            del os.environ[key]
+        for key in set(os.environ) - set(self.env):
+            if not internal(key):
+                del os.environ[key]
         os.environ.update(self.env)
         os.chdir(self.cwd)
         torch.set_default_dtype(self.torch["default dtype"])
@@ -59,6 +66,17 @@ class ProcessState:
         torch.use_deterministic_algorithms(self.torch["deterministic algorithms"])
         torch.set_grad_enabled(self.torch["grad mode"])
         torch.set_float32_matmul_precision(self.torch["float32 matmul precision"])
+
+
+@pytest.fixture(scope="session", autouse=True)
+def vllm_imported_up_front():
+    """vLLM sets environment variables when first imported (TORCHINDUCTOR_COMPILE_THREADS, TRITON_*, ...):
+    importing it before any test, where installed, makes them part of every test's baseline, not a leak of
+    whichever test imports it first."""
+    try:
+        import vllm  # noqa: F401
+    except Exception:  # not installed, or not importable here: its tests skip
+        pass
 
 
 @pytest.fixture(autouse=True)
