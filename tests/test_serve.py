@@ -319,3 +319,54 @@ def test_train_on_a_served_env_gives_the_in_process_first_step(tmp_path, monkeyp
     local, remote = batches
     assert [vars(r) for r in remote.rows] == [vars(r) for r in local.rows] and len(local.rows) >= 4
     assert [(e.reward, e.info, e.budget) for e in remote.episodes] == [(e.reward, e.info, e.budget) for e in local.episodes]
+
+
+def test_token_level_wrapper_runs_a_served_env_as_in_process():
+    """SB3's view (`TokenLevelWrapper`: one token per step) of a served env is the in-process env's."""
+    from thinkgym.envs.token_level import TokenLevelWrapper
+
+    rng = np.random.default_rng(0)
+    with served("DelethinkDemo-v0", DEMO_KW) as url:
+        wrapped = [TokenLevelWrapper(gym.make("thinkgym/Remote-v0", url=url), vocab=list("0123456789+=|") + ["\\boxed{"], window=16),
+                   TokenLevelWrapper(make_env("DelethinkDemo-v0", **DEMO_KW), vocab=list("0123456789+=|") + ["\\boxed{"], window=16)]
+        runs = [[], []]
+        actions = rng.integers(0, wrapped[0].action_space.n, size=300).tolist()
+        for env, run in zip(wrapped, runs):
+            obs, _ = env.reset(seed=4)
+            run.append(obs.tolist())
+            for a in actions:
+                obs, reward, term, trunc, _ = env.step(a)
+                run.append((obs.tolist(), reward, term, trunc))
+                if term or trunc:
+                    run.append(env.reset(seed=5)[0].tolist())
+            env.close()
+    assert runs[0] == runs[1] and sum(1 for r in runs[0] if isinstance(r, tuple) and (r[2] or r[3])) >= 1
+
+
+@pytest.mark.slow
+def test_trl_grpo_trainer_rolls_out_through_a_served_env(tmp_path, monkeypatch, restores_process_state):
+    """TRL's GRPOTrainer with EnvRollout on thinkgym/Remote-v0 gets the rows it gets in process (same seed)."""
+    pytest.importorskip("trl")
+    monkeypatch.setenv("TRL_EXPERIMENTAL_SILENCE", "1")
+    from trl import GRPOConfig, GRPOTrainer
+
+    from thinkgym.agents.policy import Policy
+    from thinkgym.integrations.trl import EnvRollout, thinkgym_reward
+
+    longcot = {"task_kwargs": {"n_terms": 3}, "max_thinking_tokens": 24, "stop": list("aeiou")}
+    outputs = []
+
+    def run(env_id: str, kwargs: dict, out: str) -> None:
+        policy = Policy.tiny(seed=0, device="cpu")
+        rollout = EnvRollout(env_id, policy.tokenizer, kwargs)
+        record = lambda prompts, trainer: outputs.append(rollout(prompts, trainer)) or outputs[-1]  # noqa: E731
+        args = GRPOConfig(output_dir=str(tmp_path / out), max_steps=1, per_device_train_batch_size=4, num_generations=2,
+                          use_cpu=True, bf16=False, report_to="none", save_strategy="no", disable_tqdm=True, beta=0.0, seed=0)
+        GRPOTrainer(model=policy.model, reward_funcs=thinkgym_reward, args=args, train_dataset=rollout.dataset(range(8)),
+                    processing_class=policy.tokenizer, rollout_func=record).train()
+
+    run("LongCoT-v0", longcot, "local")
+    with served("LongCoT-v0", longcot) as url:
+        run("thinkgym/Remote-v0", {"url": url}, "remote")
+    local, remote = outputs
+    assert remote == local and len(local["prompt_ids"]) == 4
