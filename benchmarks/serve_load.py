@@ -58,8 +58,29 @@ def start_server(env_id: str) -> tuple[subprocess.Popen, str]:
 
 
 def rss_mb(pid: int) -> float:
-    with open(f"/proc/{pid}/status") as f:
-        return next(int(line.split()[1]) for line in f if line.startswith("VmRSS:")) / 1024
+    try:
+        with open(f"/proc/{pid}/status") as f:
+            return next((int(line.split()[1]) for line in f if line.startswith("VmRSS:")), 0) / 1024
+    except OSError:  # it exited meanwhile
+        return 0.0
+
+
+def tree_rss_mb(pid: int) -> float:
+    """RSS of `pid` and every process under it (CodeInterpreter's sandbox workers run as its children)."""
+    parent = {}
+    for entry in os.listdir("/proc"):
+        if entry.isdigit():
+            try:
+                with open(f"/proc/{entry}/stat") as f:
+                    parent[int(entry)] = int(f.read().rsplit(")", 1)[1].split()[1])
+            except OSError:
+                pass
+    tree, frontier = {pid}, [pid]
+    while frontier:
+        kids = [c for c, p in parent.items() if p in frontier and c not in tree]
+        tree.update(kids)
+        frontier = kids
+    return sum(rss_mb(p) for p in tree)
 
 
 def expected_episode(env_id: str, seed: int) -> tuple[list[ThinkgymAction], list[tuple]]:
@@ -112,13 +133,14 @@ async def session(url: str, seeds: list[int], expected: dict, deadline: float, p
 
 
 async def load(url: str, n: int, expected: dict, seconds: float, per_connection: int, pid: int) -> dict:
-    stats = {"latency": [], "steps": 0, "episodes": 0, "crossed": 0, "lost": 0, "errors": [], "rss": []}
+    stats = {"latency": [], "steps": 0, "episodes": 0, "crossed": 0, "lost": 0, "errors": [], "rss": [], "tree_rss": []}
     seeds = sorted(expected)
     deadline = time.monotonic() + seconds
 
     async def sample_rss():
         while time.monotonic() < deadline:
             stats["rss"].append(rss_mb(pid))
+            stats["tree_rss"].append(tree_rss_mb(pid))
             await asyncio.sleep(1.0)
 
     t0 = time.perf_counter()
@@ -137,14 +159,15 @@ def run_env(env_id: str, sessions: int, seconds: float, per_connection: int) -> 
         proc.send_signal(signal.SIGINT)
         proc.wait(60)
     lat = np.array(s["latency"]) * 1e3
-    rss = s["rss"]
+    rss, tree = s["rss"], s["tree_rss"]
     third = max(1, len(rss) // 3)
     return {"env": env_id, "sessions": sessions, "seconds": round(s["wall_s"], 1), "episodes": s["episodes"], "steps": s["steps"],
             "requests": len(lat), "steps_per_s": round(s["steps"] / s["wall_s"], 1), "requests_per_s": round(len(lat) / s["wall_s"], 1),
             "p50_ms": round(float(np.percentile(lat, 50)), 1), "p99_ms": round(float(np.percentile(lat, 99)), 1),
             "crossed": s["crossed"], "lost": s["lost"], "errors": s["errors"][:3],
             "rss_mb_first_third": round(float(np.mean(rss[:third])), 1), "rss_mb_last_third": round(float(np.mean(rss[-third:])), 1),
-            "rss_mb_max": round(max(rss), 1)}
+            "rss_mb_max": round(max(rss), 1), "rss_mb_every_10s": [round(x, 1) for x in rss[::10]],
+            "tree_rss_mb_first_third": round(float(np.mean(tree[:third])), 1), "tree_rss_mb_last_third": round(float(np.mean(tree[-third:])), 1)}
 
 
 def main() -> None:
@@ -157,12 +180,13 @@ def main() -> None:
     runs = [run_env(env_id, n, args.seconds, args.per_connection)
             for env_id, n in (("DelethinkDemo-v0", args.delethink), ("CodeInterpreter-v0", args.code)) if n > 0]
     print(f"machine: {platform.node()}, {os.cpu_count()} CPUs")
-    print("| env | sessions | s | episodes | steps/s | requests/s | p50 ms | p99 ms | crossed | lost | server RSS MB (first third / last third / max) |")
-    print("|---|---|---|---|---|---|---|---|---|---|---|")
+    print("| env | sessions | s | episodes | steps/s | requests/s | p50 ms | p99 ms | crossed | lost | server RSS MB (first third / last third / max) | with sandbox workers (first / last third) |")
+    print("|---|---|---|---|---|---|---|---|---|---|---|---|")
     for r in runs:
         print(f"| {r['env']} | {r['sessions']} | {r['seconds']} | {r['episodes']} | {r['steps_per_s']} | {r['requests_per_s']} | "
               f"{r['p50_ms']} | {r['p99_ms']} | {r['crossed']} | {r['lost']} | "
-              f"{r['rss_mb_first_third']} / {r['rss_mb_last_third']} / {r['rss_mb_max']} |")
+              f"{r['rss_mb_first_third']} / {r['rss_mb_last_third']} / {r['rss_mb_max']} | "
+              f"{r['tree_rss_mb_first_third']} / {r['tree_rss_mb_last_third']} |")
     print(json.dumps(runs))
 
 
