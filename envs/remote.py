@@ -9,6 +9,7 @@ adapters run against a served env unchanged. A server that goes away (stopped, r
 
 from __future__ import annotations
 
+import asyncio
 from typing import Any
 
 from openenv.core.client_types import StepResult
@@ -74,7 +75,7 @@ class RemoteEnv(TextEnv):
             self._client = ThinkgymClient(self.url, connect_timeout_s=self._timeouts[0], message_timeout_s=self._timeouts[1]).sync()
         try:
             return getattr(self._client, method)(*args, **kwargs)
-        except (ConnectionError, ConnectionClosed, OSError, TimeoutError) as exc:
+        except (OSError, asyncio.TimeoutError, ConnectionClosed) as exc:  # refused, reset, no reply in time
             self.close()
             raise ConnectionError(f"the thinkgym server at {self.url} is not answering ({type(exc).__name__}: {exc}); it was "
                                   "stopped or restarted, and this session's episode is gone. Once it is back, reset() opens a "

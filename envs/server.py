@@ -14,14 +14,11 @@ import functools
 import json
 from typing import Any, Optional
 
-import gymnasium as gym
 from openenv.core.env_server import Action, Environment, Observation, State, create_app
 from pydantic import Field, StrictBool, StrictInt, StrictStr
 
-import thinkgym
-
 from .core import TokenAction
-from .registration import make_env
+from .registration import ENV_SPECS, make_env
 
 RESET_KEYS = ("seed", "options", "episode_id")
 
@@ -121,8 +118,9 @@ class ServedEnv(Environment[ThinkgymAction, ThinkgymObservation, ThinkgymState])
 
 def check_env(env_id: str, env_kwargs: dict[str, Any]) -> None:
     """Fail before serving, in one line, on an unknown id or a bad setting (by building one env)."""
-    if env_id not in gym.registry or env_id not in thinkgym.ENV_IDS:
-        raise ValueError(f"--env {env_id!r} is not a thinkgym env id; accepted: {thinkgym.ENV_IDS}")
+    ids = [spec[0] for spec in ENV_SPECS]
+    if env_id not in ids:
+        raise ValueError(f"--env {env_id!r} is not a thinkgym env id; accepted: {ids}")
     make_env(env_id, **env_kwargs).close()
 
 
