@@ -254,6 +254,7 @@ def stop(proc: subprocess.Popen) -> None:
         proc.wait()
 
 
+@pytest.mark.slow
 def test_a_restarted_server_is_a_clear_error_and_state_resumes_the_episode():
     port = free_port()
     proc = start_cli_server(port)
@@ -301,7 +302,6 @@ def test_served_code_runs_in_the_sandbox():
     local.close()
 
 
-@pytest.mark.slow
 def test_train_on_a_served_env_gives_the_in_process_first_step(tmp_path, monkeypatch):
     """`thinkgym train` on DelethinkDemo-v0 served (thinkgym/Remote-v0) collects the same first step, rows and
     rewards, as in process, for the same seed."""
