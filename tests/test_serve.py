@@ -370,3 +370,15 @@ def test_trl_grpo_trainer_rolls_out_through_a_served_env(tmp_path, monkeypatch, 
         run("thinkgym/Remote-v0", {"url": url}, "remote")
     local, remote = outputs
     assert remote == local and len(local["prompt_ids"]) == 4
+
+
+def test_serve_refuses_a_bad_setting_in_one_line(capsys):
+    from thinkgym.agents.cli import main
+
+    for argv, message in ((["--env", "Nope-v0"], "'Nope-v0' is not a thinkgym env id; accepted: ['Delethink-v0'"),
+                          (["--env-kwargs", '{"chunk": 3}'], "takes no keyword argument 'chunk'"),
+                          (["--max-sessions", "0"], "max_sessions must be an integer >= 1"),
+                          (["--port", "70000"], "--port must be in 0..65535")):
+        with pytest.raises(SystemExit) as exc:
+            main(["serve", *argv])
+        assert str(exc.value).startswith("thinkgym serve: error: ") and message in str(exc.value), exc.value
