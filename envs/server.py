@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import functools
 import json
+import sys
 from typing import Any, Optional
 
 from openenv.core.env_server import Action, Environment, Observation, State, create_app
@@ -21,6 +22,7 @@ from .core import TokenAction
 from .registration import ENV_SPECS, make_env
 
 RESET_KEYS = ("seed", "options", "episode_id")
+LOOPBACK = ("127.0.0.1", "localhost", "::1")
 
 
 class ThinkgymAction(Action):
@@ -161,4 +163,9 @@ def serve(env_id: str, env_kwargs: dict[str, Any] | None = None, host: str = "12
     import uvicorn
 
     app = build_app(env_id, env_kwargs, max_sessions, session_timeout)
+    print(f"thinkgym serve: {env_id} at http://{host}:{port} (OpenEnv: sessions on /ws; /health, /schema)", flush=True)
+    if host not in LOOPBACK:
+        print(f"thinkgym serve: warning: listening on {host}, beyond this machine, with no authentication or TLS: anyone who "
+              "reaches the port can open sessions (code runs only in the sandbox). Keep it on a trusted network.",
+              file=sys.stderr, flush=True)
     uvicorn.run(quiet_disconnects(app), host=host, port=port, log_level="warning")
