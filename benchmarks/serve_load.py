@@ -171,7 +171,7 @@ def run_env(env_id: str, sessions: int, seconds: float, per_connection: int) -> 
 
 
 def main() -> None:
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter, allow_abbrev=False)
     p.add_argument("--seconds", type=float, default=60.0, help="how long each env's load runs")
     p.add_argument("--delethink", type=int, default=64, help="concurrent DelethinkDemo-v0 sessions (0: skip)")
     p.add_argument("--code", type=int, default=16, help="concurrent CodeInterpreter-v0 sessions (0: skip)")
