@@ -382,3 +382,15 @@ def test_serve_refuses_a_bad_setting_in_one_line(capsys):
         with pytest.raises(SystemExit) as exc:
             main(["serve", *argv])
         assert str(exc.value).startswith("thinkgym serve: error: ") and message in str(exc.value), exc.value
+
+
+@pytest.mark.slow
+def test_the_load_benchmark_runs_in_a_tiny_mode():
+    """benchmarks/serve_load.py for 3 s with a few sessions: every episode checked, none lost or crossed."""
+    out = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "serve_load.py"), "--seconds", "3", "--delethink", "3",
+                          "--code", "1" if namespaces_available()[0] else "0"], cwd=ROOT, capture_output=True, text=True, timeout=400,
+                         env={**os.environ, "OMP_NUM_THREADS": "1"})
+    assert out.returncode == 0, out.stderr[-3000:]
+    runs = json.loads(out.stdout.strip().splitlines()[-1])
+    assert runs and all(r["episodes"] > 0 and r["crossed"] == 0 and r["lost"] == 0 and r["p99_ms"] > 0 for r in runs), runs
+    assert "| DelethinkDemo-v0 | 3 |" in out.stdout
