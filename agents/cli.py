@@ -1,4 +1,4 @@
-"""The `thinkgym` command: `train`, `sft`, `eval` and `plot`.
+"""The `thinkgym` command: `train`, `sft`, `eval`, `plot` and `serve`.
 
 `train` takes every `GRPOConfig` field as a flag (`--loss-type dapo`, `--env-kwargs '{"chunk_size": 96}'`)
 or from `--config run.yaml`; flags override the file. On several GPUs, the same command runs under
@@ -219,6 +219,18 @@ def cmd_redi(args: argparse.Namespace) -> None:
         print(json.dumps({k: round(v, 4) for k, v in hist[-1].items()}))
 
 
+def cmd_serve(args: argparse.Namespace) -> None:
+    """Serve one env id over OpenEnv's protocol until interrupted (`thinkgym.envs.server`)."""
+    try:
+        from thinkgym.envs.server import serve
+    except ImportError as exc:
+        raise ValueError(f"thinkgym serve needs openenv-core (pip install 'thinkgym[serve]'): {exc}") from None
+    if not 0 <= args.port <= 65535:
+        raise ValueError(f"--port must be in 0..65535; got {args.port}")
+    serve(args.env, env_kwargs(args), host=args.host, port=args.port, max_sessions=args.max_sessions,
+          session_timeout=args.session_timeout)
+
+
 def build_parser(train_flags: bool = True) -> argparse.ArgumentParser:
     """Every command and flag. `train_flags=False` leaves out train's GRPOConfig flags, so that the other
     commands (their `--help` too) never load the learner's config."""
@@ -282,6 +294,16 @@ def build_parser(train_flags: bool = True) -> argparse.ArgumentParser:
     pl.add_argument("--tags", default="", metavar="TAG,TAG",
                     help="more scalar tags to draw, one panel each, comma-separated: names or shell patterns ('time/*,reward_std')")
     pl.set_defaults(func=cmd_plot)
+    sv = sub.add_parser("serve", help="serve an environment over OpenEnv's protocol (HTTP and WebSocket)", formatter_class=d,
+                        allow_abbrev=False, description="An OpenEnv server (openenv-core) for one env id: each WebSocket session "
+                        "(/ws) gets its own environment; clients: OpenEnv's EnvClient, or gym.make('thinkgym/Remote-v0', url=...)")
+    sv.add_argument("--env", default="DelethinkDemo-v0", help="registered environment id to serve")
+    sv.add_argument("--env-kwargs", default="{}", help="JSON keyword arguments for every session's environment")
+    sv.add_argument("--host", default="127.0.0.1", help="address to listen on (0.0.0.0: every interface; see the README's warning)")
+    sv.add_argument("--port", type=int, default=8000, help="TCP port to listen on")
+    sv.add_argument("--max-sessions", type=int, default=256, help="most sessions open at once; one more is refused (CAPACITY_REACHED)")
+    sv.add_argument("--session-timeout", type=float, default=None, help="close a session idle this many seconds (unset: never)")
+    sv.set_defaults(func=cmd_serve)
     s = sub.choices["sample"]
     s.add_argument("--out", required=True, help="jsonl to write; seeds already in it are skipped (resume)")
     s.add_argument("--seeds", type=int, default=256, help="prompts (env seeds) to sample")

@@ -25,8 +25,12 @@ ENV_SPECS: list[tuple[str, str, dict]] = [
 ]
 
 
+# A client of a served env (`thinkgym serve`); not in ENV_SPECS, the ids a server can serve.
+REMOTE_SPEC = ("thinkgym/Remote-v0", "thinkgym.envs.remote:RemoteEnv")
+
+
 def register_all() -> None:
-    for env_id, entry_point, kwargs in ENV_SPECS:
+    for env_id, entry_point, kwargs in [*ENV_SPECS, (*REMOTE_SPEC, {})]:
         if env_id not in gym.registry:
             gym.register(id=env_id, entry_point=entry_point, kwargs=kwargs)
 
