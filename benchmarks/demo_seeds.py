@@ -6,7 +6,8 @@ the bar (its warm start passed its gate, sampled accuracy +0.15 or more, greedy 
 0.02). "Before" is each run's checkpoint-0, the exact weights its GRPO started from.
 
 An arm is `name:ARGS`, ARGS being extra flags of `examples/demo.py` (empty: the demo's defaults).
-A run whose `demo_result.json` exists is read, not rerun, so an interrupted sweep resumes.
+A run whose `demo_result.json` exists is read, not rerun, so an interrupted sweep resumes (a run cut
+short is started again from nothing, with the demo's `--overwrite`; its log is `sSEED.log` beside it).
 
     python benchmarks/demo_seeds.py --seeds 0,1,2                       # the demo as shipped, 3 seeds
     python benchmarks/demo_seeds.py --seeds 0-7 --jobs 8 --threads 1 \\
@@ -48,9 +49,9 @@ def run_one(arm_dir: Path, seed: int, args: list[str], threads: int, run: bool =
     out = arm_dir / f"s{seed}"
     result = out / "demo_result.json"
     if run and not result.exists():
-        out.mkdir(parents=True, exist_ok=True)
-        cmd = [sys.executable, str(DEMO), "--seed", str(seed), "--out", str(out), "--threads", str(threads), *args]
-        with open(out / "log.txt", "w") as log:
+        arm_dir.mkdir(parents=True, exist_ok=True)
+        cmd = [sys.executable, str(DEMO), "--seed", str(seed), "--out", str(out), "--threads", str(threads), "--overwrite", *args]
+        with open(arm_dir / f"s{seed}.log", "w") as log:
             subprocess.run(cmd, stdout=log, stderr=subprocess.STDOUT, check=False)
     return json.loads(result.read_text()) if result.exists() else None
 
@@ -91,7 +92,7 @@ def main() -> None:
         for fut in tqdm(as_completed(futures), total=len(futures), desc="demo runs", dynamic_ncols=True):
             (name, s), res = futures[fut], fut.result()
             if res is None and not args.report_only:
-                print(f"arm {name!r} seed {s}: no result; see {jobs[(name, s)][0] / f's{s}' / 'log.txt'}", file=sys.stderr)
+                print(f"arm {name!r} seed {s}: no result; see {jobs[(name, s)][0] / f's{s}.log'}", file=sys.stderr)
             elif res is not None:
                 results[name][s] = res
 
