@@ -105,6 +105,7 @@ trainer.log({f"eval/{k}": v for k, v in before.items()} | {"eval/accuracy": befo
 trainer.train()  # writes checkpoint-0 (the weights scored above) before its first step
 after = held_out("after RL")
 trainer.log({f"eval/{k}": v for k, v in after.items()} | {"eval/accuracy": after["sampled_accuracy"]}, cfg.steps)
+trainer.writer.close()
 png = plot_run(cfg.output_dir)
 
 result = {"warm_start": trainer.warm_start_report, "before_rl": before, "after_rl": after, "seed": args.seed,
