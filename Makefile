@@ -37,8 +37,9 @@ sysdeps:
 
 install: $(VENV)/.full sysdeps
 
+# The demo replaces its own earlier run in runs/demo (only a thinkgym run's folder is ever deleted).
 demo: $(VENV)/.core
-	$(BIN)/python examples/demo.py
+	$(BIN)/python examples/demo.py --overwrite
 
 test: install
 	$(BIN)/python -m pytest -q tests

@@ -13,6 +13,7 @@ import json
 import sys
 from collections.abc import Sequence
 from dataclasses import fields
+from pathlib import Path
 from typing import TYPE_CHECKING
 
 import yaml
@@ -95,6 +96,8 @@ def cmd_train(args: argparse.Namespace) -> None:
             if fresh:
                 run_dir.link_latest(root)
             last = trainer.train()
+            if trainer.writer is not None:  # rank 0: ends the stage's run in every tracker (W&B, Trackio)
+                trainer.writer.close()
             policy = trainer.policy
             if interrupt.requested() is not None:
                 break
@@ -110,19 +113,19 @@ def cmd_train(args: argparse.Namespace) -> None:
 
 def cmd_sft(args: argparse.Namespace) -> None:
     """Checkpoints go to `output_dir/checkpoint-<step>` (resumable) and the final policy to `output_dir` itself."""
-    from torch.utils.tensorboard import SummaryWriter
-
     from . import interrupt
     from .learner.checkpoint import latest_checkpoint
     from .methods.sft import demonstration_rows, jsonl_rows, train_sft
     from .policy import Policy
     from .run_dir import prepare_output_dir
+    from .trackers import Trackers, parse_report_to
 
+    parse_report_to(args.report_to)
     prepare_output_dir(args.output_dir, resume=args.resume, overwrite=args.overwrite)
     policy = Policy.from_pretrained(args.model, device=args.device)
     rows = jsonl_rows(args.data, policy.tokenizer) if args.data else demonstration_rows(
         args.env, range(SFT_SEED_BASE, SFT_SEED_BASE + args.seeds), policy.tokenizer, env_kwargs(args))
-    with SummaryWriter(args.output_dir) as writer:
+    with Trackers(args.output_dir, args.report_to, run_settings(args)) as writer:
         train_sft(policy, rows, steps=args.steps, lr=args.learning_rate, batch_size=args.batch_size, seed=args.seed, writer=writer,
                   output_dir=args.output_dir, save_every=args.save_every, keep=args.save_total_limit, resume=args.resume)
     if interrupt.requested() is not None:
@@ -186,35 +189,43 @@ def cmd_sample(args: argparse.Namespace) -> None:
 
 
 def cmd_redi(args: argparse.Namespace) -> None:
-    from torch.utils.tensorboard import SummaryWriter
-
+    """Stage 1 (SFT on the positives, `--sft-steps`) checkpoints in `output_dir/sft`, stage 2 in `output_dir`
+    itself; `--resume` continues whichever was cut short, skipping stage 1 once stage 2 has a checkpoint."""
     from . import interrupt
     from .evaluate import evaluate
+    from .learner.checkpoint import latest_checkpoint
     from .methods.redi import build_redi_data, check_alpha, load_traces, train_redi
     from .methods.sft import train_sft
     from .policy import Policy
     from .rollout.engine import make_engine
     from .run_dir import prepare_output_dir
+    from .trackers import Trackers, parse_report_to
 
     check_alpha(args.alpha)
-    prepare_output_dir(args.output_dir, overwrite=args.overwrite)
+    parse_report_to(args.report_to)
+    prepare_output_dir(args.output_dir, resume=args.resume, overwrite=args.overwrite)
     policy = Policy.from_pretrained(args.model, device=args.device)
     data = build_redi_data(load_traces(args.data, policy.tokenizer), args.pairs_per_prompt or None)
     print(json.dumps(data.counts))
-    writer = SummaryWriter(args.output_dir)
-    if args.sft_steps:  # stage 1: SFT on the positives
-        train_sft(policy, [r for t in data.positives for r in t.rows], steps=args.sft_steps, lr=args.sft_learning_rate,
-                  batch_size=args.batch_size, seed=args.seed, writer=writer)
-        if interrupt.requested() is not None:
-            print(f"stopped by {interrupt.describe(interrupt.requested())} in stage 1 (SFT); nothing saved", flush=True)
-            return
-    engine, kw = make_engine(args.engine, policy, args.seed), env_kwargs(args)
-    hist = train_redi(policy, data.pairs, steps=args.steps, batch_size=args.batch_size, lr=args.learning_rate, alpha=args.alpha,
-                      seed=args.seed, writer=writer, eval_every=args.eval_every, output_dir=args.output_dir, save_every=args.save_every,
-                      eval_fn=lambda: evaluate(engine, args.env, range(args.eval_prompts), env_kwargs=kw, temperature=0.0))
+    with Trackers(args.output_dir, args.report_to, run_settings(args)) as writer:
+        in_stage_2 = args.resume and latest_checkpoint(args.output_dir) is not None
+        if args.sft_steps and not in_stage_2:  # stage 1: SFT on the positives, with a checkpoint at its end
+            sft_dir = Path(args.output_dir) / "sft"
+            train_sft(policy, [r for t in data.positives for r in t.rows], steps=args.sft_steps, lr=args.sft_learning_rate,
+                      batch_size=args.batch_size, seed=args.seed, writer=writer, output_dir=sft_dir, save_every=args.sft_steps,
+                      keep=1, resume=args.resume)
+            if interrupt.requested() is not None:
+                print(f"stopped by {interrupt.describe(interrupt.requested())} in stage 1 (SFT); {latest_checkpoint(sft_dir)} "
+                      "saved; `--resume` continues the run", flush=True)
+                return
+        engine, kw = make_engine(args.engine, policy, args.seed), env_kwargs(args)
+        hist = train_redi(policy, data.pairs, steps=args.steps, batch_size=args.batch_size, lr=args.learning_rate, alpha=args.alpha,
+                          seed=args.seed, writer=writer, eval_every=args.eval_every, output_dir=args.output_dir,
+                          save_every=args.save_every, keep=args.save_total_limit, resume=args.resume,
+                          eval_fn=lambda: evaluate(engine, args.env, range(args.eval_prompts), env_kwargs=kw, temperature=0.0))
     if interrupt.requested() is not None:
-        print(f"stopped by {interrupt.describe(interrupt.requested())} at step {len(hist)}; checkpoint-{len(hist)} saved in "
-              f"{args.output_dir}", flush=True)
+        print(f"stopped by {interrupt.describe(interrupt.requested())}; {latest_checkpoint(args.output_dir)} saved; "
+              "`--resume` continues the run", flush=True)
     elif hist:
         print(json.dumps({k: round(v, 4) for k, v in hist[-1].items()}))
 
@@ -229,6 +240,11 @@ def cmd_serve(args: argparse.Namespace) -> None:
         raise ValueError(f"--port must be in 0..65535; got {args.port}")
     serve(args.env, env_kwargs(args), host=args.host, port=args.port, max_sessions=args.max_sessions,
           session_timeout=args.session_timeout)
+
+
+def run_settings(args: argparse.Namespace) -> dict:
+    """A command's flags, as the settings an experiment tracker records for the run."""
+    return {k: v for k, v in vars(args).items() if k != "func"}
 
 
 def build_parser(train_flags: bool = True) -> argparse.ArgumentParser:
@@ -264,6 +280,10 @@ def build_parser(train_flags: bool = True) -> argparse.ArgumentParser:
     for name in ("sft", "redi"):
         sub.choices[name].add_argument("--overwrite", action="store_true", help="delete the run already in --output-dir "
                                        "and start afresh (a fresh run refuses a folder that holds files)")
+        sub.choices[name].add_argument("--resume", action="store_true", help="continue from --output-dir's latest checkpoint")
+        sub.choices[name].add_argument("--report-to", default="tensorboard", metavar="TRACKER[,TRACKER]",
+                                       help="where metrics go, named as TRL's report_to: tensorboard, wandb, trackio, or several "
+                                            "comma-separated (wandb and trackio are not installed with thinkgym: pip install wandb)")
     s = sub.choices["sft"]
     s.add_argument("--data", help="jsonl of prompt/response pairs; unset trains on the env's demonstrations")
     s.add_argument("--seeds", type=int, default=400, help="demonstrations (env seeds) to train on")
@@ -274,7 +294,6 @@ def build_parser(train_flags: bool = True) -> argparse.ArgumentParser:
                    "with TensorBoard logs and checkpoint-<step> folders")
     s.add_argument("--save-every", type=int, default=100, help="checkpoint every N steps, at the end and on Ctrl-C (0: only on Ctrl-C)")
     s.add_argument("--save-total-limit", type=int, default=3, help="keep the newest N checkpoints (0: all)")
-    s.add_argument("--resume", action="store_true", help="continue from --output-dir's latest checkpoint")
     e = sub.choices["eval"]
     e.add_argument("--seeds", type=int, default=64, help="held-out env seeds 0..N-1, one problem each")
     e.add_argument("--n", type=int, default=1, help="samples per problem when sampling (avg@n, and pass@k for every k <= n); greedy takes 1")
@@ -328,7 +347,9 @@ def build_parser(train_flags: bool = True) -> argparse.ArgumentParser:
     r.add_argument("--sft-learning-rate", type=float, default=5e-5, help="stage-1 learning rate")
     r.add_argument("--eval-prompts", type=int, default=64, help="held-out prompts per evaluation")
     r.add_argument("--eval-every", type=int, default=50, help="evaluate every N steps")
-    r.add_argument("--save-every", type=int, default=0, help="checkpoint every N steps (0: only at the end)")
+    r.add_argument("--save-every", type=int, default=0, help="checkpoint every N steps, at the end and on Ctrl-C (0: only at the "
+                   "end and on Ctrl-C)")
+    r.add_argument("--save-total-limit", type=int, default=3, help="keep the newest N stage-2 checkpoints (0: all)")
     return p
 
 

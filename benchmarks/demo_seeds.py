@@ -6,7 +6,8 @@ the bar (its warm start passed its gate, sampled accuracy +0.15 or more, greedy 
 0.02). "Before" is each run's checkpoint-0, the exact weights its GRPO started from.
 
 An arm is `name:ARGS`, ARGS being extra flags of `examples/demo.py` (empty: the demo's defaults).
-A run whose `demo_result.json` exists is read, not rerun, so an interrupted sweep resumes.
+A run whose `demo_result.json` exists is read, not rerun, so an interrupted sweep resumes (a run cut
+short is started again from nothing, with the demo's `--overwrite`; its log is `sSEED.log` beside it).
 
     python benchmarks/demo_seeds.py --seeds 0,1,2                       # the demo as shipped, 3 seeds
     python benchmarks/demo_seeds.py --seeds 0-7 --jobs 8 --threads 1 \\
@@ -19,17 +20,21 @@ from __future__ import annotations
 
 import argparse
 import json
+import multiprocessing
 import re
 import shlex
 import subprocess
 import sys
-from concurrent.futures import ThreadPoolExecutor, as_completed
+from collections.abc import Callable, Mapping
+from concurrent.futures import ProcessPoolExecutor, ThreadPoolExecutor, as_completed
 from pathlib import Path
+from typing import TypeVar
 
 import numpy as np
 from tqdm import tqdm
 
 DEMO = Path(__file__).resolve().parent.parent / "examples" / "demo.py"
+K, R = TypeVar("K"), TypeVar("R")
 BAR, GREEDY_FALL = 0.15, 0.02  # the bar: the sampled gain at least BAR, greedy falling by at most GREEDY_FALL
 
 
@@ -44,13 +49,39 @@ def parse_seeds(text: str) -> list[int]:
     return out
 
 
+def seed_flags(ap: argparse.ArgumentParser) -> None:
+    """The flags of a benchmark that runs one function per seed in spawned processes (`run_pool`)."""
+    ap.add_argument("--seeds", default="0,1,2", help="seeds, e.g. 0,1,2 or 0-7")
+    ap.add_argument("--jobs", type=int, default=1, help="seeds at a time (spawned processes)")
+    ap.add_argument("--threads", type=int, default=2, help="torch CPU threads per seed")
+    ap.add_argument("--device", default="cpu", choices=["cpu", "cuda"], help="where each seed's policy runs")
+    ap.add_argument("--dtype", default="float32", help="the policy's dtype")
+
+
+def run_pool(fn: Callable[..., R], jobs: Mapping[K, tuple], workers: int, what: str = "seed", processes: bool = True) -> dict[K, R]:
+    """`fn(*jobs[key])` for every key, `workers` at a time, with a progress bar; the results by key. Workers are
+    spawned processes, each starting its own torch (threads, CUDA context) rather than a fork of this one, or
+    threads (`processes=False`) for jobs that start their own subprocess. A job that raises is reported by its
+    key and left out, and the others go on."""
+    pool = ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("spawn")) if processes else ThreadPoolExecutor(workers)
+    results: dict[K, R] = {}
+    with pool:
+        futures = {pool.submit(fn, *job): key for key, job in jobs.items()}
+        for fut in tqdm(as_completed(futures), total=len(futures), desc=f"{what}s", dynamic_ncols=True):
+            try:
+                results[futures[fut]] = fut.result()
+            except Exception as exc:  # report the job and go on with the others
+                print(f"{what} {futures[fut]} failed: {exc!r}", file=sys.stderr)
+    return results
+
+
 def run_one(arm_dir: Path, seed: int, args: list[str], threads: int, run: bool = True) -> dict | None:
     out = arm_dir / f"s{seed}"
     result = out / "demo_result.json"
     if run and not result.exists():
-        out.mkdir(parents=True, exist_ok=True)
-        cmd = [sys.executable, str(DEMO), "--seed", str(seed), "--out", str(out), "--threads", str(threads), *args]
-        with open(out / "log.txt", "w") as log:
+        arm_dir.mkdir(parents=True, exist_ok=True)
+        cmd = [sys.executable, str(DEMO), "--seed", str(seed), "--out", str(out), "--threads", str(threads), "--overwrite", *args]
+        with open(arm_dir / f"s{seed}.log", "w") as log:
             subprocess.run(cmd, stdout=log, stderr=subprocess.STDOUT, check=False)
     return json.loads(result.read_text()) if result.exists() else None
 
@@ -86,14 +117,13 @@ def main() -> None:
     # seed-major: a sweep cut short still has every arm on its first seeds
     jobs = {(name, s): (root / slug, s, flags) for s in seeds for name, slug, flags in arms}
     results: dict[str, dict[int, dict]] = {name: {} for name, _, _ in arms}
-    with ThreadPoolExecutor(args.jobs) as pool:
-        futures = {pool.submit(run_one, *job, args.threads, not args.report_only): key for key, job in jobs.items()}
-        for fut in tqdm(as_completed(futures), total=len(futures), desc="demo runs", dynamic_ncols=True):
-            (name, s), res = futures[fut], fut.result()
-            if res is None and not args.report_only:
-                print(f"arm {name!r} seed {s}: no result; see {jobs[(name, s)][0] / f's{s}' / 'log.txt'}", file=sys.stderr)
-            elif res is not None:
-                results[name][s] = res
+    done = run_pool(run_one, {key: (*job, args.threads, not args.report_only) for key, job in jobs.items()}, args.jobs,
+                    "demo run", processes=False)
+    for (name, s), res in done.items():
+        if res is None and not args.report_only:
+            print(f"arm {name!r} seed {s}: no result; see {jobs[(name, s)][0] / f's{s}.log'}", file=sys.stderr)
+        elif res is not None:
+            results[name][s] = res
 
     print(f"\n{'arm':24s} {'seed':>4s} | {'warm start gate':>21s} | {'greedy':>13s} | {'sampled':>13s} | {'carried, sampled':>16s} | seconds")
     for name, runs in results.items():

@@ -31,17 +31,13 @@ from __future__ import annotations
 
 import argparse
 import json
-import multiprocessing
-import sys
-from concurrent.futures import ProcessPoolExecutor, as_completed
 from pathlib import Path
 from typing import Any
 
 import matplotlib
 import numpy as np
 import torch
-from demo_seeds import parse_seeds
-from tqdm import tqdm
+from demo_seeds import parse_seeds, run_pool, seed_flags
 
 from thinkgym.agents.evaluate import evaluate
 from thinkgym.agents.learner.checkpoint import checkpoint_path
@@ -254,11 +250,7 @@ def int_list(text: str) -> list[int]:
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter, allow_abbrev=False)
-    ap.add_argument("--seeds", default="0,1,2", help="seeds, e.g. 0,1,2 or 0-7")
-    ap.add_argument("--jobs", type=int, default=1, help="seeds at a time (spawned processes)")
-    ap.add_argument("--threads", type=int, default=2, help="torch CPU threads per seed")
-    ap.add_argument("--device", default="cpu", choices=["cpu", "cuda"], help="where each seed's policy runs")
-    ap.add_argument("--dtype", default="float32", help="the policy's dtype")
+    seed_flags(ap)
     ap.add_argument("--restate", type=float, default=0.35, help="share of warm-start demonstrations that restate the state (the demo's)")
     ap.add_argument("--sft-steps", type=int, default=900, help="warm-start SFT steps (the demo's)")
     ap.add_argument("--sft-lr", type=float, default=1.5e-3, help="warm-start SFT peak learning rate (the demo's)")
@@ -274,16 +266,7 @@ def main() -> None:
     ap.add_argument("--out", default="runs/markovian_vs_longcot", help="one folder per seed, and summary.json / summary.md")
     ap.add_argument("--plot", default="benchmarks/markovian_scaling.png", help="the scaling plot (PNG)")
     args = ap.parse_args()
-    seeds = parse_seeds(args.seeds)
-    results: dict[int, dict] = {}
-    # spawned workers: each starts its own torch (threads, CUDA context) rather than a fork of this one
-    with ProcessPoolExecutor(args.jobs, mp_context=multiprocessing.get_context("spawn")) as pool:
-        futures = {pool.submit(one_seed, args, s): s for s in seeds}
-        for fut in tqdm(as_completed(futures), total=len(futures), desc="seeds", dynamic_ncols=True):
-            try:
-                results[futures[fut]] = fut.result()
-            except Exception as exc:  # report the seed and go on with the others
-                print(f"seed {futures[fut]} failed: {exc!r}", file=sys.stderr)
+    results = run_pool(one_seed, {s: (args, s) for s in parse_seeds(args.seeds)}, args.jobs)
     summary, table = summarise(results, args)
     print("\n" + table)
     out = Path(args.out)

@@ -26,16 +26,12 @@ from __future__ import annotations
 
 import argparse
 import json
-import multiprocessing
-import sys
-from concurrent.futures import ProcessPoolExecutor, as_completed
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
-from demo_seeds import parse_seeds
-from tqdm import tqdm
+from demo_seeds import parse_seeds, run_pool, seed_flags
 
 from thinkgym.agents.evaluate import evaluate
 from thinkgym.agents.learner.config import GRPOConfig
@@ -133,11 +129,7 @@ def table(results: dict[int, dict[str, Any]], args: argparse.Namespace) -> tuple
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter, allow_abbrev=False)
-    ap.add_argument("--seeds", default="0,1,2", help="seeds, e.g. 0,1,2 or 0-7")
-    ap.add_argument("--jobs", type=int, default=1, help="seeds at a time (spawned processes)")
-    ap.add_argument("--threads", type=int, default=2, help="torch CPU threads per seed")
-    ap.add_argument("--device", default="cpu", choices=["cpu", "cuda"], help="where each seed's policy runs")
-    ap.add_argument("--dtype", default="float32", help="the policy's dtype")
+    seed_flags(ap)
     ap.add_argument("--levels", type=parse_levels, default=parse_levels(";".join(",".join(map(str, s)) for s in SATURN_STAGES)),
                     help="the curriculum's levels, easiest first, as n,k,l;n,k,l;... (default: SATURN's released stages)")
     ap.add_argument("--budget", type=int, default=512, help="thinking tokens per instance (the easiest level's demonstrations need up to 401)")
@@ -155,14 +147,7 @@ def main() -> None:
     ap.add_argument("--report-only", action="store_true", help="tabulate the results on disk, running nothing")
     ap.add_argument("--out", default="runs/saturn_curriculum", help="one folder per seed, and summary.json / summary.md")
     args = ap.parse_args()
-    results: dict[int, dict[str, Any]] = {}
-    with ProcessPoolExecutor(args.jobs, mp_context=multiprocessing.get_context("spawn")) as pool:
-        futures = {pool.submit(one_seed, args, s): s for s in parse_seeds(args.seeds)}
-        for fut in tqdm(as_completed(futures), total=len(futures), desc="seeds", dynamic_ncols=True):
-            try:
-                results[futures[fut]] = fut.result()
-            except Exception as exc:  # report the seed and go on with the others
-                print(f"seed {futures[fut]} failed: {exc!r}", file=sys.stderr)
+    results = run_pool(one_seed, {s: (args, s) for s in parse_seeds(args.seeds)}, args.jobs)
     summary, text = table(results, args)
     print("\n" + text)
     out = Path(args.out)

@@ -17,15 +17,12 @@ from __future__ import annotations
 
 import argparse
 import json
-import multiprocessing
-import sys
-from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
-from demo_seeds import parse_seeds
+from demo_seeds import parse_seeds, run_pool, seed_flags
 
 from thinkgym.agents.methods.sft import demonstration_rows, train_sft
 from thinkgym.agents.policy import Policy
@@ -73,11 +70,7 @@ def one_seed(args: argparse.Namespace, seed: int) -> dict[str, Any]:
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter, allow_abbrev=False)
-    ap.add_argument("--seeds", default="0,1,2", help="seeds, e.g. 0,1,2 or 0-7")
-    ap.add_argument("--jobs", type=int, default=1, help="seeds at a time")
-    ap.add_argument("--threads", type=int, default=2, help="torch CPU threads per seed")
-    ap.add_argument("--device", default="cpu", help="cpu or cuda")
-    ap.add_argument("--dtype", default="float32", help="the policy's dtype")
+    seed_flags(ap)
     ap.add_argument("--restate", type=float, default=0.35, help="share of demonstrations that restate the state (the demo's)")
     ap.add_argument("--sft-steps", type=int, default=900, help="SFT steps (the demo's)")
     ap.add_argument("--sft-lr", type=float, default=1.5e-3, help="SFT peak learning rate (the demo's)")
@@ -86,16 +79,7 @@ def main() -> None:
     ap.add_argument("--show", type=int, default=6, help="greedy traces kept per seed in results.json")
     ap.add_argument("--out", default="runs/warm_start_seeds", help="one folder per seed, and results.json")
     args = ap.parse_args()
-    seeds = parse_seeds(args.seeds)
-    # spawned workers: each starts its own torch (threads, CUDA context) rather than a fork of this one
-    with ProcessPoolExecutor(args.jobs, mp_context=multiprocessing.get_context("spawn")) as pool:
-        futures = {seed: pool.submit(one_seed, args, seed) for seed in seeds}
-    results = {}
-    for seed, fut in futures.items():
-        try:
-            results[seed] = fut.result()
-        except Exception as exc:  # report the seed and go on with the others
-            print(f"seed {seed} failed: {exc!r}", file=sys.stderr)
+    results = run_pool(one_seed, {s: (args, s) for s in parse_seeds(args.seeds)}, args.jobs)
     cols = ["greedy_accuracy", "sampled_accuracy", "sampled_restated_share", "sampled_accuracy_restated",
             "sampled_accuracy_labelled", "sampled_carried_state", "greedy_restated_share", "final_sft_loss"]
     short = ["greedy", "sampled", "restated", "acc|rest", "acc|label", "carried", "g.restated", "loss"]

@@ -18,8 +18,9 @@
    checkpoint-0) and of the final ones: greedy, sampled at T = 1 (4 each) with pass@4, the share of
    resets whose carryover held the true state, and LongCoT with a one-chunk budget, which cannot finish.
 
-Logs go to runs/demo (TensorBoard); the curves are plotted to runs/demo/curves.png and the numbers
-written to runs/demo/demo_result.json.
+Logs go to runs/demo (TensorBoard); the curves are drawn by `thinkgym plot`'s code to runs/demo/curves.png
+and the numbers written to runs/demo/demo_result.json. A second run refuses a folder that holds the
+first's, whose curves would mix with its own, unless given `--overwrite` (`make demo` passes it).
 """
 
 from __future__ import annotations
@@ -34,6 +35,7 @@ from thinkgym.agents.evaluate import evaluate
 from thinkgym.agents.learner.config import GRPOConfig, parse_overrides
 from thinkgym.agents.learner.trainer import GRPOTrainer
 from thinkgym.agents.plot import plot_run
+from thinkgym.agents.run_dir import prepare_output_dir
 from thinkgym.envs.registration import DEMO_DELETHINK
 
 ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter, allow_abbrev=False)
@@ -60,7 +62,12 @@ ap.add_argument("--threads", type=int, default=2, help="torch CPU threads")
 ap.add_argument("--out", default="runs/demo", help="TensorBoard logs, checkpoints, curves and results")
 ap.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                 help="override a GRPOConfig field of the run (repeatable), e.g. --set warmup_steps=5 --set device=cuda")
+ap.add_argument("--overwrite", action="store_true", help="replace an earlier run in --out (its curves would mix with this one's)")
 args = ap.parse_args()
+try:  # before anything is written: curves.png drawn from two runs' event files would mislead
+    prepare_output_dir(args.out, overwrite=args.overwrite)
+except ValueError as exc:
+    ap.error(str(exc))
 torch.set_num_threads(args.threads)
 
 TASK = {**DEMO_DELETHINK["task_kwargs"], "n_terms": args.n_terms, "max_digit": args.max_digit, "restate": args.restate}
@@ -99,6 +106,7 @@ trainer.log({f"eval/{k}": v for k, v in before.items()} | {"eval/accuracy": befo
 trainer.train()  # writes checkpoint-0 (the weights scored above) before its first step
 after = held_out("after RL")
 trainer.log({f"eval/{k}": v for k, v in after.items()} | {"eval/accuracy": after["sampled_accuracy"]}, cfg.steps)
+trainer.writer.close()
 png = plot_run(cfg.output_dir)
 
 result = {"warm_start": trainer.warm_start_report, "before_rl": before, "after_rl": after, "seed": args.seed,

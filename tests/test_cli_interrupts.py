@@ -122,6 +122,45 @@ def test_train_stops_in_the_warm_start_and_the_first_evaluation_and_resumes_exac
     assert same_weights(resumed, load_file(tmp_path / "reference" / "checkpoint-2" / "policy" / "model.safetensors"))
 
 
+@pytest.mark.slow
+def test_redi_stops_in_either_stage_and_resumes_exactly(tmp_path):
+    """SIGINT during stage 1 (SFT on the positives), then SIGTERM during stage 2: each exits within seconds with
+    the signal's code, saving a checkpoint, and the twice-resumed run ends on the uninterrupted run's weights."""
+    data = tmp_path / "pairs.jsonl"
+    data.write_text("".join(json.dumps({"prompt": f"Add: {a} {b}\n", "response": f"{a}+{b}={s}\n</think>\\boxed{{{s}}}",
+                                        "correct": s == a + b}) + "\n" for a, b in [(1, 2), (3, 4), (2, 5)] for s in (a + b, a + b + 1)))
+    common = ["redi", "--data", str(data), "--env", "LongCoT-v0", "--env-kwargs",
+              json.dumps({"task_kwargs": {"n_terms": 2}, "max_thinking_tokens": 12}),
+              "--sft-steps", "400", "--steps", "30", "--batch-size", "2", "--save-every", "1", "--eval-prompts", "2",
+              "--learning-rate", "1e-4"]
+    run = tmp_path / "redi"
+    args = [*common, "--output-dir", str(run)]
+
+    proc = cli(*args)
+    wait_for(run, proc)  # the TensorBoard writer exists: stage 1 comes next
+    code, seconds, out, err = interrupt(proc, signal.SIGINT)
+    assert code == 130, err[-3000:]
+    print(f"redi stage 1: SIGINT to exit {seconds:.1f} s")
+    assert seconds < EXIT_WITHIN_S, f"took {seconds:.1f} s to stop in stage 1"
+    assert "Traceback" not in err and "in stage 1 (SFT)" in out and "--resume" in out
+    assert (run / "sft" / "latest").exists() and not list(run.glob("checkpoint-*"))
+
+    proc = cli(*args, "--resume")
+    wait_for(run / "checkpoint-2" / "trainer_state.pt", proc)
+    code, seconds, out, err = interrupt(proc, signal.SIGTERM)
+    assert code == 143, err[-3000:]
+    print(f"redi stage 2: SIGTERM to exit {seconds:.1f} s")
+    assert seconds < EXIT_WITHIN_S, f"took {seconds:.1f} s to stop in stage 2"
+    assert "Traceback" not in err and "stopped by SIGTERM" in out
+    stopped_at = int((run / "latest").read_text().split("-")[1])
+    assert 2 <= stopped_at < 30
+
+    finish(cli(*args, "--resume"))
+    finish(cli(*common, "--output-dir", str(tmp_path / "reference")))
+    final = "checkpoint-30/policy/model.safetensors"
+    assert same_weights(load_file(run / final), load_file(tmp_path / "reference" / final))
+
+
 def test_a_second_signal_exits_at_once(tmp_path):
     code = ("import os, signal, time\nfrom thinkgym.agents import interrupt\nwith interrupt.stop_on_signal():\n"
             "    os.kill(os.getpid(), signal.SIGINT)\n    print('asked to stop by', interrupt.requested(), flush=True)\n"

@@ -63,3 +63,22 @@ def test_length_shaping_writes_under_the_working_directory_and_leaves_benchmarks
     assert "correctness" in out.stdout and (ROOT / "benchmarks" / "length_shaping.png").read_bytes() == committed
     again = subprocess.run(args, cwd=tmp_path, capture_output=True, text=True, timeout=900)
     assert again.returncode != 0 and "already holds files" in again.stderr
+
+
+@pytest.mark.slow
+def test_demo_plots_its_own_run_and_never_mixes_two_runs(tmp_path):
+    """The demo draws runs/demo/curves.png from its run's TensorBoard logs; a second run refuses that folder
+    (its curves would be drawn as one with the first's) unless given --overwrite, which `make demo` passes."""
+    args = [sys.executable, str(ROOT / "examples" / "demo.py"), "--sft-steps", "0", "--rl-steps", "1", "--held-out", "2",
+            "--threads", "1", "--set", "prompts_per_step=1", "--set", "num_generations=2"]
+    first = subprocess.run(args, cwd=tmp_path, capture_output=True, text=True, timeout=900, env={**os.environ, "TQDM_DISABLE": "1"})
+    assert first.returncode == 0, first.stderr[-3000:]
+    demo = tmp_path / "runs" / "demo"
+    assert 0 < (demo / "curves.png").stat().st_size < 200_000 and (demo / "demo_result.json").exists()  # small enough to commit
+    again = subprocess.run(args, cwd=tmp_path, capture_output=True, text=True, timeout=900)
+    assert again.returncode == 2 and "already holds files" in again.stderr and "--overwrite" in again.stderr
+    replaced = subprocess.run([*args, "--overwrite"], cwd=tmp_path, capture_output=True, text=True, timeout=900,
+                              env={**os.environ, "TQDM_DISABLE": "1"})
+    assert replaced.returncode == 0, replaced.stderr[-3000:]
+    assert len(list(demo.glob("events.out.tfevents.*"))) == 1  # the first run's logs went with it
+    assert "examples/demo.py --overwrite" in (ROOT / "Makefile").read_text()  # `make demo` twice replaces its own run

@@ -1,11 +1,14 @@
-"""REDI: the objective's value and gradient, pairing counts, the sampling pipeline's resume, the CLI
-and its errors."""
+"""REDI: the objective's value and gradient, pairing counts, the sampling pipeline's resume, stage 2's
+resume after a stop signal, the CLI and its errors."""
 
 import json
+import os
+import signal
 
 import pytest
 import torch
 
+from thinkgym.agents import interrupt
 from thinkgym.agents.cli import main
 from thinkgym.agents.methods.redi import (Trace, build_redi_data, cut_after_first_error, first_error, label_by_reference, load_traces,
                                   record_trace, redi_loss, sequence_logprobs, train_redi)
@@ -73,6 +76,43 @@ def test_gradient_raises_positive_and_lowers_negative(policy):
     hist = train_redi(model, [(w, l)], steps=5, batch_size=1, lr=1e-3)
     (w2, l2) = mean_logps()
     assert w2 > w1 and w2 - l2 > w1 - l1 and hist[-1]["loss"] < hist[0]["loss"]
+
+
+class SignalAt:
+    """A writer that sends this process SIGINT, as Ctrl-C would, when step `at` is logged."""
+
+    def __init__(self, at: int):
+        self.at = at
+
+    def add_scalar(self, tag: str, value: float, step: int) -> None:
+        if step == self.at and interrupt.requested() is None:
+            os.kill(os.getpid(), signal.SIGINT)
+
+    def flush(self) -> None:
+        pass
+
+
+def test_stage_2_stopped_by_a_signal_resumes_to_the_uninterrupted_weights(tmp_path):
+    """Ctrl-C at step 3 of 6 saves checkpoint-3; resuming into a policy of other weights ends on exactly the
+    weights of a run that was never stopped (weights, AdamW state, schedule and pair sampler all restored)."""
+    def pairs(p):
+        sums = [(4, 5), (2, 7), (3, 3)]
+        return [(trace(p, f"Add: {a} {b}\n", f"{a}+{b}={a + b}\n</think>\\boxed{{{a + b}}}", True),
+                 trace(p, f"Add: {a} {b}\n", f"{a}+{b}={a + b + 1}\n</think>\\boxed{{{a + b + 1}}}", False)) for a, b in sums]
+
+    settings = dict(steps=6, batch_size=2, lr=1e-3, seed=1, log_every=0)
+    reference = Policy.tiny(seed=3, device="cpu")
+    train_redi(reference, pairs(reference), **settings)
+
+    stopped = Policy.tiny(seed=3, device="cpu")
+    with interrupt.stop_on_signal():
+        first = train_redi(stopped, pairs(stopped), **settings, writer=SignalAt(3), output_dir=tmp_path)
+    assert len(first) == 3 and (tmp_path / "latest").read_text() == "checkpoint-3"
+    resumed = Policy.tiny(seed=5, device="cpu")  # other weights: the checkpoint's must replace them
+    rest = train_redi(resumed, pairs(resumed), **settings, output_dir=tmp_path, resume=True)
+    assert len(rest) == 3 and (tmp_path / "latest").read_text() == "checkpoint-6"
+    want, got = reference.model.state_dict(), resumed.model.state_dict()
+    assert want.keys() == got.keys() and all(torch.equal(want[k], got[k]) for k in want)
 
 
 def test_pairing_counts_only_positive_and_only_negative_prompts(policy):

@@ -28,6 +28,9 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 import torch
 
+from .. import lora
+from ..policy import Policy
+
 if TYPE_CHECKING:
     from ..rollout.engine import Engine
 
@@ -187,3 +190,21 @@ def latest_checkpoint(output_dir: str | Path) -> Path | None:
 
 def load_trainer_state(path: Path) -> dict[str, Any]:
     return torch.load(path / TRAINER_STATE, weights_only=False)
+
+
+def resume_latest(output_dir: str | Path, policy: Any, opt: Any, sched: Any, g: torch.Generator) -> int:
+    """Load a one-process loop's latest checkpoint in `output_dir` (SFT's, REDI's: weights, optimizer, schedule
+    and the batch sampler's generator) into `policy`, `opt`, `sched` and `g`; its step, 0 where there is none."""
+    path = latest_checkpoint(output_dir)
+    if path is None:
+        return 0
+    state = load_trainer_state(path)
+    if lora.is_adapted(policy.model):
+        lora.load_adapter(policy.model, path / "policy")
+    else:
+        saved = Policy.from_pretrained(str(path / "policy"), device=str(policy.device), dtype=policy.dtype)
+        policy.model.load_state_dict(saved.model.state_dict())
+    opt.load_state_dict(state["optimizer"])
+    sched.load_state_dict(state["scheduler"])
+    g.set_state(state["sampler"])
+    return int(state["step"])

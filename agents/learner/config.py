@@ -19,6 +19,7 @@ from typing import Any, Callable, Mapping
 import yaml
 
 from ..rollout.engine import ENGINES
+from ..trackers import parse_report_to
 
 DTYPES = (None, "float32", "bfloat16", "float16")
 PARALLELISMS = ("ddp", "fsdp")
@@ -243,6 +244,9 @@ class GRPOConfig:
     """Evaluation temperature: 0 is greedy (accuracy only), above 0 samples eval_samples per prompt."""
     log_completions_every: int = 10
     """Log one sample completion as text every N steps."""
+    report_to: str = "tensorboard"
+    """Where metrics go, as TRL's report_to: tensorboard (what `thinkgym plot` reads), wandb, trackio, or several
+    comma-separated ('tensorboard,wandb'). wandb and trackio are not installed with thinkgym (pip install wandb)."""
 
     def __post_init__(self) -> None:
         from .advantages import SCALE_REWARDS, get_advantage
@@ -274,6 +278,7 @@ class GRPOConfig:
         if bad:
             raise ValueError(f"reward_params must map each reward name to a mapping of its keyword arguments; {bad} are not")
         self._check_lora()
+        parse_report_to(self.report_to)
 
     def _check_ranges(self) -> None:
         """Every numeric field within its accepted values (RANGES), and finite (max_grad_norm may be inf)."""

@@ -27,7 +27,6 @@ from typing import Any
 
 import numpy as np
 import torch
-from torch.utils.tensorboard import SummaryWriter
 from tqdm import tqdm
 
 from thinkgym.envs.compute import attention_cost
@@ -40,6 +39,7 @@ from ..policy import Policy
 from ..rollout.collector import Collector, summed_stats
 from ..rollout.engine import Engine, make_engine
 from ..rollout.sampling import Opening, forced_openings
+from ..trackers import Trackers
 from ..types import MONITOR_SEED_BASE, SFT_GATE_SEED_BASE, SFT_SEED_BASE, TRAIN_SEED_BASE, Batch, Episode, Row
 from .advantages import get_advantage, mgpo_weight
 from .checkpoint import SHARDED, checkpoint_path, latest_checkpoint, load_trainer_state, rng_state, save_checkpoint, set_rng_state
@@ -110,7 +110,7 @@ class GRPOTrainer:
 
             self.siri = SiriSchedule(**cfg.siri)
         self.collector = Collector(cfg.env, self.engine, cfg.env_kwargs, cfg.num_generations, cfg.temperature, cfg.top_p)
-        self.writer = SummaryWriter(cfg.output_dir) if self.world.is_main else None
+        self.writer = Trackers(cfg.output_dir, cfg.report_to, cfg.to_dict()) if self.world.is_main else None
         if fresh:
             run_dir.link_latest(cfg.output_dir)
         self.step, self.nonfinite_streak, self.nonfinite_total = 0, 0, 0

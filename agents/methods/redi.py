@@ -28,7 +28,7 @@ import torch
 from thinkgym.envs.tokenizer import encode
 
 from .. import interrupt
-from ..learner.checkpoint import save_checkpoint
+from ..learner.checkpoint import resume_latest, save_checkpoint
 from ..learner.logprobs import completion_logprobs, pad_rows
 from ..learner.precision import build_optimizer, lr_schedule
 from ..policy import Policy
@@ -189,17 +189,20 @@ def redi_loss(logp_w: torch.Tensor, len_w: torch.Tensor, logp_l: torch.Tensor, l
 def train_redi(policy: Policy, pairs: list[tuple[Trace, Trace]], steps: int = 100, batch_size: int = 8, lr: float = 1e-5,
                alpha: float = 0.8, warmup_frac: float = 0.1, seed: int = 0, writer: Any = None,
                eval_fn: Callable[[], dict[str, float]] | None = None, eval_every: int = 0, output_dir: str | Path | None = None,
-               save_every: int = 0, log_every: int = 10) -> list[dict[str, float]]:
+               save_every: int = 0, log_every: int = 10, resume: bool = False, keep: int = 3) -> list[dict[str, float]]:
     """Stage 2: AdamW (fp32 masters under bf16) with linear warmup and decay on random minibatches of pairs. Logs `loss`,
     `logps/chosen` and `logps/rejected` (mean token log-probs: watch for both falling together, the
-    collapse the paper warns about), `learning_rate`, `grad_norm` and `eval/*`; returns the log. A stop signal
-    (`interrupt.stop_on_signal`) ends it after the current step, with a checkpoint in `output_dir`."""
+    collapse the paper warns about), `learning_rate`, `grad_norm` and `eval/*`; returns this call's log. A stop signal
+    (`interrupt.stop_on_signal`) ends it after the current step, with a checkpoint in `output_dir`; `resume`
+    continues from the latest checkpoint there exactly, as SFT's does (the final weights equal an uninterrupted run's).
+    `keep` bounds the checkpoints kept (0: all)."""
     alpha = check_alpha(alpha)
     if not pairs:
         raise ValueError("no (correct, incorrect) pairs to train on: the data needs prompts with both kinds of trace")
     model = policy.model
     opt, sched = build_optimizer(model, lr, lr_schedule("linear", max(1, int(warmup_frac * steps)), steps))
     g = torch.Generator().manual_seed(seed)
+    start = resume_latest(output_dir, policy, opt, sched, g) if resume and output_dir is not None else 0
     history: list[dict[str, float]] = []
 
     def log(metrics: dict[str, float], step: int) -> None:
@@ -216,9 +219,9 @@ def train_redi(policy: Policy, pairs: list[tuple[Trace, Trace]], steps: int = 10
         except interrupt.Interrupted:
             return {}
 
-    if eval_fn is not None and eval_every:
+    if eval_fn is not None and eval_every and start == 0:
         log({f"eval/{k}": v for k, v in evaluate_now().items()}, 0)
-    for step in range(1, steps + 1):
+    for step in range(start + 1, steps + 1):
         model.train()
         idx = torch.randint(len(pairs), (min(batch_size, len(pairs)),), generator=g).tolist()
         chosen, rejected = [pairs[i][0] for i in idx], [pairs[i][1] for i in idx]
@@ -244,7 +247,7 @@ def train_redi(policy: Policy, pairs: list[tuple[Trace, Trace]], steps: int = 10
         stop = interrupt.requested() is not None  # a stop signal ends the run here, with a checkpoint
         if output_dir is not None and ((save_every and step % save_every == 0) or step == steps or stop):
             save_checkpoint(output_dir, step, policy, {"step": step, "alpha": alpha, "optimizer": opt.state_dict(),
-                                                        "scheduler": sched.state_dict(), "sampler": g.get_state()})
+                                                        "scheduler": sched.state_dict(), "sampler": g.get_state()}, keep=keep)
         if stop:
             break
     return history

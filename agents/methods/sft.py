@@ -20,8 +20,8 @@ from thinkgym.envs import TokenAction
 from thinkgym.envs.registration import make_env
 from thinkgym.envs.tokenizer import encode
 
-from .. import distributed, interrupt, lora
-from ..learner.checkpoint import latest_checkpoint, load_trainer_state, save_checkpoint
+from .. import distributed, interrupt
+from ..learner.checkpoint import resume_latest, save_checkpoint
 from ..learner.logprobs import completion_logprobs, pad_rows
 from ..learner.precision import build_optimizer
 from ..policy import Policy
@@ -104,7 +104,7 @@ def train_sft(policy: Policy, rows: list[Row], steps: int = 300, batch_size: int
     # warm-up over the first tenth, linear decay over the whole run, and a floor of 1e-3 (the demo's warm start)
     opt, sched = build_optimizer(model, lr, lambda s: min(1.0, (s + 1) / max(1, steps // 10)) * max(0.0, 1 - s / steps) + 1e-3)
     g = torch.Generator().manual_seed(seed)
-    start = _resume(policy, opt, sched, g, output_dir) if resume and output_dir is not None else 0
+    start = resume_latest(output_dir, policy, opt, sched, g) if resume and output_dir is not None else 0
     model.train()
     losses: list[float] = []
     bar = tqdm(range(start, steps), initial=start, total=steps, desc="sft", dynamic_ncols=True, disable=not progress)
@@ -133,21 +133,3 @@ def train_sft(policy: Policy, rows: list[Row], steps: int = 300, batch_size: int
     bar.close()
     model.eval()
     return losses
-
-
-def _resume(policy: Policy, opt: Any, sched: Any, g: torch.Generator, output_dir: str | Path) -> int:
-    """Load the latest SFT checkpoint in `output_dir` into the policy, optimizer, schedule and sampler; its step
-    (0 where there is none)."""
-    path = latest_checkpoint(output_dir)
-    if path is None:
-        return 0
-    state = load_trainer_state(path)
-    if lora.is_adapted(policy.model):
-        lora.load_adapter(policy.model, path / "policy")
-    else:
-        saved = Policy.from_pretrained(str(path / "policy"), device=str(policy.device), dtype=policy.dtype)
-        policy.model.load_state_dict(saved.model.state_dict())
-    opt.load_state_dict(state["optimizer"])
-    sched.load_state_dict(state["scheduler"])
-    g.set_state(state["sampler"])
-    return int(state["step"])
