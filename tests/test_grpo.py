@@ -48,7 +48,7 @@ def test_training_writes_the_expected_tensorboard_tags(tmp_path):
     assert plot_run(cfg.output_dir).exists()
 
 
-@pytest.mark.parametrize("loss_type", ["dapo", "dr_grpo", "delethink", "gspo"])
+@pytest.mark.parametrize("loss_type", ["dapo", "dr_grpo", "delethink", "gspo", "cispo"])
 def test_every_loss_type_trains_a_step(tmp_path, loss_type):
     trainer = GRPOTrainer(small_cfg(tmp_path, loss_type=loss_type, eval_every=0, prompts_per_step=1))
     metrics = trainer.train_step()

@@ -4,7 +4,7 @@ name instead of silently replacing the first, as verl's `register_adv_est` does.
 import numpy as np
 import pytest
 
-from thinkgym.agents.learner.advantages import ADVANTAGE_ESTIMATORS, get_advantage, register_advantage
+from thinkgym.agents.learner.advantages import ADVANTAGE_ESTIMATORS, register_advantage
 from thinkgym.agents.learner.losses import POLICY_LOSSES, register_policy_loss
 from thinkgym.envs.tasks import TASKS, register_task
 from thinkgym.rewards import available_rewards, register_reward
@@ -31,5 +31,5 @@ def test_every_registry_refuses_a_duplicate_name(kind):
 def test_every_advantage_estimator_takes_rewards_and_scale_rewards(name):
     rewards = np.array([[1.0, 0.0, 0.0, 1.0], [0.0, 0.0, 0.0, 1.0]])
     for scale in ("group", "batch", "none"):
-        adv = get_advantage(name)(rewards, scale)
+        adv = ADVANTAGE_ESTIMATORS.get(name)(rewards, scale)
         assert adv.shape == rewards.shape and np.isfinite(adv).all()

@@ -41,11 +41,11 @@ from ..rollout.collector import Collector, summed_stats
 from ..rollout.engine import Engine, make_engine
 from ..rollout.sampling import Opening, forced_openings
 from ..types import MONITOR_SEED_BASE, SFT_GATE_SEED_BASE, SFT_SEED_BASE, TRAIN_SEED_BASE, Batch, Episode, Row
-from .advantages import get_advantage, mgpo_weight
+from .advantages import ADVANTAGE_ESTIMATORS, mgpo_weight
 from .checkpoint import SHARDED, checkpoint_path, latest_checkpoint, load_trainer_state, rng_state, save_checkpoint, set_rng_state
 from .config import GRPOConfig
 from .logprobs import completion_logprobs, pad_rows
-from .losses import get_policy_loss, k3_kl, row_stats, sequence_surrogate, token_surrogate
+from .losses import POLICY_LOSSES, k3_kl, row_stats
 from .precision import build_optimizer, lr_schedule
 
 
@@ -94,14 +94,14 @@ class GRPOTrainer:
         total = cfg.steps * cfg.num_iterations * cfg.minibatches
         self.opt, self.sched = build_optimizer(self.model, cfg.learning_rate, lr_schedule(cfg.lr_scheduler, cfg.warmup_steps, total),
                                                cfg.weight_decay)
-        self.loss = get_policy_loss(cfg.loss_type)
+        self.loss = POLICY_LOSSES.get(cfg.loss_type)
         self.reward = parse_reward_spec(cfg.reward, cfg.reward_params) if cfg.reward else None
         raw = self.reward is not None and self.reward.raw_advantage
         if raw and cfg.dynamic_sampling:
             raise ValueError(f"reward {cfg.reward!r} already is the advantage, which is not zero when a group's rewards are "
                              "equal: dynamic_sampling would drop groups that teach; set dynamic_sampling=False")
         estimator = "raw" if raw else cfg.advantage_estimator  # AdaptThink's advantage is used as it is
-        self.advantage = get_advantage(estimator)
+        self.advantage = ADVANTAGE_ESTIMATORS.get(estimator)
         texts = self.reward.openings(cfg.num_generations) if self.reward is not None else None
         self.openings = forced_openings(texts, self.policy.tokenizer) if texts else None
         self.siri = None
@@ -407,10 +407,7 @@ class GRPOTrainer:
                 logp, ent = completion_logprobs(self.train_model, rb, cfg.temperature, with_entropy=True,
                                                 entropy_grad=cfg.entropy_coef > 0)
                 a = torch.tensor(row_adv[idx] if len(idx) else [0.0], device=logp.device, dtype=logp.dtype)
-                surrogate = sequence_surrogate if self.loss.sequence_level else token_surrogate
-                args = (logp, rb.old_logprobs, a, rb.loss_mask, cfg.epsilon, cfg.epsilon_high) if self.loss.sequence_level \
-                    else (logp, rb.old_logprobs, a, cfg.epsilon, cfg.epsilon_high)
-                per_tok, low, high = surrogate(*args)
+                per_tok, low, high = self.loss.surrogate(logp, rb.old_logprobs, a, rb.loss_mask, cfg.epsilon, cfg.epsilon_high)
                 if behaviour is not None and len(idx):
                     add_log_ratio(gap, logp, pad_rows_like(behaviour, idx, logp), rb.loss_mask)
                 if tis is not None and len(idx):
