@@ -114,3 +114,12 @@ def test_the_integrations_import_without_trl_or_verl_and_name_them_when_used():
     assert len(errors) == 2
     assert "needs trl" in errors[0] and "pip install 'trl>=1.16'" in errors[0]
     assert "needs verl" in errors[1] and "pip install 'verl>=0.9'" in errors[1]
+
+
+def test_the_registry_is_a_leaf_and_rewards_import_nothing_else_of_ours():
+    """`thinkgym.registry` imports nothing of thinkgym's, so the bottom layer (rewards) may use it; rewards import
+    nothing else of ours."""
+    assert {m for m in imported_modules(ROOT / "registry.py") if m and m.startswith("thinkgym")} == set()
+    ours = {m for p in sorted((ROOT / "rewards").rglob("*.py")) for m in imported_modules(p)
+            if m and m.startswith("thinkgym") and not m.startswith("thinkgym.rewards")}
+    assert ours == {"thinkgym.registry"}

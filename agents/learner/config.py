@@ -256,7 +256,8 @@ class GRPOConfig:
         self._check_ranges()
         POLICY_LOSSES.get(self.loss_type)
         ADVANTAGE_ESTIMATORS.get(self.advantage_estimator)
-        for name, choices in (("engine", ENGINES), ("dtype", DTYPES), ("scale_rewards", SCALE_REWARDS),
+        ENGINES.get(self.engine)
+        for name, choices in (("dtype", DTYPES), ("scale_rewards", SCALE_REWARDS),
                               ("lr_scheduler", LR_SCHEDULERS), ("parallelism", PARALLELISMS), ("lora_rollout", LORA_ROLLOUTS)):
             if getattr(self, name) not in choices:
                 raise ValueError(f"{name}={getattr(self, name)!r} is unknown; valid: {list(choices)}")

@@ -9,13 +9,14 @@ the trainer recomputes for importance ratios (see README, "Log-probabilities").
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, Literal, Protocol, Sequence
+from typing import TYPE_CHECKING, Any, Callable, Literal, Protocol, Sequence
+
+from thinkgym.registry import Registry
 
 if TYPE_CHECKING:
     from ..policy import Policy
 
 FinishReason = Literal["eos", "stop", "length"]
-ENGINES = ("hf", "vllm")
 
 
 @dataclass
@@ -83,15 +84,26 @@ class Engine(Protocol):
         """Free what the engine holds outside Python's reach (vLLM's engine core and process groups)."""
 
 
-def make_engine(name: str, policy: Policy, seed: int, tensor_parallel_size: int = 1, lora_merge: bool = False):
+ENGINES: Registry[Callable[..., Engine]] = Registry("engine")
+"""Each engine's factory `fn(policy, seed, tensor_parallel_size, lora_merge) -> Engine`; it imports its
+engine when called, so that naming an engine loads neither transformers' decode loop nor vLLM."""
+
+
+@ENGINES.register("hf")
+def _hf(policy: Policy, seed: int, tensor_parallel_size: int, lora_merge: bool) -> Engine:
+    from .hf.engine import HFEngine
+
+    return HFEngine(policy, seed=seed, lora_merge=lora_merge)
+
+
+@ENGINES.register("vllm")
+def _vllm(policy: Policy, seed: int, tensor_parallel_size: int, lora_merge: bool) -> Engine:
+    from .vllm import VLLMEngine
+
+    return VLLMEngine(policy, seed=seed, tensor_parallel_size=tensor_parallel_size)
+
+
+def make_engine(name: str, policy: Policy, seed: int, tensor_parallel_size: int = 1, lora_merge: bool = False) -> Engine:
     """A rollout engine by name; `tensor_parallel_size` shards vLLM's copy of the model over GPUs, and
     `lora_merge` makes the hf engine decode a LoRA policy from merged weights (`HFEngine`)."""
-    if name == "hf":
-        from .hf.engine import HFEngine
-
-        return HFEngine(policy, seed=seed, lora_merge=lora_merge)
-    if name == "vllm":
-        from .vllm import VLLMEngine
-
-        return VLLMEngine(policy, seed=seed, tensor_parallel_size=tensor_parallel_size)
-    raise ValueError(f"engine={name!r} is unknown; valid engines: {list(ENGINES)}")
+    return ENGINES.get(name)(policy, seed, tensor_parallel_size, lora_merge)
