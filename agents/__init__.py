@@ -1,0 +1,28 @@
+"""The LLM agent: a policy, rollout engines, the GRPO learner and the methods built on it.
+
+The main names load from here on first use (PEP 562), so `import thinkgym.agents` (and `thinkgym eval`)
+loads neither the learner nor TensorBoard until one is asked for:
+
+    from thinkgym.agents import GRPOConfig, GRPOTrainer, make_engine
+"""
+
+from __future__ import annotations
+
+import importlib
+from typing import Any
+
+_HOME = {
+    "Policy": "policy", "Step": "types", "Episode": "types", "Row": "types", "Batch": "types",
+    "Engine": "rollout.engine", "GenerationRequest": "rollout.engine", "Completion": "rollout.engine",
+    "ENGINES": "rollout.engine", "make_engine": "rollout.engine", "HFEngine": "rollout.hf.engine",
+    "Collector": "rollout.collector", "evaluate": "evaluate",
+    "GRPOConfig": "learner.config", "GRPOTrainer": "learner.trainer", "POLICY_LOSSES": "learner.losses",
+    "ADVANTAGE_ESTIMATORS": "learner.advantages", "train_sft": "learner.sft", "demonstration_rows": "learner.sft",
+}
+__all__ = sorted(_HOME)
+
+
+def __getattr__(name: str) -> Any:
+    if name not in _HOME:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    return getattr(importlib.import_module(f".{_HOME[name]}", __name__), name)

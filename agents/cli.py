@@ -114,7 +114,7 @@ def cmd_sft(args: argparse.Namespace) -> None:
 
     from . import interrupt
     from .learner.checkpoint import latest_checkpoint
-    from .methods.sft import demonstration_rows, jsonl_rows, train_sft
+    from .learner.sft import demonstration_rows, jsonl_rows, train_sft
     from .policy import Policy
     from .run_dir import prepare_output_dir
 
@@ -191,7 +191,7 @@ def cmd_redi(args: argparse.Namespace) -> None:
     from . import interrupt
     from .evaluate import evaluate
     from .methods.redi import build_redi_data, check_alpha, load_traces, train_redi
-    from .methods.sft import train_sft
+    from .learner.sft import train_sft
     from .policy import Policy
     from .rollout.engine import make_engine
     from .run_dir import prepare_output_dir

@@ -34,7 +34,7 @@ from uuid import uuid4
 
 import gymnasium as gym
 import thinkgym
-from thinkgym.agents.rollout.sampling import find_stop
+from thinkgym.agents.rollout.sampling import STOP_WINDOW, find_stop
 from thinkgym.agents.types import Episode, Step, group_row, step_groups
 from thinkgym.envs import TokenAction
 from thinkgym.envs.tokenizer import decode
@@ -43,7 +43,6 @@ from . import require
 
 AGENT_NAME = "thinkgym"
 VERL_VERSION = ">=0.9"
-STOP_WINDOW = 32
 # verl makes one loop per sample; the envs outlive them, so a task's data loads once per worker. An env
 # serves one trajectory at a time: the loops of a worker share its event loop, which takes and returns them.
 _IDLE_ENVS: dict[tuple, list[gym.Env]] = {}

@@ -21,11 +21,11 @@ from thinkgym.envs.registration import make_env
 from thinkgym.envs.tokenizer import encode
 
 from .. import distributed, interrupt, lora
-from ..learner.checkpoint import latest_checkpoint, load_trainer_state, save_checkpoint
-from ..learner.logprobs import completion_logprobs, pad_rows
-from ..learner.precision import build_optimizer
+from .checkpoint import latest_checkpoint, load_trainer_state, save_checkpoint
+from .logprobs import completion_logprobs, pad_rows
+from .precision import build_optimizer
 from ..policy import Policy
-from ..rollout.sampling import find_stop
+from ..rollout.sampling import STOP_WINDOW, find_stop
 from ..types import Episode, Row, Step, episode_rows
 
 
@@ -34,7 +34,7 @@ def _split_at_stop(tokenizer, ids: list[int], stop: Sequence[str]) -> list[int]:
     if not stop:
         return ids
     for k in range(1, len(ids) + 1):
-        if find_stop(tokenizer.decode(ids[max(0, k - 32):k], skip_special_tokens=False), stop) is not None:
+        if find_stop(tokenizer.decode(ids[max(0, k - STOP_WINDOW):k], skip_special_tokens=False), stop) is not None:
             return ids[:k]
     return ids
 
