@@ -16,7 +16,8 @@ from pathlib import Path
 import torch
 
 from thinkgym.agents.evaluate import evaluate
-from thinkgym.agents.methods.r2r import DIVERGENT, NEUTRAL, RoutedEngine, label_tokens, save_labels, select_seeds
+from thinkgym.agents.methods.r2r import DIVERGENT, NEUTRAL, label_tokens, save_labels, select_seeds
+from thinkgym.agents.rollout.hf.routed import RoutedEngine
 from thinkgym.agents.methods.router import RateRouter, RouterConfig, binary_metrics, router_probs, train_router
 from thinkgym.agents.learner.sft import demonstration_rows, train_sft
 from thinkgym.agents.policy import Policy

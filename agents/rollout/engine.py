@@ -13,6 +13,8 @@ from typing import TYPE_CHECKING, Any, Callable, Literal, Protocol, Sequence
 
 from thinkgym.registry import Registry
 
+from ..types import Step
+
 if TYPE_CHECKING:
     from ..policy import Policy
 
@@ -56,6 +58,12 @@ class Completion:
         if self.finish_reason == "eos" and self.eos_logprob is None:
             raise ValueError("a completion that ended with EOS needs eos_logprob, the log-probability of that EOS, "
                              "for the training row that ends with it")
+
+    def step(self, prompt_ids: Sequence[int], eos_token_id: int) -> Step:
+        """The episode's record of this completion of `prompt_ids`: what the env got, and the EOS that ended it
+        (never shown to the env) with its log-probability, for the training row."""
+        eos = (eos_token_id, self.eos_logprob) if self.finish_reason == "eos" else None
+        return Step(list(prompt_ids), list(self.token_ids), list(self.logprobs), self.finish_reason, eos)
 
 
 class Engine(Protocol):
