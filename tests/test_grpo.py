@@ -18,6 +18,12 @@ from thinkgym.agents.types import Row
 from thinkgym.rewards import register_reward
 
 
+@register_reward("nan_reward")
+def nan_reward(sample, **_):
+    """A broken reward: NaN, which makes every advantage and the loss NaN."""
+    return float("nan")
+
+
 @register_reward("count_sevens")
 def count_sevens(sample, **_):
     """A test reward with variance even for an untrained policy: how many 7s it wrote."""
@@ -179,16 +185,8 @@ def test_gradient_raises_the_rewarded_sample(tmp_path):
     assert after[0] > before[0] and after[1] < before[1]
 
 
-def test_nonfinite_losses_are_skipped_then_stop_the_run(tmp_path, monkeypatch):
-    import thinkgym.agents.learner.trainer as grpo
-
-    def nan_logprobs(*args, **kwargs):
-        logp, ent = real(*args, **kwargs)
-        return logp * float("nan"), ent
-
-    real = grpo.completion_logprobs
-    monkeypatch.setattr(grpo, "completion_logprobs", nan_logprobs)
-    trainer = GRPOTrainer(small_cfg(tmp_path, max_nonfinite_steps=2, eval_every=0))
+def test_nonfinite_losses_are_skipped_then_stop_the_run(tmp_path):
+    trainer = GRPOTrainer(small_cfg(tmp_path, max_nonfinite_steps=2, eval_every=0, reward="nan_reward"))
     snapshot = [p.detach().clone() for p in trainer.model.parameters()]
     metrics = trainer.train_step()
     assert trainer.nonfinite_total == 1 and metrics["nonfinite_skipped"] == 1.0

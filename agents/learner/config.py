@@ -16,8 +16,6 @@ from functools import cache
 from numbers import Real
 from typing import Any, Callable, Mapping
 
-import yaml
-
 from ..rollout.engine import ENGINES
 
 DTYPES = (None, "float32", "bfloat16", "float16")
@@ -313,15 +311,6 @@ class GRPOConfig:
         if unknown:
             raise ValueError(f"unknown config keys {unknown}; valid keys: {sorted(known)}")
         return cls(**data)
-
-    @classmethod
-    def from_yaml(cls, path: str, **overrides: Any) -> "GRPOConfig":
-        with open(path) as f:
-            data = yaml.safe_load(f)
-        if data is not None and not isinstance(data, dict):
-            raise ValueError(f"{path}: a config file must be a mapping of GRPOConfig keys to values (key: value lines); "
-                             f"its top level is a {type(data).__name__}")
-        return cls.from_dict({**(data or {}), **overrides})
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
