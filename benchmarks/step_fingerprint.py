@@ -6,11 +6,13 @@ bonus. `dynamic` adds what a refactor of the run touches: a warm start, dynamic 
 masked truncations, checkpoints and a held-out evaluation.
 
     PYTHONPATH=/work/pp/NAME python benchmarks/step_fingerprint.py
+    PYTHONPATH=/work/pp/NAME python benchmarks/step_fingerprint.py --files   # the agents/ files one step calls into
 """
 
 from __future__ import annotations
 
 import hashlib
+import inspect
 import sys
 import tempfile
 from pathlib import Path
@@ -53,7 +55,33 @@ def fingerprint(name: str) -> str:
         return weights_hash(trainer.model)
 
 
+def step_files() -> dict[str, int]:
+    """The files of thinkgym.agents whose functions one `train_step` of the `gspo` configuration calls, with
+    their lengths in lines (a profiler sees every call)."""
+    root = Path(inspect.getfile(GRPOTrainer)).resolve().parents[2]
+    seen: set[Path] = set()
+
+    def profile(frame, event, arg):
+        path = Path(frame.f_code.co_filename).resolve()
+        if event == "call" and path.is_relative_to(root / "agents"):
+            seen.add(path)
+
+    with tempfile.TemporaryDirectory() as tmp:
+        trainer = GRPOTrainer(GRPOConfig(**{**BASE, **CONFIGS["gspo"]}, output_dir=str(Path(tmp) / "run")))
+        sys.setprofile(profile)
+        try:
+            trainer.train_step()
+        finally:
+            sys.setprofile(None)
+    return {str(p.relative_to(root)): len(p.read_text().splitlines()) for p in sorted(seen)}
+
+
 if __name__ == "__main__":
     torch.set_num_threads(1)
+    if sys.argv[1:] == ["--files"]:
+        files = step_files()
+        print("\n".join(f"{n:5d} {f}" for f, n in files.items()))
+        print(f"{len(files)} files, {sum(files.values())} lines")
+        sys.exit()
     for name in sys.argv[1:] or CONFIGS:
         print(f"{name} {fingerprint(name)}", flush=True)
