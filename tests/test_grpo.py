@@ -216,7 +216,7 @@ def test_every_flag_of_every_command_has_help(command):
 
 
 @pytest.mark.parametrize("args, needle", [(["--loss-type", "ppo9"], "valid names"), (["--env", "Nope-v0"], "not registered"),
-                                          (["--engine", "tgi"], "valid: ['hf', 'vllm']"),
+                                          (["--engine", "tgi"], "engine='tgi' is unknown; valid names: ['hf', 'vllm']"),
                                           (["--scale-rewards", "std"], "valid: ['group', 'batch', 'none']"), (["--bogus", "1"], "unrecognized")])
 def test_cli_errors_name_the_valid_choices(tmp_path, capsys, args, needle):
     with pytest.raises(SystemExit) as exit_:
