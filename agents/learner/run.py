@@ -33,7 +33,7 @@ if TYPE_CHECKING:
     from .trainer import GRPOTrainer
 
 
-def output_dir(cfg: GRPOConfig) -> tuple[GRPOConfig, bool]:
+def with_output_dir(cfg: GRPOConfig) -> tuple[GRPOConfig, bool]:
     """`cfg` with its run folder: the one given, the latest run's when resuming, or a fresh time-stamped one
     (then True: it is linked from runs/latest once the run starts)."""
     if cfg.output_dir:
@@ -59,6 +59,7 @@ class GRPORun:
         self.eval_pending = False  # the current step's held-out evaluation is still to run (saved with the checkpoint)
 
     def log(self: GRPOTrainer, metrics: dict[str, float], step: int) -> None:
+        """Write the finite numbers of `metrics` to TensorBoard at `step` (rank 0 only)."""
         if self.writer is None:  # not rank 0
             return
         for k, v in metrics.items():
@@ -104,6 +105,8 @@ class GRPORun:
         distributed.barrier()  # no rank goes on (or exits) before the checkpoint is written
 
     def load(self: GRPOTrainer) -> bool:
+        """Continue from the latest checkpoint of `output_dir`, exactly (weights, optimizer, schedules, RNGs, reward
+        and environment state); False where there is none."""
         path = latest_checkpoint(self.cfg.output_dir)
         if path is None:
             return False

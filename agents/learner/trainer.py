@@ -37,7 +37,7 @@ from .logprobs import completion_logprobs, pad_rows, pad_rows_like
 from .losses import POLICY_LOSSES, k3_kl, row_stats
 from .metrics import add_log_ratio, compute_counts, episode_metrics
 from .precision import build_optimizer, lr_schedule
-from .run import GRPORun, output_dir
+from .run import GRPORun, with_output_dir
 
 
 class NonFiniteLossError(RuntimeError):
@@ -53,7 +53,7 @@ class GRPOTrainer(GRPORun):
                              "(its policy is trained), or the policy alone")
         self.world = distributed.world()
         device = distributed.setup(cfg.device)
-        cfg, fresh = output_dir(cfg)
+        cfg, fresh = with_output_dir(cfg)
         self.cfg = cfg
         if cfg.prompts_per_step < self.world.size:
             raise ValueError(f"prompts_per_step={cfg.prompts_per_step} is split over {self.world.size} processes: "
@@ -228,6 +228,7 @@ class GRPOTrainer(GRPORun):
         return adv.reshape(-1)
 
     def train_step(self) -> dict[str, float]:
+        """One GRPO step: collect and score, move stateful rewards, advantages, optimize; returns its metrics."""
         cfg = self.cfg
         t_step = time.perf_counter()
         if self.reward is not None and self.sched.last_epoch == 0:  # no update yet: the policy is RL's start
