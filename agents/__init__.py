@@ -14,7 +14,7 @@ _HOME = {
     "Policy": "policy", "Step": "types", "Episode": "types", "Row": "types", "Batch": "types",
     "Engine": "rollout.engine", "GenerationRequest": "rollout.engine", "Completion": "rollout.engine",
     "ENGINES": "rollout.engine", "make_engine": "rollout.engine", "HFEngine": "rollout.hf.engine",
-    "Collector": "rollout.collector", "evaluate": "evaluate",
+    "Collector": "rollout.collector",
     "GRPOConfig": "learner.config", "GRPOTrainer": "learner.trainer", "POLICY_LOSSES": "learner.losses",
     "ADVANTAGE_ESTIMATORS": "learner.advantages", "train_sft": "learner.sft", "demonstration_rows": "learner.sft",
 }
