@@ -249,15 +249,24 @@ class GRPOTrainer(GRPORun):
         t_train = time.perf_counter()
         metrics = self.optimize(rows, adv)
         train_time = time.perf_counter() - t_train
-        compute = compute_counts(batch, cfg.num_iterations)
-        metrics.update(episode_metrics(batch, rewards, comps, cfg.num_generations), **compute)
-        if self.reward is not None:
-            metrics.update({f"rewards/{k}": v for k, v in self.reward.metrics().items()})
+        compute = self.compute_counts(batch)
+        metrics.update(self.episode_metrics(batch, rewards, comps), **compute)
         metrics.update({"frac_groups_dropped": dropped, "time/train_s": train_time, "time/weight_sync_s": self.sync_weights(),
                         "train_tokens_per_s": compute["compute/train_tokens"] / max(train_time, 1e-9),
                         **{k: v for k, v in batch.stats.items() if k.startswith(("time/", "rollout_tokens", "env_tokens"))}})
         metrics["time/step_s"] = time.perf_counter() - t_step
         return metrics
+
+    def episode_metrics(self, batch: Batch, rewards: np.ndarray, comps: dict[str, list[float]]) -> dict[str, float]:
+        """The step's episode means over every rank (`metrics.episode_metrics`), and the reward's own metrics."""
+        out = episode_metrics(batch, rewards, comps, self.cfg.num_generations)
+        if self.reward is not None:
+            out.update({f"rewards/{k}": v for k, v in self.reward.metrics().items()})
+        return out
+
+    def compute_counts(self, batch: Batch) -> dict[str, float]:
+        """The step's tokens and attention pairs, learner and rollouts, over every rank (`metrics.compute_counts`)."""
+        return compute_counts(batch, self.cfg.num_iterations)
 
     def sync_weights(self) -> float:
         """Bring the engine's weights up to the learner's: under FSDP, gather the shards into the policy's
