@@ -15,13 +15,7 @@ from thinkgym.agents.learner.config import GRPOConfig
 from thinkgym.agents.learner.trainer import GRPOTrainer, NonFiniteLossError
 from thinkgym.agents.plot import plot_run, read_scalars
 from thinkgym.agents.types import Row
-from thinkgym.rewards import register_reward
-
-
-@register_reward("nan_reward")
-def nan_reward(sample, **_):
-    """A broken reward: NaN, which makes every advantage and the loss NaN."""
-    return float("nan")
+from thinkgym.rewards import REWARDS, register_reward
 
 
 @register_reward("count_sevens")
@@ -186,7 +180,11 @@ def test_gradient_raises_the_rewarded_sample(tmp_path):
 
 
 def test_nonfinite_losses_are_skipped_then_stop_the_run(tmp_path):
-    trainer = GRPOTrainer(small_cfg(tmp_path, max_nonfinite_steps=2, eval_every=0, reward="nan_reward"))
+    """A broken reward (NaN) makes every advantage and the loss NaN. It registers here, at run time, so that the
+    tests that train on every registered reward (collected before) never see it."""
+    if "test_nan_reward" not in REWARDS:
+        register_reward("test_nan_reward")(lambda sample: float("nan"))
+    trainer = GRPOTrainer(small_cfg(tmp_path, max_nonfinite_steps=2, eval_every=0, reward="test_nan_reward"))
     snapshot = [p.detach().clone() for p in trainer.model.parameters()]
     metrics = trainer.train_step()
     assert trainer.nonfinite_total == 1 and metrics["nonfinite_skipped"] == 1.0
