@@ -115,7 +115,7 @@ def cmd_sft(args: argparse.Namespace) -> None:
     """Checkpoints go to `output_dir/checkpoint-<step>` (resumable) and the final policy to `output_dir` itself."""
     from . import interrupt
     from .learner.checkpoint import latest_checkpoint
-    from .methods.sft import demonstration_rows, jsonl_rows, train_sft
+    from .learner.sft import demonstration_rows, jsonl_rows, train_sft
     from .policy import Policy
     from .run_dir import prepare_output_dir
     from .trackers import Trackers, parse_report_to
@@ -195,7 +195,7 @@ def cmd_redi(args: argparse.Namespace) -> None:
     from .evaluate import evaluate
     from .learner.checkpoint import latest_checkpoint
     from .methods.redi import build_redi_data, check_alpha, load_traces, train_redi
-    from .methods.sft import train_sft
+    from .learner.sft import train_sft
     from .policy import Policy
     from .rollout.engine import make_engine
     from .run_dir import prepare_output_dir

@@ -20,7 +20,7 @@ import copy
 import os
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Sequence, TypeVar
+from typing import Any, Sequence, Sized, TypeVar
 
 import torch
 import torch.distributed as dist
@@ -89,6 +89,13 @@ def shard(items: Sequence[T]) -> list[T]:
     w = world()
     n = len(items)
     return list(items[w.rank * n // w.size:(w.rank + 1) * n // w.size])
+
+
+def rank_slice(parts: Sequence[Sized]) -> slice:
+    """Where this rank's part lies in the concatenation of every rank's `parts` (`gather`'s list, rank order)."""
+    rank = world().rank
+    start = sum(len(p) for p in parts[:rank])
+    return slice(start, start + len(parts[rank]))
 
 
 def _comm_device() -> torch.device:

@@ -6,7 +6,8 @@ ranges, so that no two uses draw the same problems.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from collections.abc import Sequence
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 # Env seeds: evaluation uses 0..N-1; the warm start's demonstrations, RL training prompts, the
@@ -71,9 +72,32 @@ class Row:
 
 @dataclass
 class Batch:
+    """Collected episodes, their training rows (`Row.episode` indexes `episodes`) and the collection's stats."""
+
     episodes: list[Episode]
     rows: list[Row]
     stats: dict[str, float]
+
+    def groups(self, keep: Sequence[int], size: int) -> Batch:
+        """The batch of the groups `keep` (in that order; a group is `size` consecutive episodes), each row
+        re-pointed at its episode's new place: dynamic sampling keeps the groups that teach."""
+        episodes: list[Episode] = []
+        rows: list[Row] = []
+        for g in keep:
+            lo, hi = g * size, (g + 1) * size
+            rows += [replace(r, episode=len(episodes) + r.episode - lo) for r in self.rows if lo <= r.episode < hi]
+            episodes += self.episodes[lo:hi]
+        return Batch(episodes, rows, self.stats)
+
+    @staticmethod
+    def concat(parts: Sequence[Batch], stats: dict[str, float]) -> Batch:
+        """One batch of `parts`' episodes in order, their rows re-pointed likewise, with `stats`."""
+        episodes: list[Episode] = []
+        rows: list[Row] = []
+        for b in parts:
+            rows += [replace(r, episode=len(episodes) + r.episode) for r in b.rows]
+            episodes += b.episodes
+        return Batch(episodes, rows, stats)
 
 
 def extends(prev: Step, nxt: Step) -> bool:

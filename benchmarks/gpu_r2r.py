@@ -23,7 +23,7 @@ import time
 import torch
 from transformers import Qwen2Config, Qwen2ForCausalLM
 
-from thinkgym.agents.methods.r2r import RoutedEngine, n_params
+from thinkgym.agents.rollout.hf.routed import RoutedEngine, n_params
 from thinkgym.agents.methods.router import RateRouter, Router, RouterConfig
 from thinkgym.agents.policy import Policy
 from thinkgym.agents.rollout.engine import GenerationRequest

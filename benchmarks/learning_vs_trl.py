@@ -32,7 +32,7 @@ from thinkgym.agents.evaluate import evaluate
 from thinkgym.agents.learner.config import GRPOConfig
 from thinkgym.agents.learner.trainer import GRPOTrainer
 from thinkgym.agents.types import SFT_SEED_BASE, TRAIN_SEED_BASE
-from thinkgym.agents.methods.sft import demonstration_rows, train_sft
+from thinkgym.agents.learner.sft import demonstration_rows, train_sft
 from thinkgym.agents.policy import Policy
 from thinkgym.agents.rollout.hf.engine import HFEngine
 

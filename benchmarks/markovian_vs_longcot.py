@@ -9,7 +9,7 @@ group size, learning rate and loss:
 1. Held-out accuracy (greedy, and sampled at T = 1) of the warm start and of each arm, in its own
    environment and in the other's; the share of Markovian traces (those that restate the running
    state, `total|digits left`, on their first line: the format whose state survives a reset); and the
-   training compute, measured from the sequences each arm ran (`GRPOTrainer.compute_counts`): FLOPs
+   training compute, measured from the sequences each arm ran (`learner/metrics.py`'s `compute_counts`): FLOPs
    per trained token, linear terms plus attention at the real context lengths, learner and rollouts,
    and the wall time.
 2. Thinking past the trained budget: both final policies, greedy, on longer sums (`--scaling-terms`)

@@ -27,7 +27,7 @@ from pathlib import Path
 import numpy as np
 
 import thinkgym  # noqa: F401
-from thinkgym.agents.methods.sft import demonstration_episode
+from thinkgym.agents.learner.sft import demonstration_episode
 from thinkgym.envs import TokenAction
 from thinkgym.envs.registration import make_env
 from thinkgym.envs.remote import ThinkgymClient

@@ -24,7 +24,7 @@ import numpy as np
 import torch
 from demo_seeds import parse_seeds, run_pool, seed_flags
 
-from thinkgym.agents.methods.sft import demonstration_rows, train_sft
+from thinkgym.agents.learner.sft import demonstration_rows, train_sft
 from thinkgym.agents.policy import Policy
 from thinkgym.agents.rollout.collector import Collector
 from thinkgym.agents.rollout.engine import make_engine

@@ -7,8 +7,7 @@ not load transformers or any environment until one is used.
 
 from __future__ import annotations
 
-import importlib
-from typing import Any
+from thinkgym.lazy import lazy_attributes
 
 _HOME = {
     "LLMText": "core", "TextEnv": "core", "TokenAction": "core", "DelethinkEnv": "delethink", "ReasoningEnv": "reasoning",
@@ -18,7 +17,4 @@ _HOME = {
 __all__ = sorted(_HOME)
 
 
-def __getattr__(name: str) -> Any:
-    if name not in _HOME:
-        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
-    return getattr(importlib.import_module(f".{_HOME[name]}", __name__), name)
+__getattr__ = lazy_attributes(__name__, _HOME)

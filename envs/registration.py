@@ -30,9 +30,21 @@ REMOTE_SPEC = ("thinkgym/Remote-v0", "thinkgym.envs.remote:RemoteEnv")
 
 
 def register_all() -> None:
-    for env_id, entry_point, kwargs in [*ENV_SPECS, (*REMOTE_SPEC, {})]:
-        if env_id not in gym.registry:
+    """Register every id of `ENV_SPECS` (and the served-env client) with Gymnasium, refusing an id listed twice
+    or already registered as another environment (Gymnasium would only warn and replace it); registering the
+    same spec again is a no-op."""
+    specs = [*ENV_SPECS, (*REMOTE_SPEC, {})]
+    ids = [spec[0] for spec in specs]
+    twice = sorted({i for i in ids if ids.count(i) > 1})
+    if twice:
+        raise ValueError(f"env ids {twice} are listed more than once in ENV_SPECS; each id registers once")
+    for env_id, entry_point, kwargs in specs:
+        spec = gym.registry.get(env_id)
+        if spec is None:
             gym.register(id=env_id, entry_point=entry_point, kwargs=kwargs)
+        elif (spec.entry_point, spec.kwargs) != (entry_point, kwargs):
+            raise ValueError(f"env id {env_id!r} is already registered with Gymnasium as {spec.entry_point} {spec.kwargs}; "
+                             f"thinkgym registers it as {entry_point} {kwargs}")
 
 
 def accepted_kwargs(env_id: str) -> list[str]:

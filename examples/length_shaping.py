@@ -32,7 +32,7 @@ import torch  # noqa: E402
 
 from thinkgym.agents.learner.config import GRPOConfig  # noqa: E402
 from thinkgym.agents.learner.trainer import GRPOTrainer  # noqa: E402
-from thinkgym.agents.methods.sft import demonstration_rows, train_sft  # noqa: E402
+from thinkgym.agents.learner.sft import demonstration_rows, train_sft  # noqa: E402
 from thinkgym.agents.plot import read_scalars  # noqa: E402
 from thinkgym.agents.policy import Policy  # noqa: E402
 from thinkgym.agents.run_dir import prepare_output_dir  # noqa: E402

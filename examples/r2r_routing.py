@@ -16,9 +16,10 @@ from pathlib import Path
 import torch
 
 from thinkgym.agents.evaluate import evaluate
-from thinkgym.agents.methods.r2r import DIVERGENT, NEUTRAL, RoutedEngine, label_tokens, save_labels, select_seeds
+from thinkgym.agents.methods.r2r import DIVERGENT, NEUTRAL, label_tokens, save_labels, select_seeds
+from thinkgym.agents.rollout.hf.routed import RoutedEngine
 from thinkgym.agents.methods.router import RateRouter, RouterConfig, binary_metrics, router_probs, train_router
-from thinkgym.agents.methods.sft import demonstration_rows, train_sft
+from thinkgym.agents.learner.sft import demonstration_rows, train_sft
 from thinkgym.agents.policy import Policy
 from thinkgym.agents.rollout.hf.engine import HFEngine
 from thinkgym.agents.types import SFT_SEED_BASE

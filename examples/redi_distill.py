@@ -49,7 +49,7 @@ from thinkgym.agents.types import SFT_SEED_BASE, TRAIN_SEED_BASE
 from thinkgym.agents.methods.redi import (Trace, build_redi_data, cut_after_first_error, first_error, label_by_reference, load_traces,
                                   train_redi)
 from thinkgym.agents.methods.sample import sample_traces
-from thinkgym.agents.methods.sft import demonstration_rows, train_sft
+from thinkgym.agents.learner.sft import demonstration_rows, train_sft
 from thinkgym.agents.policy import Policy
 from thinkgym.agents.rollout.collector import Collector
 from thinkgym.agents.rollout.hf.engine import HFEngine

@@ -16,7 +16,7 @@ import os
 from pathlib import Path
 
 import torch
-from thinkgym.agents.methods.sft import demonstration_rows, train_sft
+from thinkgym.agents.learner.sft import demonstration_rows, train_sft
 from thinkgym.agents.policy import Policy
 from thinkgym.agents.types import SFT_SEED_BASE, TRAIN_SEED_BASE
 

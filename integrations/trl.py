@@ -40,7 +40,7 @@ import thinkgym
 import torch
 from thinkgym.agents.rollout.collector import Collector
 from thinkgym.agents.rollout.engine import Completion, GenerationRequest
-from thinkgym.agents.rollout.sampling import find_stop
+from thinkgym.agents.rollout.sampling import STOP_WINDOW, find_stop
 from thinkgym.agents.types import episode_rows
 from thinkgym.envs.delethink import DelethinkEnv
 from thinkgym.envs.tokenizer import decode
@@ -51,7 +51,6 @@ from . import require
 TRL_VERSION = ">=1.16"
 SEED_LINE = "[thinkgym seed={seed}]\n"
 _SEED_LINE = re.compile(r"\[thinkgym seed=(-?\d+)\]\n")
-STOP_WINDOW = 32  # tokens decoded to look for a stop string, as thinkgym's hf engine does
 
 
 def prompt_seed(prompt: Any) -> tuple[int, str]:

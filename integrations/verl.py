@@ -34,8 +34,9 @@ from uuid import uuid4
 
 import gymnasium as gym
 import thinkgym
-from thinkgym.agents.rollout.sampling import find_stop
-from thinkgym.agents.types import Episode, Step, group_row, step_groups
+from thinkgym.agents.rollout.engine import Completion
+from thinkgym.agents.rollout.sampling import STOP_WINDOW, find_stop
+from thinkgym.agents.types import Episode, group_row, step_groups
 from thinkgym.envs import TokenAction
 from thinkgym.envs.tokenizer import decode
 
@@ -43,7 +44,6 @@ from . import require
 
 AGENT_NAME = "thinkgym"
 VERL_VERSION = ">=0.9"
-STOP_WINDOW = 32
 # verl makes one loop per sample; the envs outlive them, so a task's data loads once per worker. An env
 # serves one trajectory at a time: the loops of a worker share its event loop, which takes and returns them.
 _IDLE_ENVS: dict[tuple, list[gym.Env]] = {}
@@ -148,11 +148,12 @@ def agent_loop_class() -> type:
                     action = ids[:-1] if ended else ids
                     finish = "eos" if ended else ("stop" if info["stop"] and find_stop(
                         decode(self.tokenizer, action[-STOP_WINDOW:]), info["stop"]) is not None else "length")
-                    ep.steps.append(Step(prompt, action, [float(x) for x in logps[: len(action)]], finish,
-                                         (eos, float(logps[-1])) if ended else None))
+                    c = Completion(action, decode(self.tokenizer, action), [float(x) for x in logps[: len(action)]], finish,
+                                   float(logps[-1]) if ended else None)
+                    ep.steps.append(c.step(prompt, eos))
                     t0 = time.perf_counter()
                     _, reward, terminated, truncated, info = await loop.run_in_executor(
-                        None, env.step, TokenAction.from_ids(self.tokenizer, action, eos=ended))
+                        None, env.step, TokenAction(c.text, c.token_ids, ended))
                     env_s += time.perf_counter() - t0
                     done = terminated or truncated
                 ep.reward, ep.info, ep.terminated, ep.truncated = float(reward), info, bool(terminated), bool(truncated)

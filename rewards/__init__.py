@@ -1,4 +1,5 @@
-"""Pure reward functions, reward state objects and schedules. This package imports nothing else of thinkgym.
+"""Pure reward functions, reward state objects and schedules. This package imports nothing else of thinkgym but
+the leaf `thinkgym.registry`.
 
 Build a reward from one config line with `parse_reward_spec`, score samples with it, update its state
 once per step and checkpoint it with `state_dict`; `available_rewards()` lists the names.
@@ -6,7 +7,7 @@ once per step and checkpoint it with `state_dict`; `available_rewards()` lists t
 
 from .math import after_think, correctness, extract_answer, last_boxed, math_equal
 from .base import NO_THINK, THINK, Reward, Sample, SampleReward, detect_think_mode, group_indices
-from .registry import available_rewards, get_reward, register_reward
+from .registry import REWARDS, available_rewards, get_reward, register_reward
 from .format import has_repetition_loop
 from .length import CosineLength, Laser, OverlongPenalty
 from .laser import LaserD, LaserDE, difficulty_bucket
@@ -19,7 +20,7 @@ from .spec import CompositeReward, RewardOutput, parse_reward_spec
 __all__ = [
     "after_think", "correctness", "extract_answer", "last_boxed", "math_equal",
     "NO_THINK", "THINK", "Reward", "Sample", "SampleReward", "detect_think_mode", "group_indices",
-    "available_rewards", "get_reward", "register_reward", "has_repetition_loop",
+    "REWARDS", "available_rewards", "get_reward", "register_reward", "has_repetition_loop",
     "CosineLength", "Laser", "OverlongPenalty", "LaserD", "LaserDE", "difficulty_bucket",
     "Hapo", "hapo_length_reward",
     "ADAPTTHINK_FORCED_LOGPROB", "AUTOTHINK_ELLIPSIS_PREFIX", "NO_THINKING_PREFIX", "AdaptThink", "AutoThink",

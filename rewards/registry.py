@@ -15,9 +15,12 @@ import inspect
 from collections.abc import Callable, Sequence
 from typing import Any
 
+from thinkgym.registry import Registry
+
 from .base import Reward, Sample
 
-_REGISTRY: dict[str, Callable[..., Reward]] = {}
+REWARDS: Registry[Callable[..., Reward]] = Registry("reward")
+"""Each reward's factory: keyword arguments in, a fresh `Reward` out (`get_reward`)."""
 
 
 class FunctionReward(Reward):
@@ -52,9 +55,9 @@ def register_reward(name: str, *, group: bool = False, bounds=None, requires_dom
     if not isinstance(name, str) or not name.isidentifier():
         raise ValueError(f"reward names must be Python identifiers (usable in a spec); got {name!r}")
 
+    add = REWARDS.register(name)  # a duplicate is refused here, before the reward is defined
+
     def deco(obj):
-        if name in _REGISTRY:
-            raise ValueError(f"reward {name!r} is already registered")
         if isinstance(obj, type) and issubclass(obj, Reward):
             if bounds is not None or requires_dominance:
                 raise TypeError("set bounds/requires_dominance as class attributes of a Reward subclass")
@@ -72,18 +75,15 @@ def register_reward(name: str, *, group: bool = False, bounds=None, requires_dom
                 return reward
         else:
             raise TypeError(f"register_reward expects a Reward subclass or a function; got {obj!r}")
-        _REGISTRY[name] = factory
+        add(factory)
         return obj
 
     return deco
 
 
-def available_rewards() -> list[str]:
-    return sorted(_REGISTRY)
+available_rewards = REWARDS.names
 
 
 def get_reward(name: str, **kwargs: Any) -> Reward:
-    """A fresh reward object; ValueError naming the registered rewards if `name` is unknown."""
-    if name not in _REGISTRY:
-        raise ValueError(f"unknown reward {name!r}; available: {', '.join(available_rewards())}")
-    return _REGISTRY[name](**kwargs)
+    """A fresh reward object built with `kwargs`; ValueError naming the registered rewards if `name` is unknown."""
+    return REWARDS.get(name)(**kwargs)

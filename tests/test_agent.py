@@ -6,7 +6,7 @@ import torch
 
 import thinkgym  # noqa: F401
 from thinkgym.agents.evaluate import evaluate, pass_at_k
-from thinkgym.agents.methods.sft import demonstration_rows, jsonl_rows, train_sft
+from thinkgym.agents.learner.sft import demonstration_rows, jsonl_rows, train_sft
 from thinkgym.agents.policy import Policy
 from thinkgym.agents.rollout.collector import Collector
 from thinkgym.agents.rollout.engine import GenerationRequest

@@ -10,8 +10,7 @@ from pathlib import Path
 import pytest
 
 from thinkgym.agents.evaluate import evaluate
-from thinkgym.agents.learner.config import GRPOConfig
-from thinkgym.agents.learner.trainer import GRPOTrainer
+from thinkgym.agents.learner.metrics import compute_counts
 from thinkgym.agents.policy import Policy
 from thinkgym.agents.rollout.engine import make_engine
 from thinkgym.agents.types import Batch, Episode, Row, Step
@@ -25,12 +24,9 @@ def bench(script, *args):
 
 
 def test_compute_counts_are_the_rows_and_rollout_segments_actually_run(tmp_path):
-    cfg = GRPOConfig(env="DelethinkDemo-v0", model="tiny", output_dir=str(tmp_path), steps=1, prompts_per_step=1,
-                     num_generations=2, num_iterations=2)
-    trainer = GRPOTrainer(cfg)
     rows = [Row([5] * 10, 6, [1, 1, 1, 0], [0.0] * 4, 0), Row([5] * 5, 2, [1, 1, 1], [0.0] * 3, 1)]
     episodes = [Episode(0, 0, [Step([5] * 6, [5] * 4, [0.0] * 4, "length"), Step([5] * 3, [5] * 2, [0.0] * 2, "eos")])]
-    counts = trainer.compute_counts(Batch(episodes, rows, {}))
+    counts = compute_counts(Batch(episodes, rows, {}), iterations=2)
     # a forward over T tokens computes T(T+1)/2 query-key pairs; a prefill of p then g decoded tokens as many as p+g at once
     assert counts == {"compute/train_tokens": 2 * 15, "compute/train_attention_pairs": 2 * (55 + 15), "compute/trained_tokens": 6,
                       "compute/rollout_tokens": 15, "compute/rollout_attention_pairs": 55 + 15}

@@ -55,7 +55,7 @@ def same_weights(a: dict[str, torch.Tensor], b: dict[str, torch.Tensor]) -> bool
 
 @pytest.mark.slow
 def test_sft_stops_on_sigint_saves_and_resumes_exactly(tmp_path):
-    from thinkgym.agents.methods.sft import demonstration_rows, train_sft
+    from thinkgym.agents.learner.sft import demonstration_rows, train_sft
     from thinkgym.agents.plot import read_scalars
     from thinkgym.agents.policy import Policy
     from thinkgym.agents.types import SFT_SEED_BASE

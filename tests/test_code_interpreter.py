@@ -179,7 +179,7 @@ def test_hints_and_instruction_options():
 
 
 def test_demonstration_plays_through_the_env():
-    from thinkgym.agents.methods.sft import demonstration_episode
+    from thinkgym.agents.learner.sft import demonstration_episode
 
     ep = demonstration_episode(CodeInterpreterEnv(), 5)
     assert ep.reward == 1.0 and ep.info["code_calls"] == 1 and len(ep.steps) == 2

@@ -6,7 +6,7 @@ from dataclasses import fields
 
 import pytest
 
-from thinkgym.agents.cli import main
+from thinkgym.agents.cli import main, read_yaml
 from thinkgym.agents.learner.config import RANGES, GRPOConfig
 
 
@@ -57,7 +57,7 @@ def test_defaults_pass_and_the_off_values_are_accepted():
 def test_yaml_values_are_converted_to_the_fields_type(tmp_path, text, field, value):
     path = tmp_path / "run.yaml"
     path.write_text(text + "\n")
-    got = getattr(GRPOConfig.from_yaml(str(path)), field)
+    got = getattr(GRPOConfig.from_dict(read_yaml(str(path))), field)
     assert got == value and type(got) is type(value)
 
 
@@ -69,13 +69,13 @@ def test_yaml_values_are_converted_to_the_fields_type(tmp_path, text, field, val
     ("env_kwargs: [1, 2]", r"env_kwargs must be a mapping; got \[1, 2\]"),
     ("model: 3", r"model must be a string; got 3 \(int\)"),
     ("device: 0", r"device must be a string or null; got 0 \(int\)"),
-    ("- steps: 1\n- beta: 0.1", "must be a mapping of GRPOConfig keys to values.*top level is a list"),
+    ("- steps: 1\n- beta: 0.1", "must be a mapping of GRPOConfig keys.*got a list"),
 ])
 def test_yaml_values_of_the_wrong_type_are_refused_naming_the_key(tmp_path, text, needle):
     path = tmp_path / "run.yaml"
     path.write_text(text + "\n")
     with pytest.raises(ValueError, match=needle):
-        GRPOConfig.from_yaml(str(path))
+        GRPOConfig.from_dict(read_yaml(str(path)))
 
 
 def test_a_list_is_not_a_config():

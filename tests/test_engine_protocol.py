@@ -5,7 +5,7 @@ import pytest
 
 from thinkgym.agents.learner.config import GRPOConfig
 from thinkgym.agents.learner.trainer import GRPOTrainer
-from thinkgym.agents.methods.r2r import RoutedEngine
+from thinkgym.agents.rollout.hf.routed import RoutedEngine
 from thinkgym.agents.policy import Policy
 from thinkgym.agents.rollout.engine import Engine, GenerationRequest
 from thinkgym.agents.rollout.hf.engine import HFEngine

@@ -10,7 +10,7 @@ import re
 import gymnasium as gym
 import pytest
 import torch
-from thinkgym.agents.methods.sft import train_sft
+from thinkgym.agents.learner.sft import train_sft
 from thinkgym.agents.policy import Policy
 from thinkgym.agents.rollout.sampling import find_stop
 from thinkgym.agents.types import Episode, Step, episode_rows

@@ -1,6 +1,7 @@
 """agents/ is a hall (policy, types, distributed, evaluate, plot, cli) and three rooms: rollout/ (engines,
-sampling, the collector), learner/ (GRPO) and methods/ (SFT, REDI, R2R, planning). Rollout never
-imports the learner or the methods, so sampling and evaluation load neither."""
+sampling, the collector), learner/ (GRPO, its run, the SFT warm start) and methods/ (REDI, R2R, planning,
+sampling traces). Rollout never imports the learner or the methods, so sampling and evaluation load neither;
+the learner never imports the methods, which build on it."""
 
 import ast
 import json
@@ -65,6 +66,23 @@ def test_rollout_never_imports_the_learner_or_the_methods():
     assert not bad, {m: via[m] for m in bad}  # each offender, with the module that imported it
 
 
+def test_the_learner_never_imports_the_methods():
+    """Directly or through the hall: the methods build on the learner (its log-probs, optimizer, checkpoints, SFT)."""
+    bad = {}
+    for path in sorted((AGENTS / "learner").rglob("*.py")):
+        seen, todo = set(), [module_name(path)]
+        while todo:
+            name = todo.pop()
+            if name in seen:
+                continue
+            seen.add(name)
+            todo += [dep for dep in imported_modules(module_file(name)) if module_file(dep) and dep not in seen]
+        offenders = sorted(m for m in seen if m.startswith("thinkgym.agents.methods"))
+        if offenders:
+            bad[str(path.relative_to(ROOT))] = offenders
+    assert bad == {}
+
+
 def test_eval_help_loads_neither_the_learner_nor_tensorboard():
     code = ("import json, sys\n"
             "from thinkgym.agents.cli import main\n"
@@ -114,3 +132,24 @@ def test_the_integrations_import_without_trl_or_verl_and_name_them_when_used():
     assert len(errors) == 2
     assert "needs trl" in errors[0] and "pip install 'trl>=1.16'" in errors[0]
     assert "needs verl" in errors[1] and "pip install 'verl>=0.9'" in errors[1]
+
+
+def test_the_registry_is_a_leaf_and_rewards_import_nothing_else_of_ours():
+    """`thinkgym.registry` imports nothing of thinkgym's, so the bottom layer (rewards) may use it; rewards import
+    nothing else of ours."""
+    assert {m for m in imported_modules(ROOT / "registry.py") if m and m.startswith("thinkgym")} == set()
+    ours = {m for p in sorted((ROOT / "rewards").rglob("*.py")) for m in imported_modules(p)
+            if m and m.startswith("thinkgym") and not m.startswith("thinkgym.rewards")}
+    assert ours == {"thinkgym.registry"}
+
+
+def test_the_main_names_are_exported_from_thinkgym_agents():
+    """`from thinkgym.agents import GRPOTrainer, GRPOConfig, make_engine` works, and every exported name is the
+    object its module defines (they load on first use: test_eval_help_loads_neither_the_learner_nor_tensorboard)."""
+    import importlib
+
+    import thinkgym.agents as agents
+    from thinkgym.agents import GRPOConfig, GRPOTrainer, make_engine  # noqa: F401
+
+    for name in agents.__all__:
+        assert getattr(agents, name) is getattr(importlib.import_module(f"thinkgym.agents.{agents._HOME[name]}"), name)

@@ -6,9 +6,9 @@ import numpy as np
 import pytest
 import torch
 
-from thinkgym.agents.learner.advantages import get_advantage, mgpo_weight
+from thinkgym.agents.learner.advantages import ADVANTAGE_ESTIMATORS, mgpo_weight
 from thinkgym.agents.learner.config import GRPOConfig
-from thinkgym.agents.learner.losses import get_policy_loss, k3_kl, row_stats, sequence_surrogate, token_surrogate
+from thinkgym.agents.learner.losses import POLICY_LOSSES, PolicyLoss, k3_kl, row_stats, sequence_surrogate, token_surrogate
 from thinkgym.agents.types import Row
 
 # Two rows of one trace (episode 0: 2 + 1 tokens) and one row of another (episode 1: 3 tokens).
@@ -19,7 +19,7 @@ MASK = torch.tensor([[1.0, 1, 0], [1, 0, 0], [1, 1, 1]])
 
 def aggregate(loss_type, max_length=4):
     stats = row_stats(ROWS, {0: 3, 1: 3}, max_length)
-    w = torch.tensor(get_policy_loss(loss_type).row_weights(stats)).unsqueeze(1)
+    w = torch.tensor(POLICY_LOSSES.get(loss_type).row_weights(stats)).unsqueeze(1)
     return float((LOSS * MASK * w).sum())
 
 
@@ -28,6 +28,7 @@ def aggregate(loss_type, max_length=4):
     ("dapo", (1 + 2 + 3 + 4 + 5 + 6) / 6),                      # one token mean over the whole step
     ("dr_grpo", (1 + 2 + 3 + 4 + 5 + 6) / (3 * 4)),             # sum / (rows × max length)
     ("delethink", ((1 + 2 + 3) / 3 + (4 + 5 + 6) / 3) / 2),     # per-trace token mean, then mean over traces
+    ("cispo", (1 + 2 + 3 + 4 + 5 + 6) / 6),                     # token mean over the step, as MiniMax-M1
 ])
 def test_aggregation_matches_hand_computation(loss_type, expected):
     assert aggregate(loss_type) == pytest.approx(expected)
@@ -68,11 +69,11 @@ def test_dapo_normaliser_spans_micro_batches(tmp_path):
 def test_clipped_surrogate_values():
     logp = torch.log(torch.tensor([[1.5, 0.5, 1.1]]))
     old = torch.zeros(1, 3)
-    pos, low, high = token_surrogate(logp, old, torch.tensor([2.0]), 0.2, 0.28)
+    pos, low, high = token_surrogate(logp, old, torch.tensor([2.0]), torch.ones(1, 3), 0.2, 0.28)
     # ratio 1.5 clipped to 1.28 for A>0; 0.5 stays (min picks the unclipped 0.5·A); 1.1 unclipped
     assert pos.tolist()[0] == pytest.approx([-1.28 * 2, -0.5 * 2, -1.1 * 2])
     assert high.tolist() == [[True, False, False]]
-    neg, low, _ = token_surrogate(logp, old, torch.tensor([-1.0]), 0.2, 0.28)
+    neg, low, _ = token_surrogate(logp, old, torch.tensor([-1.0]), torch.ones(1, 3), 0.2, 0.28)
     # for A<0: min(ρA, clip(ρ)A) -> 1.5 stays, 0.5 clipped up to 0.8
     assert neg.tolist()[0] == pytest.approx([1.5, 0.8, 1.1])
     assert low.tolist() == [[False, True, False]]
@@ -89,16 +90,50 @@ def test_gspo_sequence_ratio():
     assert loss[0, 0].item() == pytest.approx(-1.28) and high[0, 0]
 
 
+def test_cispo_weights_are_clipped_and_never_drop_a_gradient():
+    """∂loss/∂log π of each token is −sg(min(ρ, 1+ε_high))·A: a weight of ratio 3 counts as 1.28 (unclipped it would
+    be 3), and a token past the clip still gets a gradient, which PPO's surrogate would have zeroed."""
+    cispo = POLICY_LOSSES.get("cispo")
+    old = torch.zeros(1, 3)
+    ratios = torch.tensor([[3.0, 0.5, 1.1]])
+    logp = torch.log(ratios).requires_grad_(True)
+    loss, low, high = cispo.surrogate(logp, old, torch.tensor([2.0]), torch.ones(1, 3), 0.2, 0.28)
+    loss.sum().backward()
+    assert logp.grad.tolist()[0] == pytest.approx([-1.28 * 2, -0.5 * 2, -1.1 * 2])  # the weight stops the gradient
+    assert high.tolist() == [[True, False, False]] and not low.any()
+    ppo = logp.detach().clone().requires_grad_(True)
+    token_surrogate(ppo, old, torch.tensor([2.0]), torch.ones(1, 3), 0.2, 0.28)[0].sum().backward()
+    assert ppo.grad[0, 0] == 0 and logp.grad[0, 0] != 0
+
+
+def test_a_loss_is_one_registration(tmp_path):
+    """A new loss_type (surrogate and normalisation) is one registration, taken by the config and the trainer."""
+    from thinkgym.agents.learner.trainer import GRPOTrainer
+
+    calls = []
+
+    def traced(*args):
+        calls.append(args[0].shape)
+        return token_surrogate(*args)
+
+    POLICY_LOSSES.register("test_traced_dapo", PolicyLoss(traced, POLICY_LOSSES.get("dapo").row_weights))
+    trainer = GRPOTrainer(GRPOConfig(env="DelethinkDemo-v0", model="tiny", output_dir=str(tmp_path / "run"), steps=1,
+                                     prompts_per_step=1, num_generations=2, eval_every=0, save_every=0, loss_type="test_traced_dapo"))
+    assert math.isfinite(trainer.train_step()["loss"]) and calls
+    with pytest.raises(ValueError, match=r"loss_type='nope' is unknown; valid names: \[.*'cispo'"):
+        GRPOConfig(loss_type="nope")
+
+
 def test_advantages():
     r = np.array([[1.0, 0.0, 0.0, 1.0], [1.0, 1.0, 1.0, 1.0]])
-    a = get_advantage("grpo")(r, "none")
+    a = ADVANTAGE_ESTIMATORS.get("grpo")(r, "none")
     assert a.tolist() == [[0.5, -0.5, -0.5, 0.5], [0, 0, 0, 0]]
-    g = get_advantage("grpo")(r, "group")
+    g = ADVANTAGE_ESTIMATORS.get("grpo")(r, "group")
     x = 0.5 / (0.5 + 1e-4)
     assert g[0] == pytest.approx([x, -x, -x, x])
-    b = get_advantage("grpo")(r, "batch")
+    b = ADVANTAGE_ESTIMATORS.get("grpo")(r, "batch")
     assert b[0, 0] == pytest.approx(0.5 / (r.std() + 1e-4))
-    loo = get_advantage("rloo")(np.array([[1.0, 0.0, 0.0]]), "group")
+    loo = ADVANTAGE_ESTIMATORS.get("rloo")(np.array([[1.0, 0.0, 0.0]]), "group")
     assert loo[0].tolist() == pytest.approx([1 - 0, 0 - 0.5, 0 - 0.5])
 
 

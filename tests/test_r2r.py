@@ -12,12 +12,13 @@ import pytest
 import torch
 
 from thinkgym.agents.evaluate import evaluate
-from thinkgym.agents.methods.r2r import (DIVERGENT, IDENTICAL, NEUTRAL, RoutedEngine, _Verifier, label_tokens, load_labels, save_labels,
-                                 select_seeds)
+from thinkgym.agents.methods.r2r import (DIVERGENT, IDENTICAL, NEUTRAL, _Verifier, label_tokens, load_labels, save_labels,
+                                         select_seeds)
 from thinkgym.agents.methods.router import RateRouter, Router, RouterConfig, binary_metrics, choose_threshold, router_probs, train_router
 from thinkgym.agents.policy import Policy
 from thinkgym.agents.rollout.engine import GenerationRequest
 from thinkgym.agents.rollout.hf.engine import HFEngine
+from thinkgym.agents.rollout.hf.routed import RoutedEngine
 
 ENV_KWARGS = {"task_kwargs": {"n_terms": 2}, "max_thinking_tokens": 24}
 

@@ -86,7 +86,7 @@ def test_registry_custom_reward_and_errors():
         register_reward("test_short_bonus")(short_bonus)
     with pytest.raises(ValueError, match="identifier"):
         register_reward("not-a-name")
-    with pytest.raises(ValueError, match=r"unknown reward 'lazer'.*laser_d"):
+    with pytest.raises(ValueError, match=r"reward='lazer' is unknown; valid names: .*laser_d"):
         get_reward("lazer")
     with pytest.raises(ValueError, match=r"accepted arguments: \['target_length'\]"):
         get_reward("laser", target=5)
@@ -112,7 +112,7 @@ def test_spec_weighted_sum_and_component_means():
 
 
 @pytest.mark.parametrize("spec, match", [
-    ("correctness + lazer_d", "unknown reward 'lazer_d'"),
+    ("correctness + lazer_d", "reward='lazer_d' is unknown"),
     ("correctness + 0.5*laser(target_length=-5)", "target_length must be a positive integer"),
     ("laser_d(max_length=100, target_length=200)", "max_length"),
     ("overlong(buffer=0)", "buffer must be a positive integer"),

@@ -22,7 +22,7 @@ import pytest
 pytest.importorskip("openenv.core")
 
 import thinkgym  # noqa: E402
-from thinkgym.agents.methods.sft import demonstration_episode  # noqa: E402
+from thinkgym.agents.learner.sft import demonstration_episode  # noqa: E402
 from thinkgym.envs import TokenAction  # noqa: E402
 from thinkgym.envs.registration import make_env  # noqa: E402
 from thinkgym.envs.sandbox import namespaces_available  # noqa: E402

@@ -9,6 +9,7 @@ and hands each trainer its own deep copy through a stubbed `collect_step`, so co
 from __future__ import annotations
 
 import copy
+import dataclasses
 import math
 
 import numpy as np
@@ -79,23 +80,23 @@ def spy(obj, name: str, what, keep_result: bool = False) -> list:
     return seen
 
 
-def record_micro_batches(monkeypatch) -> list[dict]:
-    """Record, per forward of `_backward`, the rows, their padded batch and what the token surrogate got and gave."""
+def record_micro_batches(monkeypatch, trainer: GRPOTrainer) -> list[dict]:
+    """Record, per forward of `_backward`, the rows, their padded batch and what the trainer's loss surrogate got and gave."""
     calls: list[dict] = []
-    real_pad, real_sur = grpo.pad_rows, grpo.token_surrogate
+    real_pad, real_sur = grpo.pad_rows, trainer.loss.surrogate
 
     def pad_rows(rows, *a, **kw):
         rb = real_pad(rows, *a, **kw)
         calls.append({"rows": list(rows), "rb": rb})
         return rb
 
-    def token_surrogate(logp, old, adv, lo, hi):
-        loss, low, high = real_sur(logp, old, adv, lo, hi)
+    def surrogate(logp, old, adv, mask, lo, hi):
+        loss, low, high = real_sur(logp, old, adv, mask, lo, hi)
         calls[-1].update(logp=logp.detach().clone(), old=old.clone(), adv=adv.detach().clone(), low=low.clone(), high=high.clone())
         return loss, low, high
 
     monkeypatch.setattr(grpo, "pad_rows", pad_rows)
-    monkeypatch.setattr(grpo, "token_surrogate", token_surrogate)
+    trainer.loss = dataclasses.replace(trainer.loss, surrogate=surrogate)
     return calls
 
 
@@ -170,7 +171,7 @@ def test_later_iterations_use_the_collected_behaviour_logprobs(tmp_path, collect
     pass (before any update) sees ratio 1, later passes see the moved policy, ratios far from 1, and clipping."""
     tr = GRPOTrainer(make_cfg(tmp_path, num_iterations=3, learning_rate=5e-2))
     handed = feed(tr, collected)
-    calls = record_micro_batches(monkeypatch)
+    calls = record_micro_batches(monkeypatch, tr)
     metrics = tr.train_step()
     assert len(calls) == 3  # one micro-batch per pass
     rows = handed[0].rows
@@ -235,7 +236,7 @@ def test_advantage_estimator_through_the_trainer(tmp_path, collected, monkeypatc
     tr = GRPOTrainer(make_cfg(tmp_path, advantage_estimator=estimator, micro_batch_size=8))
     handed = feed(tr, collected)
     seen = spy(tr, "optimize", lambda rows, adv: adv.copy())
-    calls = record_micro_batches(monkeypatch)
+    calls = record_micro_batches(monkeypatch, tr)
     tr.train_step()
     assert len(seen) == 1 and seen[0].tolist() == pytest.approx(expected)
     n_rows = 0
@@ -280,7 +281,7 @@ def test_dynamic_sampling_keeps_groups_with_variance_and_reindexes_their_rows(tm
     rounds = recording_collect(tr)
     out = spy(tr, "collect_step", lambda: None, keep_result=True)
     seen = spy(tr, "optimize", lambda rows, adv: adv.copy())
-    calls = record_micro_batches(monkeypatch)
+    calls = record_micro_batches(monkeypatch, tr)
     metrics = tr.train_step()
 
     batch, rewards, comps, _, dropped = out[0]

@@ -2,7 +2,7 @@
 
 Every estimator has one signature, `fn(rewards, scale_rewards) -> advantages`: a [groups, G] array of
 rewards to advantages of the same shape, every row of a rollout (every Delethink chunk of a trace)
-sharing its rollout's advantage. A name registers once; a second registration is refused.
+sharing its rollout's advantage. `@register_advantage(name)` adds one (`thinkgym.registry.Registry`).
 """
 
 from __future__ import annotations
@@ -11,24 +11,11 @@ from typing import Callable
 
 import numpy as np
 
+from thinkgym.registry import Registry
+
 AdvantageFn = Callable[[np.ndarray, str], np.ndarray]
-ADVANTAGE_ESTIMATORS: dict[str, AdvantageFn] = {}
-
-
-def register_advantage(name: str) -> Callable[[AdvantageFn], AdvantageFn]:
-    if name in ADVANTAGE_ESTIMATORS:
-        raise ValueError(f"advantage estimator {name!r} is already registered; registered: {sorted(ADVANTAGE_ESTIMATORS)}")
-
-    def deco(fn: AdvantageFn) -> AdvantageFn:
-        ADVANTAGE_ESTIMATORS[name] = fn
-        return fn
-    return deco
-
-
-def get_advantage(name: str) -> AdvantageFn:
-    if name not in ADVANTAGE_ESTIMATORS:
-        raise ValueError(f"advantage_estimator={name!r} is unknown; valid names: {sorted(ADVANTAGE_ESTIMATORS)}")
-    return ADVANTAGE_ESTIMATORS[name]
+ADVANTAGE_ESTIMATORS: Registry[AdvantageFn] = Registry("advantage_estimator")
+register_advantage = ADVANTAGE_ESTIMATORS.register
 
 
 STD_EPS = 1e-4

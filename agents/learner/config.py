@@ -16,8 +16,6 @@ from functools import cache
 from numbers import Real
 from typing import Any, Callable, Mapping
 
-import yaml
-
 from ..rollout.engine import ENGINES
 from ..trackers import parse_report_to
 
@@ -125,8 +123,10 @@ class GRPOConfig:
 
     # -- objective ----------------------------------------------------------------------------
     loss_type: str = "dapo"
-    """Aggregation: `grpo`, `dapo` (token mean over the whole step; DAPO), `dr_grpo` (Dr. GRPO),
-    `delethink` (trace-length normalisation; Markovian Thinker Eq. 3) or `gspo` (sequence ratio; GSPO)."""
+    """The surrogate and its normalisation: `grpo`, `dapo` (token mean over the whole step; DAPO), `dr_grpo`
+    (Dr. GRPO), `delethink` (trace-length normalisation; Markovian Thinker Eq. 3), `gspo` (sequence ratio;
+    GSPO) or `cispo` (clipped stop-gradient IS weight on every token, capped at 1 + epsilon_high; MiniMax-M1),
+    or one you registered (`thinkgym.agents.learner.losses`)."""
     advantage_estimator: str = "grpo"
     """`grpo` (group-relative), `rloo` (leave-one-out) or `raw` (the reward is the advantage). A reward that
     already is the advantage (`adaptthink`) is always used raw."""
@@ -136,7 +136,8 @@ class GRPOConfig:
     epsilon: float = 0.2
     """Lower clip range ε of the ratio (PPO)."""
     epsilon_high: float = 0.28
-    """Upper clip range (clip-higher, DAPO): keeps low-probability exploratory tokens alive."""
+    """Upper clip range (clip-higher, DAPO): keeps low-probability exploratory tokens alive. With `cispo` the
+    importance weight's cap is 1 + epsilon_high."""
     beta: float = 0.0
     """KL coefficient to a frozen reference (k3 estimator). 0 loads no reference model (DAPO, Dr. GRPO)."""
     entropy_coef: float = 0.0
@@ -249,15 +250,16 @@ class GRPOConfig:
     comma-separated ('tensorboard,wandb'). wandb and trackio are not installed with thinkgym (pip install wandb)."""
 
     def __post_init__(self) -> None:
-        from .advantages import SCALE_REWARDS, get_advantage
-        from .losses import get_policy_loss
+        from .advantages import ADVANTAGE_ESTIMATORS, SCALE_REWARDS
+        from .losses import POLICY_LOSSES
 
         for f in fields(self):
             setattr(self, f.name, coerce_field(f.name, str(f.type), getattr(self, f.name)))
         self._check_ranges()
-        get_policy_loss(self.loss_type)
-        get_advantage(self.advantage_estimator)
-        for name, choices in (("engine", ENGINES), ("dtype", DTYPES), ("scale_rewards", SCALE_REWARDS),
+        POLICY_LOSSES.get(self.loss_type)
+        ADVANTAGE_ESTIMATORS.get(self.advantage_estimator)
+        ENGINES.get(self.engine)
+        for name, choices in (("dtype", DTYPES), ("scale_rewards", SCALE_REWARDS),
                               ("lr_scheduler", LR_SCHEDULERS), ("parallelism", PARALLELISMS), ("lora_rollout", LORA_ROLLOUTS)):
             if getattr(self, name) not in choices:
                 raise ValueError(f"{name}={getattr(self, name)!r} is unknown; valid: {list(choices)}")
@@ -314,15 +316,6 @@ class GRPOConfig:
         if unknown:
             raise ValueError(f"unknown config keys {unknown}; valid keys: {sorted(known)}")
         return cls(**data)
-
-    @classmethod
-    def from_yaml(cls, path: str, **overrides: Any) -> "GRPOConfig":
-        with open(path) as f:
-            data = yaml.safe_load(f)
-        if data is not None and not isinstance(data, dict):
-            raise ValueError(f"{path}: a config file must be a mapping of GRPOConfig keys to values (key: value lines); "
-                             f"its top level is a {type(data).__name__}")
-        return cls.from_dict({**(data or {}), **overrides})
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)

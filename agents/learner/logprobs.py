@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 
@@ -46,6 +46,16 @@ def pad_rows(rows: list[Row], pad_id: int, device: torch.device) -> RowBatch:
 LOGITS_PER_CHUNK = 1 << 27
 """Logits computed at once (fp32: 512 MiB): 883 tokens of R1-Distill-Qwen's 151,936-token vocabulary,
 and a whole micro-batch of the tiny model, which so keeps its exact pre-chunking path."""
+
+
+def pad_rows_like(per_row: list[torch.Tensor], indices: Iterable[int], like: torch.Tensor) -> torch.Tensor:
+    """Right-pad per-row token tensors (row `j` of `per_row` for each j in `indices`) into the shape of `like`
+    (padding = 1): per-token weights lined up with a padded batch."""
+    out = torch.ones_like(like)
+    for i, j in enumerate(indices):
+        t = per_row[j]
+        out[i, : t.numel()] = t.to(like.device, like.dtype)
+    return out
 
 
 def completion_logprobs(model: torch.nn.Module, batch: RowBatch, temperature: float = 1.0, with_entropy: bool = False,

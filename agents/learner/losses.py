@@ -1,15 +1,20 @@
-"""Policy losses (a registry, as in verl's core_algos): the surrogate and how it is aggregated.
+"""Policy losses: one registration per `loss_type`, holding its per-token surrogate and its normalisation.
 
-A loss gives a per-token loss and one weight per row, computed over all rows of the optimizer
-step at once. The step's loss is Σ_rows weight · Σ_tokens loss, so normalisation is global across
-micro-batches, gradient accumulation and ranks (`RowStats`' counts are summed over every rank),
-never per micro-batch or per rank. `loss_type`:
+A `PolicyLoss` gives a per-token loss (`surrogate`) and one weight per row (`row_weights`), the weights
+computed over all rows of the optimizer step at once. The step's loss is Σ_rows weight · Σ_tokens loss, so
+normalisation is global across micro-batches, gradient accumulation and ranks (`RowStats`' counts are
+summed over every rank), never per micro-batch or per rank. `loss_type`:
 - `grpo`: mean over each sequence's tokens, then over sequences (DeepSeekMath).
 - `dapo`: mean over every token of the step (DAPO, arXiv 2503.14476).
 - `dr_grpo`: sum over tokens divided by a constant, sequences × max length (Dr. GRPO, arXiv 2503.20783).
 - `delethink`: sum over all chunks of a trace divided by the trace's total length, then mean over
   traces (The Markovian Thinker, Eq. 3).
 - `gspo`: a sequence-level ratio exp(mean_t log ρ_t), clipped per sequence (GSPO, arXiv 2507.18071).
+- `cispo`: REINFORCE on every token, weighted by its clipped, stop-gradient importance weight
+  sg(min(ρ, 1 + epsilon_high)); token mean over the step (MiniMax-M1, arXiv 2506.13585).
+
+Adding a loss is one `POLICY_LOSSES.register(name, PolicyLoss(surrogate, row_weights))`, or
+`@register_policy_loss(name)` above a `row_weights` function for a new normalisation of the PPO surrogate.
 """
 
 from __future__ import annotations
@@ -18,6 +23,8 @@ from dataclasses import dataclass
 from typing import Callable, Sequence
 
 import torch
+
+from thinkgym.registry import Registry
 
 from ..types import Row
 
@@ -35,8 +42,15 @@ class RowStats:
     num_tokens: int             # loss-counted tokens of the step
 
 
-def token_surrogate(logp: torch.Tensor, old: torch.Tensor, adv: torch.Tensor, eps_low: float, eps_high: float) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """−min(ρA, clip(ρ, 1−ε_low, 1+ε_high)A) per token; also the low/high clip indicators."""
+Surrogate = Callable[[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, float, float],
+                     tuple[torch.Tensor, torch.Tensor, torch.Tensor]]
+"""`fn(logp, old_logp, advantages, loss_mask, eps_low, eps_high) -> (per-token loss, low-clip, high-clip)`:
+[rows, tokens] log-probabilities, one advantage per row, the clip indicators counted in `clip_ratio/*`."""
+
+
+def token_surrogate(logp: torch.Tensor, old: torch.Tensor, adv: torch.Tensor, mask: torch.Tensor, eps_low: float,
+                    eps_high: float) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """PPO's −min(ρA, clip(ρ, 1−ε_low, 1+ε_high)A) per token; also the low/high clip indicators."""
     ratio = torch.exp(logp - old)
     a = adv.unsqueeze(-1) if adv.dim() == 1 else adv
     clipped = torch.clamp(ratio, 1 - eps_low, 1 + eps_high)
@@ -44,35 +58,50 @@ def token_surrogate(logp: torch.Tensor, old: torch.Tensor, adv: torch.Tensor, ep
     return loss, (ratio < 1 - eps_low) & (a < 0), (ratio > 1 + eps_high) & (a > 0)
 
 
-@dataclass
+def sequence_surrogate(logp: torch.Tensor, old: torch.Tensor, adv: torch.Tensor, mask: torch.Tensor, eps_low: float,
+                       eps_high: float) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """GSPO: s_i = exp(mean_t (log π − log π_old)), clipped per sequence, spread over its tokens."""
+    log_s = ((logp - old) * mask).sum(-1) / mask.sum(-1).clamp(min=1)
+    s = torch.exp(log_s)
+    loss = -torch.minimum(s * adv, torch.clamp(s, 1 - eps_low, 1 + eps_high) * adv)
+    low, high = (s < 1 - eps_low) & (adv < 0), (s > 1 + eps_high) & (adv > 0)
+    expand = lambda x: x.unsqueeze(-1).expand_as(logp)  # noqa: E731
+    return expand(loss), expand(low), expand(high)
+
+
+def cispo_surrogate(logp: torch.Tensor, old: torch.Tensor, adv: torch.Tensor, mask: torch.Tensor, eps_low: float,
+                    eps_high: float) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """CISPO: −sg(min(ρ, 1+ε_high))·A·log π per token. The importance weight is clipped, not the update: a
+    token past the clip still gets a gradient (PPO's surrogate would drop it), bounded by the weight. As in
+    MiniMax-M1 there is no lower bound (`eps_low` is unused); `high` marks the tokens whose weight was capped."""
+    ratio = torch.exp(logp - old).detach()
+    a = adv.unsqueeze(-1) if adv.dim() == 1 else adv
+    loss = -torch.clamp(ratio, max=1 + eps_high) * a * logp
+    return loss, torch.zeros_like(ratio, dtype=torch.bool), ratio > 1 + eps_high
+
+
+@dataclass(frozen=True)
 class PolicyLoss:
-    name: str
+    """One `loss_type`: the per-token surrogate, and one weight per row that normalises the token sums."""
+
+    surrogate: Surrogate
     row_weights: Callable[[RowStats], list[float]]
-    sequence_level: bool = False
 
 
-POLICY_LOSSES: dict[str, PolicyLoss] = {}
+POLICY_LOSSES: Registry[PolicyLoss] = Registry("loss_type")
 
 
-def register_policy_loss(name: str, sequence_level: bool = False):
-    """Decorate `fn(stats: RowStats) -> list[float]` (one weight per row) to add a `loss_type`.
+def register_policy_loss(name: str, surrogate: Surrogate = token_surrogate) -> Callable[[Callable[[RowStats], list[float]]], Callable[[RowStats], list[float]]]:
+    """Decorate `fn(stats: RowStats) -> list[float]` (one weight per row) to add a `loss_type` with `surrogate`.
 
     Normalise by the counts (`num_rows`, `num_tokens`, `num_traces`), not by `len(stats.lengths)`:
-    under torchrun the lists hold one rank's rows only. A name registers once; a second
-    registration is refused."""
-    if name in POLICY_LOSSES:
-        raise ValueError(f"loss_type {name!r} is already registered; registered: {sorted(POLICY_LOSSES)}")
+    under torchrun the lists hold one rank's rows only."""
+    add = POLICY_LOSSES.register(name)  # a duplicate is refused here, before the function is defined
 
-    def deco(fn: Callable[[RowStats], list[float]]):
-        POLICY_LOSSES[name] = PolicyLoss(name, fn, sequence_level)
+    def deco(fn: Callable[[RowStats], list[float]]) -> Callable[[RowStats], list[float]]:
+        add(PolicyLoss(surrogate, fn))
         return fn
     return deco
-
-
-def get_policy_loss(name: str) -> PolicyLoss:
-    if name not in POLICY_LOSSES:
-        raise ValueError(f"loss_type={name!r} is unknown; valid names: {sorted(POLICY_LOSSES)}")
-    return POLICY_LOSSES[name]
 
 
 def _n(x: int) -> float:
@@ -85,7 +114,7 @@ def _grpo(s: RowStats) -> list[float]:
 
 
 @register_policy_loss("dapo")
-def _dapo(s: RowStats) -> list[float]:
+def token_mean(s: RowStats) -> list[float]:
     return [1.0 / _n(s.num_tokens)] * len(s.lengths)
 
 
@@ -99,21 +128,13 @@ def _delethink(s: RowStats) -> list[float]:
     return [1.0 / (_n(t) * _n(s.num_traces)) for t in s.trace_lengths]
 
 
-@register_policy_loss("gspo", sequence_level=True)
+@register_policy_loss("gspo", surrogate=sequence_surrogate)
 def _gspo(s: RowStats) -> list[float]:
     # each token carries its sequence's loss, so 1/|o_i| turns the token sum back into it
     return [1.0 / (_n(n) * _n(s.num_rows)) for n in s.lengths]
 
 
-def sequence_surrogate(logp: torch.Tensor, old: torch.Tensor, adv: torch.Tensor, mask: torch.Tensor, eps_low: float,
-                       eps_high: float) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """GSPO: s_i = exp(mean_t (log π − log π_old)), clipped per sequence, spread over its tokens."""
-    log_s = ((logp - old) * mask).sum(-1) / mask.sum(-1).clamp(min=1)
-    s = torch.exp(log_s)
-    loss = -torch.minimum(s * adv, torch.clamp(s, 1 - eps_low, 1 + eps_high) * adv)
-    low, high = (s < 1 - eps_low) & (adv < 0), (s > 1 + eps_high) & (adv > 0)
-    expand = lambda x: x.unsqueeze(-1).expand_as(logp)  # noqa: E731
-    return expand(loss), expand(low), expand(high)
+POLICY_LOSSES.register("cispo", PolicyLoss(cispo_surrogate, token_mean))
 
 
 def k3_kl(logp: torch.Tensor, ref_logp: torch.Tensor) -> torch.Tensor:

@@ -1,9 +1,11 @@
-"""The GRPO learner: collect groups of episodes, score them, and update the policy.
+"""The GRPO step: collect groups of episodes, score them, turn rewards into advantages, and optimize.
 
-One step is: sample `prompts_per_step` seeds, run `num_generations` episodes of each through the
-environment (`Collector`), turn rewards into group-relative advantages that every row of a
-rollout shares, then take `num_iterations × minibatches` clipped-surrogate optimizer steps whose
-normalisation (`loss_type`) spans the whole optimizer step. Read `train_step` top to bottom.
+`train_step` reads top to bottom: sample `prompts_per_step` seeds and run `num_generations` episodes of
+each through the environment (`collect_step`, with DAPO's dynamic sampling), score them (`score`), turn
+rewards into group-relative advantages that every row of a rollout shares (`advantages`), then take
+`num_iterations × minibatches` optimizer steps of the `loss_type`'s surrogate, normalised over the whole
+optimizer step (`optimize`). The run around the steps (loop, checkpoints, signals, warm start, evaluation,
+logging) is `run.py`'s `GRPORun`, which this class extends.
 
 Under `torchrun` each rank collects its share of the step's prompts; counts, advantages and logged
 means are global, and DDP sums the gradients or FSDP2 reduce-scatters them (`parallelism`,
@@ -14,46 +16,35 @@ model is a peft model and only its LoRA adapter trains (`lora.py`).
 from __future__ import annotations
 
 import copy
-import dataclasses
-import itertools
-import json
 import math
-import shutil
 import time
-import warnings
 from collections.abc import Iterable
-from pathlib import Path
-from typing import Any
 
 import numpy as np
 import torch
-from tqdm import tqdm
 
-from thinkgym.envs.compute import attention_cost
 from thinkgym.rewards import Sample, parse_reward_spec
 
-from .. import distributed, interrupt, lora, run_dir
-from ..evaluate import PosedProblems, evaluate
-from ..methods.sft import demonstration_rows, train_sft
+from .. import distributed, lora
 from ..policy import Policy
 from ..rollout.collector import Collector, summed_stats
 from ..rollout.engine import Engine, make_engine
 from ..rollout.sampling import Opening, forced_openings
-from ..trackers import Trackers
-from ..types import MONITOR_SEED_BASE, SFT_GATE_SEED_BASE, SFT_SEED_BASE, TRAIN_SEED_BASE, Batch, Episode, Row
-from .advantages import get_advantage, mgpo_weight
-from .checkpoint import SHARDED, checkpoint_path, latest_checkpoint, load_trainer_state, rng_state, save_checkpoint, set_rng_state
+from ..types import MONITOR_SEED_BASE, TRAIN_SEED_BASE, Batch, Row
+from .advantages import ADVANTAGE_ESTIMATORS, mgpo_weight
 from .config import GRPOConfig
-from .logprobs import completion_logprobs, pad_rows
-from .losses import get_policy_loss, k3_kl, row_stats, sequence_surrogate, token_surrogate
+from .logprobs import completion_logprobs, pad_rows, pad_rows_like
+from .losses import POLICY_LOSSES, k3_kl, row_stats
+from .metrics import add_log_ratio, compute_counts, episode_metrics
 from .precision import build_optimizer, lr_schedule
+from .run import GRPORun, with_output_dir
 
 
 class NonFiniteLossError(RuntimeError):
-    pass
+    """`max_nonfinite_steps` optimizer steps in a row had a NaN/inf loss or gradient."""
 
 
-class GRPOTrainer:
+class GRPOTrainer(GRPORun):
     def __init__(self, cfg: GRPOConfig, policy: Policy | None = None, engine: Engine | None = None):
         """`policy` replaces loading `cfg.model`; `engine` (sampling from the policy it trains) replaces
         building `cfg.engine`."""
@@ -62,9 +53,7 @@ class GRPOTrainer:
                              "(its policy is trained), or the policy alone")
         self.world = distributed.world()
         device = distributed.setup(cfg.device)
-        fresh = not cfg.output_dir and not cfg.resume  # a new time-stamped folder, linked from runs/latest
-        if not cfg.output_dir:
-            cfg = dataclasses.replace(cfg, output_dir=str(run_dir.latest_run() if cfg.resume else run_dir.fresh_run_dir()))
+        cfg, fresh = with_output_dir(cfg)
         self.cfg = cfg
         if cfg.prompts_per_step < self.world.size:
             raise ValueError(f"prompts_per_step={cfg.prompts_per_step} is split over {self.world.size} processes: "
@@ -94,14 +83,14 @@ class GRPOTrainer:
         total = cfg.steps * cfg.num_iterations * cfg.minibatches
         self.opt, self.sched = build_optimizer(self.model, cfg.learning_rate, lr_schedule(cfg.lr_scheduler, cfg.warmup_steps, total),
                                                cfg.weight_decay)
-        self.loss = get_policy_loss(cfg.loss_type)
+        self.loss = POLICY_LOSSES.get(cfg.loss_type)
         self.reward = parse_reward_spec(cfg.reward, cfg.reward_params) if cfg.reward else None
         raw = self.reward is not None and self.reward.raw_advantage
         if raw and cfg.dynamic_sampling:
             raise ValueError(f"reward {cfg.reward!r} already is the advantage, which is not zero when a group's rewards are "
                              "equal: dynamic_sampling would drop groups that teach; set dynamic_sampling=False")
         estimator = "raw" if raw else cfg.advantage_estimator  # AdaptThink's advantage is used as it is
-        self.advantage = get_advantage(estimator)
+        self.advantage = ADVANTAGE_ESTIMATORS.get(estimator)
         texts = self.reward.openings(cfg.num_generations) if self.reward is not None else None
         self.openings = forced_openings(texts, self.policy.tokenizer) if texts else None
         self.siri = None
@@ -110,16 +99,8 @@ class GRPOTrainer:
 
             self.siri = SiriSchedule(**cfg.siri)
         self.collector = Collector(cfg.env, self.engine, cfg.env_kwargs, cfg.num_generations, cfg.temperature, cfg.top_p)
-        self.writer = Trackers(cfg.output_dir, cfg.report_to, cfg.to_dict()) if self.world.is_main else None
-        if fresh:
-            run_dir.link_latest(cfg.output_dir)
+        self.start_run(fresh)
         self.step, self.nonfinite_streak, self.nonfinite_total = 0, 0, 0
-        self.warm_started = False
-        self.warm_start_report: dict[str, Any] | None = None
-        self.last_episode: Episode | None = None
-        self.last_scores: tuple[float, dict[str, float]] = (0.0, {})
-        self._posed: PosedProblems | None = None  # built on the first logged sample
-        self.eval_pending = False  # the current step's held-out evaluation is still to run (saved with the checkpoint)
         self._shuffle = np.random.default_rng(cfg.seed)
 
     def step_prompts(self, step: int, round_: int = 0) -> list[int]:
@@ -182,53 +163,55 @@ class GRPOTrainer:
             return np.array([ep.reward for ep in eps], dtype=float), comps, []
         samples = self.samples(batch, self.openings)
         parts = distributed.gather(samples)
-        mine = slice(sum(len(p) for p in parts[:self.world.rank]), sum(len(p) for p in parts[:self.world.rank + 1]))
+        mine = distributed.rank_slice(parts)
         out = self.reward.compute([x for p in parts for x in p])
         return np.array(out.total[mine], dtype=float), {k: v[mine] for k, v in out.components.items()}, samples
 
     def collect_step(self) -> tuple[Batch, np.ndarray, dict[str, list[float]], list[Sample], float]:
-        """Collect this rank's groups. Dynamic sampling keeps groups with reward variance, up to this
-        rank's share of `prompts_per_step`; every rank takes part in a round until all are full."""
-        G = self.cfg.num_generations
+        """Collect and score this rank's groups: its rewards, reward components and samples, and the fraction
+        of the step's groups dynamic sampling dropped."""
         if self.siri is not None:  # SIRI: this step's length budget becomes the environments' own
             self.collector.set_thinking_budget(int(self.siri(self.step)))
         seeds = self.train_seeds(self.step)
-        prefixes = [o.ids for o in self.openings] if self.openings else None
-        batch = self.collector.collect(seeds, prefixes)
+        batch = self.collector.collect(seeds, self.prefixes())
         rewards, comps, samples = self.score(batch)
         if not self.cfg.dynamic_sampling:
             return batch, rewards, comps, samples, 0.0
-        quota = len(seeds)
-        kept: list[int] = []
-        pool_eps, pool_rows, pool_r, pool_s, pool_c = [], [], [], [], {}
+        return self.resample(batch, rewards, comps, samples, quota=len(seeds))
+
+    def prefixes(self) -> list[list[int]] | None:
+        """The forced openings that the members of a group start with (AdaptThink), or None."""
+        return [o.ids for o in self.openings] if self.openings else None
+
+    def resample(self, batch: Batch, rewards: np.ndarray, comps: dict[str, list[float]], samples: list[Sample],
+                 quota: int) -> tuple[Batch, np.ndarray, dict[str, list[float]], list[Sample], float]:
+        """DAPO's dynamic sampling: keep the groups with reward variance, up to `quota` (this rank's share of
+        `prompts_per_step`), collecting further rounds of fresh prompts; every rank takes part in a round
+        until all are full. Nothing kept on any rank: the last round's batch, whose advantages are all zero."""
+        G = self.cfg.num_generations
+        kept, parts, kept_r, kept_s, kept_c = 0, [], [], [], {}
         round_stats = [batch.stats]  # the step's rollout time is every round's
         for round_ in range(self.cfg.max_resample_rounds + 1):
             if round_:
-                batch = self.collector.collect(self.train_seeds(self.step, round_) if len(kept) < quota else [], prefixes)
+                batch = self.collector.collect(self.train_seeds(self.step, round_) if kept < quota else [], self.prefixes())
                 round_stats.append(batch.stats)
                 rewards, comps, samples = self.score(batch)
-            grouped = rewards.reshape(-1, G)
-            for g in np.flatnonzero(grouped.std(axis=1) > 0):
-                if len(kept) >= quota:
-                    break
-                offset = len(pool_eps)
-                idx = range(g * G, (g + 1) * G)
-                pool_eps += [batch.episodes[i] for i in idx]
-                pool_rows += [Row(r.input_ids, r.prompt_len, r.loss_mask, r.old_logprobs, offset + r.episode - g * G)
-                              for r in batch.rows if g * G <= r.episode < (g + 1) * G]
-                pool_r += [rewards[i] for i in idx]
-                pool_s += [samples[i] for i in idx] if samples else []
-                for k, v in comps.items():
-                    pool_c.setdefault(k, []).extend(v[i] for i in idx)
-                kept.append(g)
-            if not distributed.any_rank(len(kept) < quota):
+            groups = np.flatnonzero(rewards.reshape(-1, G).std(axis=1) > 0)[:quota - kept].tolist()
+            kept += len(groups)
+            parts.append(batch.groups(groups, G))
+            idx = [i for g in groups for i in range(g * G, (g + 1) * G)]
+            kept_r += [rewards[i] for i in idx]
+            kept_s += [samples[i] for i in idx] if samples else []
+            for k, v in comps.items():
+                kept_c.setdefault(k, []).extend(v[i] for i in idx)
+            if not distributed.any_rank(kept < quota):
                 break
-        total_kept = distributed.all_reduce([len(kept)])[0]
+        total_kept = distributed.all_reduce([kept])[0]
         dropped = 1.0 - total_kept / self.cfg.prompts_per_step
         stats = summed_stats(round_stats)
         if not total_kept:  # nothing to learn from: keep the last batch, its advantages are all zero
             return Batch(batch.episodes, batch.rows, stats), rewards, comps, samples, dropped
-        return Batch(pool_eps, pool_rows, stats), np.array(pool_r, dtype=float), pool_c, pool_s, dropped
+        return Batch.concat(parts, stats), np.array(kept_r, dtype=float), kept_c, kept_s, dropped
 
     def advantages(self, batch: Batch, rewards: np.ndarray) -> np.ndarray:
         """One advantage per episode of this rank. The estimator sees every rank's rewards in rank
@@ -237,14 +220,15 @@ class GRPOTrainer:
         parts = distributed.gather(rewards)
         grouped = np.concatenate(parts).reshape(-1, G)
         adv = self.advantage(grouped, self.cfg.scale_rewards)
-        first = sum(len(p) for p in parts[:self.world.rank]) // G
-        adv = adv[first:first + len(rewards) // G]
+        mine = distributed.rank_slice(parts)
+        adv = adv[mine.start // G:mine.stop // G]
         if cfg.mgpo_lambda > 0:
             acc = np.array([ep.info.get("correct", False) for ep in batch.episodes], dtype=float).reshape(-1, G).mean(1)
             adv = adv * mgpo_weight(acc, cfg.mgpo_lambda)[:, None]
         return adv.reshape(-1)
 
     def train_step(self) -> dict[str, float]:
+        """One GRPO step: collect and score, move stateful rewards, advantages, optimize; returns its metrics."""
         cfg = self.cfg
         t_step = time.perf_counter()
         if self.reward is not None and self.sched.last_epoch == 0:  # no update yet: the policy is RL's start
@@ -273,20 +257,16 @@ class GRPOTrainer:
         metrics["time/step_s"] = time.perf_counter() - t_step
         return metrics
 
+    def episode_metrics(self, batch: Batch, rewards: np.ndarray, comps: dict[str, list[float]]) -> dict[str, float]:
+        """The step's episode means over every rank (`metrics.episode_metrics`), and the reward's own metrics."""
+        out = episode_metrics(batch, rewards, comps, self.cfg.num_generations)
+        if self.reward is not None:
+            out.update({f"rewards/{k}": v for k, v in self.reward.metrics().items()})
+        return out
+
     def compute_counts(self, batch: Batch) -> dict[str, float]:
-        """This step's work, summed over every rank, measured from the sequences actually run: tokens
-        and attention query-key pairs of the learner's forward passes (one per row and iteration; the
-        backward repeats them) and of the rollouts (a prefill and a decode per step of an episode, at
-        its real context length). Times the model's FLOPs per token and per pair, they give the step's
-        compute with the attention term (`benchmarks/markovian_vs_longcot.py`)."""
-        its = self.cfg.num_iterations
-        train_pairs = sum(attention_cost([(r.prompt_len, r.completion_len)])["attention_pairs"] for r in batch.rows)
-        segments = [(len(s.prompt_ids), len(s.action_ids)) for ep in batch.episodes for s in ep.steps]
-        values = [its * sum(len(r.input_ids) for r in batch.rows), its * train_pairs,
-                  float(sum(sum(r.loss_mask) for r in batch.rows)),
-                  float(sum(p + g for p, g in segments)), attention_cost(segments)["attention_pairs"]]
-        names = ["train_tokens", "train_attention_pairs", "trained_tokens", "rollout_tokens", "rollout_attention_pairs"]
-        return {f"compute/{k}": v for k, v in zip(names, distributed.all_reduce(values))}
+        """The step's tokens and attention pairs, learner and rollouts, over every rank (`metrics.compute_counts`)."""
+        return compute_counts(batch, self.cfg.num_iterations)
 
     def sync_weights(self) -> float:
         """Bring the engine's weights up to the learner's: under FSDP, gather the shards into the policy's
@@ -407,10 +387,7 @@ class GRPOTrainer:
                 logp, ent = completion_logprobs(self.train_model, rb, cfg.temperature, with_entropy=True,
                                                 entropy_grad=cfg.entropy_coef > 0)
                 a = torch.tensor(row_adv[idx] if len(idx) else [0.0], device=logp.device, dtype=logp.dtype)
-                surrogate = sequence_surrogate if self.loss.sequence_level else token_surrogate
-                args = (logp, rb.old_logprobs, a, rb.loss_mask, cfg.epsilon, cfg.epsilon_high) if self.loss.sequence_level \
-                    else (logp, rb.old_logprobs, a, cfg.epsilon, cfg.epsilon_high)
-                per_tok, low, high = surrogate(*args)
+                per_tok, low, high = self.loss.surrogate(logp, rb.old_logprobs, a, rb.loss_mask, cfg.epsilon, cfg.epsilon_high)
                 if behaviour is not None and len(idx):
                     add_log_ratio(gap, logp, pad_rows_like(behaviour, idx, logp), rb.loss_mask)
                 if tis is not None and len(idx):
@@ -465,270 +442,3 @@ class GRPOTrainer:
                     weights.append(w[i, :n].cpu())
                     r.old_logprobs = logp[i, :n].tolist()
         return weights
-
-    # -- logging ----------------------------------------------------------------------------------
-    def episode_metrics(self, batch: Batch, rewards: np.ndarray, comps: dict[str, list[float]]) -> dict[str, float]:
-        """Means over every rank's episodes (over groups for the std metrics): what one process would log."""
-        group_std = rewards.reshape(-1, self.cfg.num_generations).std(axis=1)
-        eps = batch.episodes
-        values: dict[str, list[float]] = {
-            "reward": rewards.tolist(), "reward_std": group_std.tolist(), "frac_reward_zero_std": (group_std == 0).tolist(),
-            "completions/mean_length": [ep.num_tokens for ep in eps], "completions/clipped_ratio": [ep.truncated for ep in eps],
-            "accuracy": [bool(ep.info.get("correct")) for ep in eps], **{f"rewards/{k}/mean": list(v) for k, v in comps.items()}}
-        for ep in eps:
-            if "chunks" in ep.info:
-                values.setdefault("delethink/chunks_mean", []).append(ep.info["chunks"])
-                values.setdefault("delethink/thinking_tokens_mean", []).append(ep.info.get("thinking_tokens", 0))
-            if "carried_state" in ep.info:  # pooled over every reset of the batch
-                values.setdefault("delethink/carried_state_mean", []).extend(map(float, ep.info["carried_state"]))
-            for knob, value in ep.info.get("difficulty", {}).items():
-                values.setdefault(f"success_by_difficulty/{knob}={value}", []).append(bool(ep.info.get("correct")))
-            if "curriculum" in ep.info:
-                values.setdefault("curriculum/level", []).append(ep.info["curriculum"]["level"])
-        out = distributed.global_means({k: (float(sum(v)), float(len(v))) for k, v in values.items()})
-        if self.reward is not None:
-            out.update({f"rewards/{k}": v for k, v in self.reward.metrics().items()})
-        return out
-
-    def log(self, metrics: dict[str, float], step: int) -> None:
-        if self.writer is None:  # not rank 0
-            return
-        for k, v in metrics.items():
-            if isinstance(v, (int, float)) and math.isfinite(v):
-                self.writer.add_scalar(k, v, step)
-        self.writer.flush()
-
-    def run_eval(self, step: int) -> dict[str, float]:
-        """Held-out evaluation, its seeds shared among the ranks; every metric is a mean over prompts. Greedy
-        (`eval_temperature=0`) logs `eval/accuracy`; sampling adds `eval/avg@n` and `eval/pass@k` for k <= n."""
-        cfg = self.cfg
-        seeds = distributed.shard(range(cfg.eval_prompts))
-        rng = rng_state(self.engine)
-        try:  # a stop signal ends it at once with one process; ranks wait for each other in its collectives
-            with interrupt.abortable(self.world.size == 1):
-                res = evaluate(self.engine, cfg.env, seeds, n=cfg.eval_samples, env_kwargs=cfg.env_kwargs,
-                               temperature=cfg.eval_temperature) if seeds else {}  # pass@k only when sampling
-        except interrupt.Interrupted:  # rewind its sampling, so that a resume runs it again and continues exactly
-            set_rng_state(rng, self.engine)
-            self.eval_pending = True
-            return {}
-        self.eval_pending = False
-        res = distributed.global_means({k: (v * len(seeds), float(len(seeds))) for k, v in res.items()})
-        self.log({f"eval/{k}": v for k, v in res.items()}, step)
-        return res
-
-    # -- checkpoints ------------------------------------------------------------------------------
-    def state(self) -> dict[str, Any]:
-        """The trainer's state; `ranks` holds every rank's RNGs, shuffle and environment state (a collective)."""
-        mine = {"rng": rng_state(self.engine), "shuffle": self._shuffle.bit_generator.state,
-                "env": self.collector.env_state()}
-        return {"step": self.step, "optimizer": None if self.sharded else self.opt.state_dict(), "scheduler": self.sched.state_dict(),
-                "ranks": distributed.gather(mine), "reward": self.reward.state_dict() if self.reward is not None else None,
-                "nonfinite": (self.nonfinite_streak, self.nonfinite_total), "eval_pending": self.eval_pending, "config": self.cfg.to_dict()}
-
-    def save(self) -> None:
-        """Rank 0 writes the policy (a LoRA policy: its adapter) and the trainer state; under FSDP every rank
-        first writes its shards of the fp32 weights and the optimizer into `sharded/` (DCP)."""
-        state = self.state()
-        if self.sharded:
-            distributed.save_sharded(checkpoint_path(self.cfg.output_dir, self.step) / SHARDED, self.model, self.opt)
-        if self.world.is_main:
-            save_checkpoint(self.cfg.output_dir, self.step, self.policy, state, keep=self.cfg.save_total_limit)
-        distributed.barrier()  # no rank goes on (or exits) before the checkpoint is written
-
-    def load(self) -> bool:
-        path = latest_checkpoint(self.cfg.output_dir)
-        if path is None:
-            return False
-        if (path / SHARDED).exists() != self.sharded:
-            written = "parallelism='fsdp' under torchrun" if (path / SHARDED).exists() else "parallelism='ddp' or one process"
-            raise ValueError(f"{path} was written with {written}; resume it the same way (this run has parallelism="
-                             f"{self.cfg.parallelism!r} on {self.world.size} processes)")
-        st = load_trainer_state(path)
-        start = checkpoint_path(self.cfg.output_dir, 0) / "policy"
-        if self.ref_model is not None and start.exists():  # RL's starting weights, warm-started or not
-            self.set_reference(Policy.from_pretrained(str(start), device=str(self.policy.device), dtype=self.policy.dtype).model)
-        if self.sharded:  # the fp32 shards and optimizer, resharded to this many ranks, then the rollout copy
-            distributed.load_sharded(path / SHARDED, self.model, self.opt)
-            distributed.gather_into(self.model, self.policy.model)
-        else:
-            if self.cfg.use_peft:
-                lora.load_adapter(self.model, path / "policy")
-            else:
-                loaded = Policy.from_pretrained(str(path / "policy"), device=str(self.policy.device), dtype=self.policy.dtype)
-                self.model.load_state_dict(loaded.model.state_dict())
-            self.opt.load_state_dict(st["optimizer"])
-        self.sched.load_state_dict(st["scheduler"])
-        # checkpoints written before data parallelism hold one process's state at the top level
-        per_rank = st.get("ranks") or [{"rng": st["rng"], "shuffle": st["shuffle"], "env": st.get("env")}]
-        if len(per_rank) == self.world.size:
-            mine = per_rank[self.world.rank]
-            set_rng_state(mine["rng"], self.engine)
-            self._shuffle.bit_generator.state = mine["shuffle"]
-        else:
-            mine = per_rank[0]
-            warnings.warn(f"{path} was written by {len(per_rank)} processes and is resumed by {self.world.size}: the weights, optimizer, "
-                          "schedules and reward state continue, the sampling RNGs restart from the seed", stacklevel=2)
-        if self.reward is not None and st.get("reward") is not None:
-            self.reward.load_state_dict(st["reward"])
-        self.collector.load_env_state(mine["env"])
-        self.nonfinite_streak, self.nonfinite_total = st["nonfinite"]
-        self.step = st["step"]
-        self.eval_pending = st.get("eval_pending", False)
-        self.engine.sync_weights()
-        return True
-
-    # -- the run ----------------------------------------------------------------------------------
-    @property
-    def warm_start_dir(self) -> Path:
-        """Where a warm start cut short by a stop signal leaves its checkpoint, which `resume` continues."""
-        return Path(self.cfg.output_dir) / "warm_start"
-
-    def warm_start(self) -> None:
-        """SFT on the task's demonstrations (`sft_steps`), once: a second call refuses, since RL's
-        starting point would silently move. A stop signal ends it early, leaving `warm_started` False and
-        a checkpoint in `warm_start_dir`; with `resume` it continues from there."""
-        if self.warm_started:
-            raise RuntimeError("this trainer has already warm-started; a second SFT pass would move RL's starting point")
-        cfg = self.cfg
-        seeds = range(SFT_SEED_BASE, SFT_SEED_BASE + cfg.sft_seeds)
-        rows = demonstration_rows(cfg.env, seeds, self.policy.tokenizer, cfg.env_kwargs)
-        done, cap, accuracy = 0, cfg.sft_max_steps or cfg.sft_steps, None
-        for rnd in itertools.count():  # one round without a gate; with one, rounds until it passes or the cap
-            steps = cfg.sft_steps if rnd == 0 else min(cfg.sft_gate_round, cap - done)
-            out = self.warm_start_dir if rnd == 0 else self.warm_start_dir / f"round-{rnd}"
-            lr = cfg.sft_learning_rate if rnd == 0 else cfg.sft_gate_learning_rate or cfg.sft_learning_rate / 2
-            train_sft(self.policy, rows, steps=steps, lr=lr, seed=cfg.seed + rnd, writer=self.writer,
-                      progress=self.world.is_main, output_dir=out, keep=1, resume=cfg.resume, first_step=done)
-            if distributed.any_rank(interrupt.requested() is not None):  # stopped, on every rank: its checkpoint is in
-                return                                                     # warm_start_dir, for resume
-            done += steps
-            distributed.broadcast_module(self.policy.model)  # every rank ran the same SFT; rank 0's result is the one kept
-            if self.sharded:
-                distributed.load_whole(self.model, self.policy.model)
-            self.engine.sync_weights()
-            if not cfg.sft_gate:
-                break
-            accuracy = self.gate_accuracy()
-            self.log({"sft/gate_accuracy": accuracy}, done)
-            if accuracy >= cfg.sft_gate or done >= cap:
-                break
-        self.set_reference(self.policy.model)
-        passed = None if accuracy is None else accuracy >= cfg.sft_gate
-        self.warm_start_report = {"sft_steps": done, "gate": cfg.sft_gate, "gate_prompts": cfg.sft_gate_prompts,
-                                  "gate_accuracy": accuracy, "passed": passed}
-        if self.world.is_main:
-            Path(cfg.output_dir).mkdir(parents=True, exist_ok=True)
-            (Path(cfg.output_dir) / "warm_start.json").write_text(json.dumps(self.warm_start_report, indent=1))
-            if passed is not None:
-                print(f"warm start {'passed' if passed else 'did NOT pass'} its gate: greedy accuracy {accuracy:.3f} on "
-                      f"{cfg.sft_gate_prompts} validation problems {'>=' if passed else '<'} {cfg.sft_gate} after {done} SFT steps"
-                      + ("" if passed else f" (the cap, sft_max_steps={cap})"), flush=True)
-        self.warm_started = True
-
-    def set_reference(self, source: torch.nn.Module) -> None:
-        """The KL reference is the policy RL starts from (checkpoint-0): after a warm start, its weights."""
-        if self.ref_model is None:
-            return
-        if self.sharded:
-            distributed.load_whole(self.ref_model, source)
-        else:
-            self.ref_model.load_state_dict(source.state_dict())
-
-    def gate_accuracy(self) -> float:
-        """Greedy accuracy on the warm-start gate's validation problems (their own seed range), shared among ranks."""
-        cfg = self.cfg
-        seeds = distributed.shard(range(SFT_GATE_SEED_BASE, SFT_GATE_SEED_BASE + cfg.sft_gate_prompts))
-        acc = evaluate(self.engine, cfg.env, seeds, n=1, temperature=0.0, env_kwargs=cfg.env_kwargs)["accuracy"] if seeds else 0.0
-        return distributed.global_means({"acc": (acc * len(seeds), float(len(seeds)))})["acc"]
-
-    def train(self) -> dict[str, float]:
-        """Run to `steps` (or resume there). The first SIGINT/SIGTERM stops it at the next safe point, with a
-        checkpoint to resume from (`interrupt`); a second exits at once. Returns the last step's metrics."""
-        with interrupt.stop_on_signal():
-            return self._run()
-
-    def _run(self) -> dict[str, float]:
-        cfg = self.cfg
-        resumed = cfg.resume and self.load()
-        if cfg.resume and not resumed and self.world.is_main and not self.warm_start_dir.exists():
-            warnings.warn(f"resume: no checkpoint in {cfg.output_dir}; starting a fresh run", stacklevel=3)
-        if not resumed:
-            if cfg.sft_steps and not self.warm_started:
-                self.warm_start()
-                if not self.warm_started:
-                    self._report_stop(f"during the warm start; its checkpoint is in {self.warm_start_dir}")
-                    return {}
-            self.eval_pending = bool(cfg.eval_every)
-            self.save()  # checkpoint-0: exactly the weights RL starts from, for before/after comparisons
-            if self.world.is_main and self.warm_start_dir.exists():
-                shutil.rmtree(self.warm_start_dir)  # an interrupted warm start's checkpoint: checkpoint-0 supersedes it
-        last: dict[str, float] = {}
-        try:
-            if self.eval_pending:
-                self.run_eval(self.step)
-            bar = tqdm(range(self.step, cfg.steps), initial=self.step, total=cfg.steps, desc="grpo", dynamic_ncols=True,
-                       disable=not self.world.is_main)
-            for _ in bar:
-                if distributed.any_rank(interrupt.requested() is not None):  # stopped in the evaluation before this step
-                    self._report_stop(f"before step {self.step + 1}; checkpoint-{self.step} in {cfg.output_dir} resumes here")
-                    break
-                last = self.train_step()
-                self.step += 1
-                self.log(last, self.step)
-                bar.set_postfix(reward=f"{last['reward']:.3f}", len=f"{last['completions/mean_length']:.0f}")
-                if self.writer is not None and self.last_episode is not None and cfg.log_completions_every \
-                        and self.step % cfg.log_completions_every == 0:
-                    self.writer.add_text("completions", self._sample_text(), self.step)
-                if cfg.eval_every and self.step % cfg.eval_every == 0:
-                    last.update({f"eval/{k}": v for k, v in self.run_eval(self.step).items()})
-                stop = distributed.any_rank(interrupt.requested() is not None)  # ranks stop at the same step
-                if stop or (cfg.save_every and self.step % cfg.save_every == 0) or self.step == cfg.steps:
-                    self.save()
-                if stop:
-                    self._report_stop(f"at step {self.step}; checkpoint-{self.step} saved in {cfg.output_dir}")
-                    break
-            if cfg.eval_every and self.step == cfg.steps and self.step % cfg.eval_every:  # the run ends on a held-out number
-                last.update({f"eval/{k}": v for k, v in self.run_eval(self.step).items()})
-        finally:
-            if self.writer is not None:
-                self.writer.flush()
-        return last
-
-    def _report_stop(self, where: str) -> None:
-        if self.world.is_main:
-            name = interrupt.describe(interrupt.requested()) if interrupt.requested() is not None else "a signal"
-            print(f"stopped by {name} {where}; `--resume` continues the run", flush=True)
-
-    def _sample_text(self) -> str:
-        """A rollout of the step as TensorBoard markdown: the prompt, the gold answer, the completion (its
-        chunks split by `---`), the parsed answer and the reward it was trained on with its components."""
-        ep = self.last_episode
-        tok = self.policy.tokenizer
-        if self._posed is None:
-            self._posed = PosedProblems(self.cfg.env, self.collector.env_kwargs)
-        _, gold = self._posed(ep.seed, ep.steps[0].prompt_ids)
-        prompt = tok.decode(ep.steps[0].prompt_ids, skip_special_tokens=False)
-        text = "\n---\n".join(tok.decode(s.action_ids, skip_special_tokens=False) for s in ep.steps)
-        reward, comps = self.last_scores
-        comps = ", ".join(f"{k} {v:g}" for k, v in comps.items())
-        return (f"seed {ep.seed}, reward {reward:g} ({comps or 'no components'}), correct {bool(ep.info.get('correct'))}\n\n"
-                f"**prompt**\n\n```\n{prompt}\n```\n\n**gold answer** `{gold}`, **parsed answer** `{ep.info.get('answer')}`\n\n"
-                f"**completion**\n\n```\n{text}\n```")
-
-
-def add_log_ratio(gap: list[float], logp: torch.Tensor, engine_logp: torch.Tensor, mask: torch.Tensor) -> None:
-    """Add to `gap` ([sum, max, tokens]) the |log π_learner − log π_engine| of the tokens that count."""
-    d = (logp.detach() - engine_logp).abs() * mask
-    gap[0] += float(d.sum())
-    gap[1] = max(gap[1], float(d.max()))
-    gap[2] += float(mask.sum())
-
-
-def pad_rows_like(per_row: list[torch.Tensor], indices: Iterable[int], like: torch.Tensor) -> torch.Tensor:
-    """Right-pad per-row token tensors into the shape of `like` (padding = 1)."""
-    out = torch.ones_like(like)
-    for i, j in enumerate(indices):
-        t = per_row[j]
-        out[i, : t.numel()] = t.to(like.device, like.dtype)
-    return out

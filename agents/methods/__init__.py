@@ -1,2 +1,2 @@
-"""Methods built on the policy and the engines besides GRPO: SFT, REDI, trace sampling, R2R routing and
-discriminator-guided planning."""
+"""Methods built on the policy, the engines and the learner besides GRPO: REDI, trace sampling, R2R routing
+and discriminator-guided planning."""

@@ -12,18 +12,10 @@ from __future__ import annotations
 
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Protocol
 
 import numpy as np
 import torch
 from torch import nn
-
-
-class RoutingRule(Protocol):
-    """What routed generation asks at each step: which rows go to the large model."""
-
-    def decide(self, hidden: torch.Tensor, token_emb: torch.Tensor, logits: torch.Tensor) -> torch.Tensor:
-        """Bool [B]: route row b. `hidden`/`token_emb` [B, H], `logits` the full [B, V] next-token logits."""
 
 
 @dataclass

@@ -18,7 +18,7 @@ import thinkgym  # noqa: F401  (registers the environment ids)
 from thinkgym.envs import TokenAction
 from thinkgym.envs.registration import make_env
 
-from ..types import Batch, Episode, Step, episode_rows
+from ..types import Batch, Episode, episode_rows
 from .engine import Engine, GenerationRequest
 
 
@@ -105,8 +105,7 @@ class Collector:
             still = []
             for k, req, out in zip(live, reqs, outs):
                 c = out[0]
-                eos = (self.eos_token_id, c.eos_logprob) if c.finish_reason == "eos" else None
-                episodes[k].steps.append(Step(list(req.prompt_ids), list(c.token_ids), list(c.logprobs), c.finish_reason, eos))
+                episodes[k].steps.append(c.step(req.prompt_ids, self.eos_token_id))
                 _, reward, term, trunc, info = envs[k].step(TokenAction(c.text, c.token_ids, c.finish_reason == "eos"))
                 if term or trunc:
                     ep = episodes[k]

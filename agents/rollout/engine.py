@@ -9,13 +9,16 @@ the trainer recomputes for importance ratios (see README, "Log-probabilities").
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, Literal, Protocol, Sequence
+from typing import TYPE_CHECKING, Any, Callable, Literal, Protocol, Sequence
+
+from thinkgym.registry import Registry
+
+from ..types import Step
 
 if TYPE_CHECKING:
     from ..policy import Policy
 
 FinishReason = Literal["eos", "stop", "length"]
-ENGINES = ("hf", "vllm")
 
 
 @dataclass
@@ -56,6 +59,12 @@ class Completion:
             raise ValueError("a completion that ended with EOS needs eos_logprob, the log-probability of that EOS, "
                              "for the training row that ends with it")
 
+    def step(self, prompt_ids: Sequence[int], eos_token_id: int) -> Step:
+        """The episode's record of this completion of `prompt_ids`: what the env got, and the EOS that ended it
+        (never shown to the env) with its log-probability, for the training row."""
+        eos = (eos_token_id, self.eos_logprob) if self.finish_reason == "eos" else None
+        return Step(list(prompt_ids), list(self.token_ids), list(self.logprobs), self.finish_reason, eos)
+
 
 class Engine(Protocol):
     """What the collector, evaluation and the learner need from a rollout engine, and all they use."""
@@ -83,15 +92,26 @@ class Engine(Protocol):
         """Free what the engine holds outside Python's reach (vLLM's engine core and process groups)."""
 
 
-def make_engine(name: str, policy: Policy, seed: int, tensor_parallel_size: int = 1, lora_merge: bool = False):
+ENGINES: Registry[Callable[..., Engine]] = Registry("engine")
+"""Each engine's factory `fn(policy, seed, tensor_parallel_size, lora_merge) -> Engine`; it imports its
+engine when called, so that naming an engine loads neither transformers' decode loop nor vLLM."""
+
+
+@ENGINES.register("hf")
+def _hf(policy: Policy, seed: int, tensor_parallel_size: int, lora_merge: bool) -> Engine:
+    from .hf.engine import HFEngine
+
+    return HFEngine(policy, seed=seed, lora_merge=lora_merge)
+
+
+@ENGINES.register("vllm")
+def _vllm(policy: Policy, seed: int, tensor_parallel_size: int, lora_merge: bool) -> Engine:
+    from .vllm import VLLMEngine
+
+    return VLLMEngine(policy, seed=seed, tensor_parallel_size=tensor_parallel_size)
+
+
+def make_engine(name: str, policy: Policy, seed: int, tensor_parallel_size: int = 1, lora_merge: bool = False) -> Engine:
     """A rollout engine by name; `tensor_parallel_size` shards vLLM's copy of the model over GPUs, and
     `lora_merge` makes the hf engine decode a LoRA policy from merged weights (`HFEngine`)."""
-    if name == "hf":
-        from .hf.engine import HFEngine
-
-        return HFEngine(policy, seed=seed, lora_merge=lora_merge)
-    if name == "vllm":
-        from .vllm import VLLMEngine
-
-        return VLLMEngine(policy, seed=seed, tensor_parallel_size=tensor_parallel_size)
-    raise ValueError(f"engine={name!r} is unknown; valid engines: {list(ENGINES)}")
+    return ENGINES.get(name)(policy, seed, tensor_parallel_size, lora_merge)

@@ -17,6 +17,11 @@ from thinkgym.rewards import detect_think_mode
 from .hf.compiling import compiled
 
 
+STOP_WINDOW = 32
+"""Tokens at the end of a completion whose text is searched for a stop string after each new token: longer
+than any stop string, short enough that the search stays cheap as the completion grows."""
+
+
 def find_stop(text: str, stops: Sequence[str]) -> int | None:
     """End index (exclusive) of the earliest stop string in `text`, or None."""
     ends = [text.find(s) + len(s) for s in stops if s and s in text]

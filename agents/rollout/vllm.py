@@ -30,7 +30,7 @@ import torch
 from .. import distributed, lora
 from ..policy import Policy
 from .engine import Completion, GenerationRequest
-from .sampling import find_stop
+from .sampling import STOP_WINDOW, find_stop
 
 try:
     from vllm import LLM, SamplingParams
@@ -192,7 +192,7 @@ class VLLMEngine:
         for k, t in enumerate(req.prefix_ids, start=1):
             if t == eos and not req.ignore_eos:
                 return k, "eos"
-            if req.stop and find_stop(decode(req.prefix_ids[max(0, k - 32):k], skip_special_tokens=False), req.stop) is not None:
+            if req.stop and find_stop(decode(req.prefix_ids[max(0, k - STOP_WINDOW):k], skip_special_tokens=False), req.stop) is not None:
                 return k, "stop"
             if k >= req.max_new_tokens:
                 return k, "length"

@@ -22,7 +22,7 @@ from transformers import DynamicCache
 from ... import lora
 from ...policy import Policy, cache_kwargs
 from ..engine import Completion, GenerationRequest
-from ..sampling import TorchSampler, find_stop, force_prefixes, sample_tokens, to_device
+from ..sampling import STOP_WINDOW, TorchSampler, find_stop, force_prefixes, sample_tokens, to_device
 from .static_cache import ATTENTION, SLOT_BUCKET, SlotCache, StaticDecoder, supports_static
 
 
@@ -45,7 +45,7 @@ class DecodeRow:
             return False
         self.out.append(token)
         self.logps.append(logp)
-        if self.req.stop and find_stop(tokenizer.decode(self.out[-32:], skip_special_tokens=False), self.req.stop) is not None:
+        if self.req.stop and find_stop(tokenizer.decode(self.out[-STOP_WINDOW:], skip_special_tokens=False), self.req.stop) is not None:
             self.finish = "stop"
         elif len(self.out) >= self.req.max_new_tokens:
             self.finish = "length"

@@ -18,15 +18,16 @@ from tqdm import tqdm
 import thinkgym  # noqa: F401
 from thinkgym.envs import TokenAction
 from thinkgym.envs.registration import make_env
-from thinkgym.envs.tokenizer import encode
+from thinkgym.envs.tokenizer import decode, encode
 
 from .. import distributed, interrupt
-from ..learner.checkpoint import resume_latest, save_checkpoint
-from ..learner.logprobs import completion_logprobs, pad_rows
-from ..learner.precision import build_optimizer
+from .checkpoint import resume_latest, save_checkpoint
+from .logprobs import completion_logprobs, pad_rows
+from .precision import build_optimizer
 from ..policy import Policy
-from ..rollout.sampling import find_stop
-from ..types import Episode, Row, Step, episode_rows
+from ..rollout.engine import Completion
+from ..rollout.sampling import STOP_WINDOW, find_stop
+from ..types import Episode, Row, episode_rows
 
 
 def _split_at_stop(tokenizer, ids: list[int], stop: Sequence[str]) -> list[int]:
@@ -34,7 +35,7 @@ def _split_at_stop(tokenizer, ids: list[int], stop: Sequence[str]) -> list[int]:
     if not stop:
         return ids
     for k in range(1, len(ids) + 1):
-        if find_stop(tokenizer.decode(ids[max(0, k - 32):k], skip_special_tokens=False), stop) is not None:
+        if find_stop(tokenizer.decode(ids[max(0, k - STOP_WINDOW):k], skip_special_tokens=False), stop) is not None:
             return ids[:k]
     return ids
 
@@ -49,9 +50,9 @@ def demonstration_episode(env: gym.Env, seed: int) -> Episode:
         chunk = _split_at_stop(env.tokenizer, ids[pos:pos + info["max_new_tokens"]], info["stop"])
         pos += len(chunk)
         ended = pos >= len(ids)
-        eos = (env.tokenizer.eos_token_id, 0.0) if ended else None
-        ep.steps.append(Step(list(info["prompt_token_ids"]), chunk, [0.0] * len(chunk), "eos" if ended else "length", eos))
-        _, r, term, trunc, info = env.step(TokenAction.from_ids(env.tokenizer, chunk, ended))
+        c = Completion(chunk, decode(env.tokenizer, chunk), [0.0] * len(chunk), "eos" if ended else "length", 0.0 if ended else None)
+        ep.steps.append(c.step(info["prompt_token_ids"], env.tokenizer.eos_token_id))
+        _, r, term, trunc, info = env.step(TokenAction(c.text, c.token_ids, ended))
         if term or trunc:
             ep.reward, ep.info, ep.terminated, ep.truncated = float(r), info, term, trunc
             return ep
