@@ -8,6 +8,7 @@ Run as a script, this file is the torchrun worker: `torchrun --nproc-per-node N 
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import subprocess
@@ -17,6 +18,7 @@ from pathlib import Path
 import pytest
 import torch
 
+from thinkgym.agents.cli import main
 from thinkgym.agents.learner.async_grpo import train_async
 from thinkgym.agents.learner.config import GRPOConfig
 from thinkgym.agents.learner.losses import importance_weights
@@ -170,12 +172,17 @@ def worker(out: Path, mode: str) -> None:
         train_async(GRPOConfig(**cut))
         STOP_AT_CALL["at"] = None
         train_async(GRPOConfig(**cut, resume=True))
-    else:  # 2 rollout ranks, max_staleness=1, masked importance sampling
+        main(["train", "--async-rollouts", "true", "--steps", "1", "--prompts-per-step", "2", "--num-generations", "2",
+              "--eval-every", "0", "--output-dir", str(out / "cli")])
+    else:  # 2 rollout ranks: max_staleness=1 with masked importance sampling; 2 with one-chunk traces
         train_async(GRPOConfig(**dict(BASE, steps=5), async_rollouts=True, max_staleness=1, off_policy_correction="mis",
                                mis_bound=0.5, output_dir=str(out / "stale")))
+        train_async(GRPOConfig(**dict(BASE, steps=6), async_rollouts=True, max_staleness=2, env_kwargs={"max_chunks": 1},
+                               output_dir=str(out / "stale2")))
 
 
 def launch(out: Path, mode: str, nproc: int) -> str:
+    """Run `worker` under torchrun; its stdout."""
     proc = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", str(nproc), __file__,
                            str(out), mode], capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0, proc.stderr[-4000:]
@@ -214,13 +221,23 @@ def test_a_stopped_run_drops_what_it_sampled_ahead_and_its_resume_samples_it_aga
 
 
 @pytest.mark.slow
-def test_staleness_one_never_trains_on_older_rows(tmp_path):
+def test_cli_trains_asynchronously_and_reports_once(two_ranks):
+    out, stdout = two_ranks
+    reports = [json.loads(line) for line in stdout.splitlines() if line.startswith("{")]
+    assert [r["output_dir"] for r in reports] == [str(out / "cli")]
+    assert "async/staleness_max" in read_scalars(str(out / "cli"))
+
+
+@pytest.mark.slow
+def test_staleness_bound_holds_over_two_rollout_ranks(tmp_path):
     stdout = launch(tmp_path, "three", 3)
     logged = read_scalars(str(tmp_path / "stale"))
     ages = [v for _, v in logged["async/staleness_max"]]
-    assert len(ages) == 5 and max(ages) == 1.0 and ages[0] == 0.0  # steps after the first train on rows one version old
+    assert ages == [0.0, 1.0, 1.0, 1.0, 1.0]  # after the first step, each step's first chunks come from the weights before
     assert all(v == 0 for _, v in logged["async/rows_dropped"]) and "dropped step" not in stdout
     assert [s for s, _ in logged["time/old_logprobs_s"]] == [2, 3, 4, 5]  # stale rows: recomputed and corrected
+    deeper = [v for _, v in read_scalars(str(tmp_path / "stale2"))["async/staleness_max"]]
+    assert len(deeper) == 6 and deeper[0] == 0.0 and max(deeper) <= 2.0  # several versions in flight at once
 
 
 if __name__ == "__main__":

@@ -99,26 +99,31 @@ def solo() -> Iterator[None]:
 
 class WeightSync:
     """The model's parameters as one flat buffer per dtype, broadcast from rank 0 over the weight group. The
-    learner's side snapshots its weights and broadcasts in the background, so that its next step can start."""
+    learner's side snapshots its weights and broadcasts in the background, so that its next step can start.
 
-    def __init__(self, model: torch.nn.Module, group: Any):
-        self.group = group
+    Up to `in_flight` versions may be on their way at once: a rollout rank joins version v's broadcast only
+    when it reads its message, which can be after it ships a step that the learner has yet to take; waiting
+    for v before publishing v + 1 could then wait for a rank that waits for the learner."""
+
+    def __init__(self, model: torch.nn.Module, group: Any, in_flight: int = 1):
+        self.group, self.in_flight = group, in_flight
         self.buckets: dict[torch.dtype, list[torch.nn.Parameter]] = {}
         for p in model.parameters():
             self.buckets.setdefault(p.dtype, []).append(p)
-        self.pending: list[Any] = []
-        self.snapshot: list[torch.Tensor] = []
+        self.pending: deque[tuple[list[Any], list[torch.Tensor]]] = deque()  # (works, snapshot) per version, oldest first
 
     @torch.no_grad()
     def send(self) -> None:
-        self.wait()  # the snapshot of the previous version is still being read
-        self.snapshot = [torch.cat([p.detach().reshape(-1) for p in ps]) for ps in self.buckets.values()]
-        self.pending = [dist.broadcast(flat, 0, group=self.group, async_op=True) for flat in self.snapshot]
+        while len(self.pending) >= self.in_flight:  # its snapshot is still being read
+            for work in self.pending.popleft()[0]:
+                work.wait()
+        snapshot = [torch.cat([p.detach().reshape(-1) for p in ps]) for ps in self.buckets.values()]
+        self.pending.append(([dist.broadcast(flat, 0, group=self.group, async_op=True) for flat in snapshot], snapshot))
 
     def wait(self) -> None:
-        for work in self.pending:
-            work.wait()
-        self.pending = []
+        while self.pending:
+            for work in self.pending.popleft()[0]:
+                work.wait()
 
     @torch.no_grad()
     def receive(self) -> None:
@@ -144,7 +149,9 @@ class Pipeline:
         self.ranks = links.rollout_ranks
         self.buffer = StalenessBuffer(cfg.max_staleness, self.ranks)
         self.asked: dict[int, deque[int]] = {r: deque() for r in self.ranks}  # the steps each rank owes, in order
-        self.weights = WeightSync(model, links.weights)
+        # when the learner publishes version v + 1, every rollout rank has read the messages up to its request for
+        # step v (which it shipped), so it has joined every version up to v − k: at most k + 1 are still in flight
+        self.weights = WeightSync(model, links.weights, in_flight=cfg.max_staleness + 2)
         self.sends: list[tuple[Any, torch.Tensor]] = []
         self.started = False
 
