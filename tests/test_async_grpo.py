@@ -19,7 +19,7 @@ import pytest
 import torch
 
 from thinkgym.agents.cli import main
-from thinkgym.agents.learner.async_grpo import train_async
+from thinkgym.agents.learner.async_grpo import AsyncGRPOTrainer, train_async
 from thinkgym.agents.learner.config import GRPOConfig
 from thinkgym.agents.learner.losses import importance_weights
 from thinkgym.agents.learner.staleness import Shipment, StalenessBuffer, merge_batches
@@ -134,6 +134,15 @@ def test_config_refuses_what_async_does_not_do(bad, message):
 def test_async_needs_several_processes(tmp_path):
     with pytest.raises(ValueError, match="at least 2 processes"):
         train_async(GRPOConfig(**BASE, async_rollouts=True, output_dir=str(tmp_path)))
+
+
+@pytest.mark.parametrize("setting, message", [
+    (dict(env="SATCurriculum-v0", reward=""), "SATCurriculum-v0 keeps state across episodes"),
+    (dict(reward="adaptthink", num_generations=2), "forces openings on each group"),
+])
+def test_the_learner_refuses_what_rollout_ranks_cannot_follow(setting, message, tmp_path):
+    with pytest.raises(ValueError, match=message):  # before it touches its links to the rollout ranks
+        AsyncGRPOTrainer(GRPOConfig(**{**BASE, **setting, "async_rollouts": True, "output_dir": str(tmp_path)}), links=None)
 
 
 def test_each_delethink_chunk_row_carries_the_version_that_sampled_it():

@@ -244,6 +244,9 @@ class AsyncGRPOTrainer(GRPOTrainer):
         if self.openings is not None:
             raise ValueError(f"reward {cfg.reward!r} forces openings on each group, which the rollout ranks do not do: "
                              "use it with async_rollouts=False")
+        if self.collector.env_state() is not None:
+            raise ValueError(f"{cfg.env} keeps state across episodes (a curriculum), which would advance on the rollout ranks "
+                             "and miss the learner's checkpoints: use it with async_rollouts=False")
         self.pipeline = Pipeline(cfg, links, self.policy.model, self.step_prompts)
         self.async_metrics: dict[str, float] = {}
 
