@@ -50,7 +50,7 @@ def worker(arm: str, start: Path, seed: int, out: Path, problems: int, correctio
     """One arm of one seed: GRPO from `start` (a demo's checkpoint-0) with the demo's own settings."""
     import torch
 
-    from thinkgym.agents import distributed
+    from thinkgym.agents import distributed, interrupt
     from thinkgym.agents.learner.async_grpo import train_async
     from thinkgym.agents.learner.checkpoint import load_trainer_state
     from thinkgym.agents.learner.config import GRPOConfig
@@ -68,6 +68,8 @@ def worker(arm: str, start: Path, seed: int, out: Path, problems: int, correctio
     else:
         trainer, _ = train_async(cfg)
         before = None
+    if interrupt.requested() is not None:  # a stopped run is no arm's result
+        return
     if distributed.world().is_main:
         after = held_out(trainer.engine, cfg, seed, problems)
         (out / "result.json").write_text(json.dumps({"arm": arm, "seed": seed, "start": str(start), "before": before, "after": after}))
