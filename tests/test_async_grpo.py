@@ -246,7 +246,7 @@ def test_staleness_bound_holds_over_two_rollout_ranks(tmp_path):
     assert all(v == 0 for _, v in logged["async/rows_dropped"]) and "dropped step" not in stdout
     assert [s for s, _ in logged["time/old_logprobs_s"]] == [2, 3, 4, 5]  # stale rows: recomputed and corrected
     deeper = [v for _, v in read_scalars(str(tmp_path / "stale2"))["async/staleness_max"]]
-    assert len(deeper) == 6 and deeper[0] == 0.0 and max(deeper) <= 2.0  # several versions in flight at once
+    assert len(deeper) == 6 and deeper[0] == 0.0 and max(deeper) <= 2.0  # up to k + 1 broadcasts may be in flight
 
 
 if __name__ == "__main__":
