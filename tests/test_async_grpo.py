@@ -15,6 +15,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 
@@ -27,7 +28,7 @@ from thinkgym.agents.learner.trainer import GRPOTrainer
 from thinkgym.agents.plot import read_scalars
 from thinkgym.agents.policy import Policy
 from thinkgym.agents.rollout.collector import Collector
-from thinkgym.agents.rollout.engine import make_engine
+from thinkgym.agents.rollout.engine import Completion, make_engine
 from thinkgym.agents.types import Batch, Episode, Row, Step, episode_rows
 from thinkgym.rewards import register_reward
 
@@ -116,6 +117,41 @@ def test_truncated_and_masked_importance_weights():
     assert torch.allclose(near[1], torch.full((3,), float(torch.exp(torch.tensor(0.15)))))
     with pytest.raises(ValueError, match=r"valid: \['tis', 'mis'\]"):
         importance_weights(logp, behaviour, mask, "is", 2.0, 0.1)
+
+
+class ForeignEngine:
+    """Random digit strings with made-up log-probs (about −1.75 a token, far from the tiny policy's): an engine
+    whose log-probs are not the learner's, as a stale or vLLM rollout's are not."""
+
+    logprobs_are_trainers = False
+
+    def __init__(self, policy):
+        self.policy, self.rng = policy, np.random.default_rng(0)
+        self.digits = policy.tokenizer.encode("0123456789")
+
+    def generate(self, requests):
+        out = []
+        for req in requests:
+            ids = [int(t) for t in self.rng.choice(self.digits, size=int(self.rng.integers(3, 12)))]
+            out.append([Completion(ids, self.policy.tokenizer.decode(ids), self.rng.uniform(-3.0, -0.5, len(ids)).tolist(), "eos", -0.2)])
+        return out
+
+    def sync_weights(self) -> None:
+        pass
+
+
+@pytest.mark.parametrize("correction, bound, moves", [("tis", 0.1, True), ("mis", 0.1, False), ("mis", 100.0, True)])
+def test_the_trainer_applies_the_configured_correction(correction, bound, moves, tmp_path):
+    """Masked IS rejects every row whose mean log ratio to the learner exceeds the bound: no gradient is left."""
+    cfg = GRPOConfig(**dict(BASE, steps=1), off_policy_correction=correction, mis_bound=bound, output_dir=str(tmp_path))
+    trainer = GRPOTrainer(cfg)
+    trainer.engine = trainer.collector.engine = ForeignEngine(trainer.policy)
+    before = {k: v.clone() for k, v in trainer.model.state_dict().items()}
+    metrics = trainer.train_step()
+    moved = max(float((v - before[k]).abs().max()) for k, v in trainer.model.state_dict().items())
+    assert (moved > 0) == moves, moved
+    if not moves:  # the rows were rejected for a real gap, not for agreeing
+        assert metrics["engine_log_ratio/abs_mean"] > bound
 
 
 @pytest.mark.parametrize("bad, message", [
