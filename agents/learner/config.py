@@ -152,8 +152,9 @@ class GRPOConfig:
     mask_truncated_completions: bool = False
     """Exclude rollouts that ran out of budget from the loss (DAPO's overlong filtering)."""
     tis_cap: float = 2.0
-    """Truncated importance sampling: weight each token by min(π_trainer/π_engine, cap) when the engine
-    is not the trainer (vLLM), correcting their mismatch (Yao et al.; used by Delethink)."""
+    """Truncated importance sampling (`off_policy_correction=tis`): weight each token by min(π_trainer/π_engine,
+    cap) when the engine is not the trainer (vLLM, stale asynchronous rows), correcting their mismatch (Yao et
+    al.; used by Delethink)."""
     off_policy_correction: str = "tis"
     """How rows sampled by other weights than the learner's (vLLM's kernels, or asynchronous rollouts' older
     versions) are corrected, against the log-probs the rows carry: `tis` weights each token by
