@@ -92,11 +92,18 @@ def cmd_train(args: argparse.Namespace) -> None:
             root, stages = config_stages(args, str(run_dir.latest_run() if args.resume else run_dir.fresh_run_dir()))
         run_dir.prepare_output_dir(root, resume=bool(args.resume), overwrite=args.overwrite)
         for cfg in stages:
-            trainer = GRPOTrainer(cfg, policy=policy)
-            if fresh:
-                run_dir.link_latest(root)
-            last = trainer.train()
-            if trainer.writer is not None:  # rank 0: ends the stage's run in every tracker (W&B, Trackio)
+            if cfg.async_rollouts:  # rank 0 learns, the others roll out (`learner/async_grpo.py`)
+                from .learner.async_grpo import train_async
+
+                if fresh:
+                    run_dir.link_latest(root)
+                trainer, last = train_async(cfg, policy)
+            else:
+                trainer = GRPOTrainer(cfg, policy=policy)
+                if fresh:
+                    run_dir.link_latest(root)
+                last = trainer.train()
+            if getattr(trainer, "writer", None) is not None:  # rank 0: ends the stage's run in every tracker (W&B, Trackio)
                 trainer.writer.close()
             policy = trainer.policy
             if interrupt.requested() is not None:

@@ -53,7 +53,9 @@ def is_main() -> bool:
 
 
 def active() -> bool:
-    return dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1
+    """Whether this rank shares its work with others. False where the environment says one process, even in a
+    process group: the asynchronous trainer's ranks each run one-process code (`learner/async_grpo.py`)."""
+    return world().size > 1 and dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1
 
 
 def setup(device: str | None) -> str | None:

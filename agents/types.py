@@ -27,6 +27,9 @@ class Step:
     logprobs: list[float]
     finish_reason: str
     eos: tuple[int, float] | None = None
+    version: int = 0
+    """The policy version (optimizer steps taken) that sampled it; asynchronous rollouts may update the
+    weights between the steps of an episode (between Delethink's chunks)."""
 
     @property
     def sampled(self) -> tuple[list[int], list[float]]:
@@ -64,6 +67,8 @@ class Row:
     loss_mask: list[int]
     old_logprobs: list[float]
     episode: int
+    version: int = 0
+    """The oldest policy version among the steps it holds (for a Delethink chunk: that chunk's)."""
 
     @property
     def completion_len(self) -> int:
@@ -123,7 +128,7 @@ def group_row(group: list[Step], index: int) -> Row:
     the env inserted between steps (masked out, with log-probability 0)."""
     first = group[0]
     ids, logps = first.sampled
-    row = Row(list(first.prompt_ids) + ids, len(first.prompt_ids), [1] * len(ids), logps, index)
+    row = Row(list(first.prompt_ids) + ids, len(first.prompt_ids), [1] * len(ids), logps, index, min(st.version for st in group))
     for st in group[1:]:
         inserted = list(st.prompt_ids[len(row.input_ids):])
         ids, logps = st.sampled

@@ -21,6 +21,7 @@ from ..trackers import parse_report_to
 
 DTYPES = (None, "float32", "bfloat16", "float16")
 PARALLELISMS = ("ddp", "fsdp")
+OFF_POLICY_CORRECTIONS = ("tis", "mis")
 LORA_ROLLOUTS = ("apply", "merge")
 LR_SCHEDULERS = ("constant", "linear", "cosine")
 # Estimators that compare a rollout with the rest of its group: one rollout per prompt has no advantage.
@@ -40,6 +41,8 @@ RANGES: dict[str, tuple[Callable[[Any], bool], str]] = {
     **{name: _at_least(1) for name in ("vllm_tensor_parallel_size", "lora_r", "num_generations", "prompts_per_step", "steps",
                                         "num_iterations", "minibatches", "micro_batch_size", "max_nonfinite_steps", "sft_seeds",
                                         "eval_samples", "max_completion_length", "tis_cap")},
+    "max_staleness": _at_least(0, "0 trains every step on rows of the weights it starts from"),
+    "mis_bound": _above(0),
     **{name: _at_least(0) for name in ("beta", "entropy_coef", "mgpo_lambda", "max_resample_rounds", "monitor_prompts",
                                         "train_prompts", "warmup_steps", "weight_decay", "sft_steps", "seed", "save_every",
                                         "save_total_limit", "eval_every", "eval_prompts", "eval_temperature", "log_completions_every")},
@@ -151,8 +154,17 @@ class GRPOConfig:
     mask_truncated_completions: bool = False
     """Exclude rollouts that ran out of budget from the loss (DAPO's overlong filtering)."""
     tis_cap: float = 2.0
-    """Truncated importance sampling: weight each token by min(π_trainer/π_engine, cap) when the engine
-    is not the trainer (vLLM), correcting their mismatch (Yao et al.; used by Delethink)."""
+    """Truncated importance sampling (`off_policy_correction=tis`): weight each token by min(π_trainer/π_engine,
+    cap) when the engine is not the trainer (vLLM, stale asynchronous rows), correcting their mismatch (Yao et
+    al.; used by Delethink)."""
+    off_policy_correction: str = "tis"
+    """How rows sampled by other weights than the learner's (vLLM's kernels, or asynchronous rollouts' older
+    versions) are corrected, against the log-probs the rows carry: `tis` weights each token by
+    min(π_learner/π_behaviour, tis_cap); `mis` (sequence-level masked IS) weights each row by its geometric-mean
+    ratio exp(mean_t log ρ_t) and gives zero weight to rows where |mean_t log ρ_t| > mis_bound."""
+    mis_bound: float = 0.1
+    """The largest |mean per-token log ratio| of a row that `off_policy_correction=mis` keeps (0.1: a
+    geometric-mean ratio within [0.905, 1.105])."""
     max_completion_length: int | None = None
     """The constant of `dr_grpo`; by default the env's first `max_new_tokens`."""
     reward: str = ""
@@ -174,6 +186,15 @@ class GRPOConfig:
     """Train on a fixed pool of this many prompts (seeds), in order and again each epoch, as RL datasets
     are used; per-prompt reward state (HAPO's shortest-correct history) needs prompts to recur.
     0 draws fresh prompts every step."""
+
+    # -- asynchronous rollouts (README, "Asynchronous rollouts") --------------------------------
+    async_rollouts: bool = False
+    """Under torchrun, rank 0 learns while the other ranks roll out with the weights they hold, which it
+    broadcasts after every optimizer step; every row carries its policy version (`agents/learner/async_grpo.py`).
+    Off: every rank collects, then every rank learns (data parallelism)."""
+    max_staleness: int = 1
+    """With `async_rollouts`: the most optimizer steps a row's policy version may lag the learner's; rollout
+    ranks wait for newer weights rather than exceed it. 0 is synchronous (the same updates as one process)."""
 
     # -- optimisation -------------------------------------------------------------------------
     steps: int = 50
@@ -260,7 +281,8 @@ class GRPOConfig:
         ADVANTAGE_ESTIMATORS.get(self.advantage_estimator)
         ENGINES.get(self.engine)
         for name, choices in (("dtype", DTYPES), ("scale_rewards", SCALE_REWARDS),
-                              ("lr_scheduler", LR_SCHEDULERS), ("parallelism", PARALLELISMS), ("lora_rollout", LORA_ROLLOUTS)):
+                              ("lr_scheduler", LR_SCHEDULERS), ("parallelism", PARALLELISMS), ("lora_rollout", LORA_ROLLOUTS),
+                              ("off_policy_correction", OFF_POLICY_CORRECTIONS)):
             if getattr(self, name) not in choices:
                 raise ValueError(f"{name}={getattr(self, name)!r} is unknown; valid: {list(choices)}")
         if self.num_generations < 2 and self.advantage_estimator in GROUP_ESTIMATORS:
@@ -281,6 +303,7 @@ class GRPOConfig:
             raise ValueError(f"reward_params must map each reward name to a mapping of its keyword arguments; {bad} are not")
         self._check_lora()
         parse_report_to(self.report_to)
+        self._check_async()
 
     def _check_ranges(self) -> None:
         """Every numeric field within its accepted values (RANGES), and finite (max_grad_norm may be inf)."""
@@ -290,6 +313,17 @@ class GRPOConfig:
                 continue
             if not ok(value) or (name != "max_grad_norm" and not math.isfinite(value)):
                 raise ValueError(f"{name} must be {accepted}; got {value!r}")
+
+    def _check_async(self) -> None:
+        """What the asynchronous trainer does not do (yet): each of these changes a step's collection or its
+        learner in ways that the rollout ranks would have to follow."""
+        if not self.async_rollouts:
+            return
+        unsupported = {"dynamic_sampling": self.dynamic_sampling, "siri": bool(self.siri), "use_peft": self.use_peft,
+                       "parallelism='fsdp'": self.parallelism == "fsdp"}
+        bad = [name for name, on in unsupported.items() if on]
+        if bad:
+            raise ValueError(f"async_rollouts=True does not support {bad}; turn them off or set async_rollouts=False")
 
     def _check_lora(self) -> None:
         if not self.use_peft:

@@ -151,3 +151,20 @@ def row_stats(rows: Sequence[Row], episode_lengths: dict[int, int], max_length: 
     counts = [len({r.episode for r in rows}), len(rows), sum(lengths)]
     num_traces, num_rows, num_tokens = (int(c) for c in (sum_over_ranks(counts) if sum_over_ranks else counts))
     return RowStats(lengths, [episode_lengths[r.episode] for r in rows], num_traces, max_length, num_rows, num_tokens)
+
+
+def importance_weights(logp: torch.Tensor, behaviour: torch.Tensor, mask: torch.Tensor, correction: str, tis_cap: float,
+                       mis_bound: float) -> torch.Tensor:
+    """Per-token weights that correct rows sampled by a behaviour policy (its log-probs `behaviour`) other than
+    the learner's (`logp`, no gradient): `tis` is min(ρ_t, tis_cap) (truncated IS); `mis` (sequence-level
+    masked IS) is the row's geometric-mean ratio exp(mean_t log ρ_t) on every token, or 0 for the whole row
+    when |mean_t log ρ_t| > mis_bound. A row is one sequence: a Delethink chunk is its own row, so its own
+    sequence here, as in GSPO's ratio."""
+    log_ratio = logp - behaviour
+    if correction == "tis":
+        return torch.clamp(torch.exp(log_ratio), max=tis_cap)
+    if correction == "mis":
+        mean = (log_ratio * mask).sum(-1) / mask.sum(-1).clamp(min=1)
+        kept = mean.abs() <= mis_bound
+        return (torch.exp(mean) * kept).unsqueeze(-1).expand_as(logp)
+    raise ValueError(f"off_policy_correction={correction!r} is unknown; valid: ['tis', 'mis']")

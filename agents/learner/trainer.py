@@ -34,7 +34,7 @@ from ..types import MONITOR_SEED_BASE, TRAIN_SEED_BASE, Batch, Row
 from .advantages import ADVANTAGE_ESTIMATORS, mgpo_weight
 from .config import GRPOConfig
 from .logprobs import completion_logprobs, pad_rows, pad_rows_like
-from .losses import POLICY_LOSSES, k3_kl, row_stats
+from .losses import POLICY_LOSSES, importance_weights, k3_kl, row_stats
 from .metrics import add_log_ratio, compute_counts, episode_metrics
 from .precision import build_optimizer, lr_schedule
 from .run import GRPORun, with_output_dir
@@ -278,6 +278,12 @@ class GRPOTrainer(GRPORun):
         self.engine.sync_weights()
         return time.perf_counter() - t
 
+    def logprobs_trusted(self, rows: list[Row]) -> bool:
+        """Whether the rows' log-probs are the learner's own (ratio 1 at the first iteration); if not, the learner
+        recomputes them and corrects by `off_policy_correction`. The asynchronous trainer also asks whether
+        every row was sampled by the learner's current weights."""
+        return self.engine.logprobs_are_trainers
+
     def optimize(self, rows: list[Row], adv: np.ndarray) -> dict[str, float]:
         """`num_iterations × minibatches` optimizer steps on this rank's rows. Under torchrun a step is
         every rank's share of its minibatch, normalised by counts summed over the ranks. Everything per
@@ -289,7 +295,7 @@ class GRPOTrainer(GRPORun):
         longest = max((len(r.loss_mask) for r in rows), default=1)
         max_len = cfg.max_completion_length or int(distributed.all_reduce([longest], "max")[0])
         gap = [0.0, 0.0, 0.0]  # the first iteration's |log ratio| of learner to engine: sum, max, tokens
-        trusted = self.engine.logprobs_are_trainers
+        trusted = self.logprobs_trusted(rows)
         behaviour = [torch.tensor(r.old_logprobs) for r in rows] if trusted else None  # the engine's, before the openings'
         t_old = time.perf_counter()
         tis = None if trusted else self._engine_correction(rows, gap)
@@ -424,8 +430,8 @@ class GRPOTrainer(GRPORun):
                 r.old_logprobs[:n] = ([o.logprob] + [0.0] * (len(o.ids) - 1))[:n]
 
     def _engine_correction(self, rows: list[Row], gap: list[float]) -> list[torch.Tensor]:
-        """Truncated importance sampling: the trainer recomputes old log-probs (used for the ratio) and
-        each token is weighted by min(π_trainer_old / π_engine, tis_cap). Their |log ratio| is added to `gap`."""
+        """The trainer recomputes old log-probs (used for the ratio), and each token is weighted by the
+        `off_policy_correction` of π_trainer_old / π_engine (`importance_weights`). Their |log ratio| is added to `gap`."""
         weights = []
         with torch.no_grad():
             for span in self._micro_batches(len(rows), backward=False):
@@ -436,7 +442,8 @@ class GRPOTrainer(GRPORun):
                 rb = pad_rows(micro, self.policy.tokenizer.pad_token_id, self.policy.device)
                 logp, _ = completion_logprobs(self.model, rb, self.cfg.temperature)
                 add_log_ratio(gap, logp, rb.old_logprobs, rb.loss_mask)
-                w = torch.clamp(torch.exp(logp - rb.old_logprobs), max=self.cfg.tis_cap)
+                w = importance_weights(logp, rb.old_logprobs, rb.loss_mask, self.cfg.off_policy_correction, self.cfg.tis_cap,
+                                       self.cfg.mis_bound)
                 for i, r in enumerate(micro):
                     n = r.completion_len
                     weights.append(w[i, :n].cpu())

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import time
 from collections import Counter
-from typing import Any, Sequence
+from typing import Any, Callable, Sequence
 
 import gymnasium as gym
 
@@ -45,6 +45,8 @@ class Collector:
         self.eos_token_id = engine.policy.eos_token_id
         self.temperature, self.top_p, self.problem_seeds = temperature, top_p, problem_seeds
         self.thinking_budget: int | None = None  # set by SIRI's schedule; None keeps the env's own
+        self.policy_version = 0  # stamped on every step; asynchronous rollouts advance it as new weights arrive
+        self.before_round: Callable[[], None] | None = None  # runs before each generation round (new weights may land)
         self._envs: list[gym.Env] = []
         self._pool(1)  # a bad env setting fails here, before a run writes anything
 
@@ -98,6 +100,9 @@ class Collector:
                 prefix = list(prefixes[k % G]) if (prefixes is not None and first) else []
                 reqs.append(GenerationRequest(infos[k]["prompt_token_ids"], infos[k]["max_new_tokens"], infos[k]["stop"],
                                               self.temperature, self.top_p, 1, prefix))
+            if self.before_round is not None:
+                self.before_round()
+            version = self.policy_version
             t0 = time.perf_counter()
             outs = self.engine.generate(reqs)
             gen_time += time.perf_counter() - t0
@@ -105,7 +110,7 @@ class Collector:
             still = []
             for k, req, out in zip(live, reqs, outs):
                 c = out[0]
-                episodes[k].steps.append(c.step(req.prompt_ids, self.eos_token_id))
+                episodes[k].steps.append(c.step(req.prompt_ids, self.eos_token_id, version))
                 _, reward, term, trunc, info = envs[k].step(TokenAction(c.text, c.token_ids, c.finish_reason == "eos"))
                 if term or trunc:
                     ep = episodes[k]

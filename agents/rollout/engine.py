@@ -59,11 +59,12 @@ class Completion:
             raise ValueError("a completion that ended with EOS needs eos_logprob, the log-probability of that EOS, "
                              "for the training row that ends with it")
 
-    def step(self, prompt_ids: Sequence[int], eos_token_id: int) -> Step:
-        """The episode's record of this completion of `prompt_ids`: what the env got, and the EOS that ended it
-        (never shown to the env) with its log-probability, for the training row."""
+    def step(self, prompt_ids: Sequence[int], eos_token_id: int, version: int = 0) -> Step:
+        """The episode's record of this completion of `prompt_ids`: what the env got, the EOS that ended it
+        (never shown to the env) with its log-probability, for the training row, and the policy version that
+        sampled it (asynchronous rollouts)."""
         eos = (eos_token_id, self.eos_logprob) if self.finish_reason == "eos" else None
-        return Step(list(prompt_ids), list(self.token_ids), list(self.logprobs), self.finish_reason, eos)
+        return Step(list(prompt_ids), list(self.token_ids), list(self.logprobs), self.finish_reason, eos, version)
 
 
 class Engine(Protocol):

@@ -1,0 +1,369 @@
+"""Asynchronous GRPO (`async_rollouts=True`) under torchrun: rank 0 learns while ranks 1..N−1 roll out.
+
+In the synchronous step the learner idles while the policy samples, and the samplers idle while it learns.
+Here the learner asks for steps up to `max_staleness` ahead of the one it trains, so the rollout ranks sample
+step t + k with the weights they hold while it trains step t; after every optimizer step it broadcasts its
+weights, and every row carries the version that sampled it (`Row.version`, optimizer steps behind it). The
+learner serves a step only from rows at most `max_staleness` versions old (`staleness.StalenessBuffer`),
+recomputes their log-probs with its own weights, and corrects for the gap (`off_policy_correction`); with
+`max_staleness=0` the run is the one-process synchronous run.
+
+The learner's messages to each rollout rank go in order over one channel (int64 tensors):
+- `WEIGHTS v`: the weights after v optimizer steps follow as a broadcast over the weight group. A rollout rank
+  joins it as soon as it reads the message: between generation rounds (so a Delethink trace's later chunks
+  may come from newer weights than its first; each chunk's row carries its own version) or between steps.
+- `COLLECT t, m, seeds`: sample the groups of these seeds for step t with at least version m = t − k. Since
+  `WEIGHTS m` was sent before it, no rollout rank waits for weights that do not exist yet.
+- `STOP`: leave, after serving what was asked before.
+Each rollout rank ships a `Shipment` (its batch) per request back to rank 0. A run that stops drops the steps
+it had asked for ahead (logged); a resume asks for them again, sampled by the resumed weights.
+
+Every process runs one-process thinkgym code: the trainer on rank 0 and the collector on the others see
+WORLD_SIZE=1 (`solo`), and the pipeline talks over process groups of its own (gloo for messages and rows,
+NCCL for the weights on GPUs).
+"""
+
+from __future__ import annotations
+
+import os
+import queue
+import threading
+import time
+from collections import deque
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import torch
+import torch.distributed as dist
+
+from .. import distributed, interrupt
+from ..policy import Policy
+from ..rollout.collector import Collector
+from ..rollout.engine import make_engine
+from ..types import Batch, Row
+from .config import GRPOConfig
+from .staleness import Shipment, StalenessBuffer
+from .trainer import GRPOTrainer
+
+COLLECT, WEIGHTS, STOP = 1, 2, 3
+HEADER = 4  # kind, step or version, min version, number of seeds
+
+
+@dataclass
+class Links:
+    """This process's place in the asynchronous run and the groups it talks over."""
+
+    rank: int
+    size: int
+    messages: Any  # gloo: the learner's messages, received by a rollout rank's listening thread
+    shipments: Any  # gloo: the rollout ranks' batches
+    weights: Any  # the weight broadcasts: gloo on the CPU, NCCL on GPUs
+    device: str | None
+
+    @property
+    def rollout_ranks(self) -> list[int]:
+        return list(range(1, self.size))
+
+
+def connect(cfg: GRPOConfig) -> Links:
+    """Join the torchrun ranks and make the pipeline's groups (a collective)."""
+    w = distributed.world()
+    if w.size < 2:
+        raise ValueError("async_rollouts=True needs torchrun with at least 2 processes (rank 0 learns, the others roll out); "
+                         "run `torchrun --nproc-per-node 2 -m thinkgym.agents.cli train --async-rollouts true ...`")
+    if cfg.prompts_per_step < w.size - 1:
+        raise ValueError(f"prompts_per_step={cfg.prompts_per_step} is shared by {w.size - 1} rollout ranks: it must be at least that")
+    device = distributed.setup(cfg.device)
+    on_gpu = device is not None and device.startswith("cuda")
+    groups = [dist.new_group(backend=b) for b in ("gloo", "gloo", "nccl" if on_gpu else "gloo")]
+    return Links(w.rank, w.size, *groups, device)
+
+
+@contextmanager
+def solo() -> Iterator[None]:
+    """Within, thinkgym's data-parallel helpers see one process (`distributed.world`, `distributed.active`)."""
+    saved = {k: os.environ.get(k) for k in ("RANK", "WORLD_SIZE")}
+    os.environ.update(RANK="0", WORLD_SIZE="1")
+    try:
+        yield
+    finally:
+        for k, v in saved.items():
+            if v is None:
+                os.environ.pop(k, None)
+            else:
+                os.environ[k] = v
+
+
+class WeightSync:
+    """The model's parameters as one flat buffer per dtype, broadcast from rank 0 over the weight group. The
+    learner's side snapshots its weights and broadcasts in the background, so that its next step can start.
+
+    Up to `in_flight` versions may be on their way at once: a rollout rank joins version v's broadcast only
+    when it reads its message, which can be after it ships a step that the learner has yet to take; waiting
+    for v before publishing v + 1 could then wait for a rank that waits for the learner."""
+
+    def __init__(self, model: torch.nn.Module, group: Any, in_flight: int = 1):
+        self.group, self.in_flight = group, in_flight
+        self.buckets: dict[torch.dtype, list[torch.nn.Parameter]] = {}
+        for p in model.parameters():
+            self.buckets.setdefault(p.dtype, []).append(p)
+        self.pending: deque[tuple[list[Any], list[torch.Tensor]]] = deque()  # (works, snapshot) per version, oldest first
+
+    @torch.no_grad()
+    def send(self) -> None:
+        while len(self.pending) >= self.in_flight:  # its snapshot is still being read
+            for work in self.pending.popleft()[0]:
+                work.wait()
+        snapshot = [torch.cat([p.detach().reshape(-1) for p in ps]) for ps in self.buckets.values()]
+        self.pending.append(([dist.broadcast(flat, 0, group=self.group, async_op=True) for flat in snapshot], snapshot))
+
+    def wait(self) -> None:
+        while self.pending:
+            for work in self.pending.popleft()[0]:
+                work.wait()
+
+    @torch.no_grad()
+    def receive(self) -> None:
+        for dtype, ps in self.buckets.items():
+            flat = torch.empty(sum(p.numel() for p in ps), dtype=dtype, device=ps[0].device)
+            dist.broadcast(flat, 0, group=self.group)
+            offset = 0
+            for p in ps:
+                p.copy_(flat[offset:offset + p.numel()].view_as(p))
+                offset += p.numel()
+
+
+def message_width(cfg: GRPOConfig) -> int:
+    return HEADER + cfg.prompts_per_step
+
+
+class Pipeline:
+    """The learner's side: asks the rollout ranks for steps ahead, publishes its weights, and serves each step
+    from the buffer."""
+
+    def __init__(self, cfg: GRPOConfig, links: Links, model: torch.nn.Module, step_prompts: Callable[[int], list[int]]):
+        self.cfg, self.links, self.step_prompts = cfg, links, step_prompts
+        self.ranks = links.rollout_ranks
+        self.buffer = StalenessBuffer(cfg.max_staleness, self.ranks)
+        self.asked: dict[int, deque[int]] = {r: deque() for r in self.ranks}  # the steps each rank owes, in order
+        # when the learner publishes version v + 1, every rollout rank has read the messages up to its request for
+        # step v (which it shipped), so it has joined every version up to v − k: at most k + 1 are still in flight
+        self.weights = WeightSync(model, links.weights, in_flight=cfg.max_staleness + 2)
+        self.sends: list[tuple[Any, torch.Tensor]] = []
+        self.started = False
+
+    def _send(self, rank: int, kind: int, a: int = 0, b: int = 0, seeds: list[int] = ()) -> None:
+        msg = torch.zeros(message_width(self.cfg), dtype=torch.int64)
+        msg[:HEADER] = torch.tensor([kind, a, b, len(seeds)])
+        msg[HEADER:HEADER + len(seeds)] = torch.tensor(list(seeds), dtype=torch.int64)
+        if len(self.sends) > 64:  # a listening thread takes each message at once: these are long done
+            for work, _ in self.sends[:32]:
+                work.wait()
+            del self.sends[:32]
+        self.sends.append((dist.isend(msg, rank, group=self.links.messages), msg))
+
+    def start(self, step: int) -> None:
+        """Publish the weights the run starts (or resumes) from, and ask for its first k + 1 steps."""
+        self.started = True
+        self.publish(step)
+        for t in range(step, min(step + self.cfg.max_staleness + 1, self.cfg.steps)):
+            self.ask(t)
+
+    def publish(self, version: int) -> None:
+        for r in self.ranks:
+            self._send(r, WEIGHTS, version)
+        self.weights.send()
+
+    def ask(self, step: int, ranks: list[int] | None = None) -> None:
+        """Ask each rollout rank for its contiguous share of the step's prompts, sampled by version step − k or newer."""
+        seeds, n = self.step_prompts(step), len(self.ranks)
+        for i, r in enumerate(self.ranks):
+            if ranks is None or r in ranks:
+                self._send(r, COLLECT, step, step - self.cfg.max_staleness, seeds[i * len(seeds) // n:(i + 1) * len(seeds) // n])
+                self.asked[r].append(step)
+
+    def _receive(self, rank: int) -> None:
+        """The next shipment `rank` owes, into the buffer; one too stale is asked for again."""
+        expected = self.asked[rank].popleft()
+        box: list[Any] = [None]
+        dist.recv_object_list(box, src=rank, group=self.links.shipments)
+        shipment: Shipment = box[0]
+        if shipment.step != expected:
+            raise RuntimeError(f"rank {rank} shipped step {shipment.step} where step {expected} was due")
+        if not self.buffer.put(shipment):
+            print(f"async: {self.buffer.log[-1]}", flush=True)
+            self.ask(shipment.step, [rank])
+
+    def take(self, step: int) -> tuple[Batch, dict[str, float]]:
+        """The step's rows (waiting for them as needed) and its staleness metrics."""
+        t = time.perf_counter()
+        for r in self.ranks:
+            while (step, r) not in self.buffer.held:
+                self._receive(r)
+        batch, metrics = self.buffer.take(step)
+        metrics["async/learner_wait_s"] = time.perf_counter() - t
+        return batch, metrics
+
+    def advance(self, version: int) -> float:
+        """After an optimizer step: publish version `version` if a step is left to sample with it, and ask for the
+        step it may sample (version + k). Returns the seconds the learner spent (the background broadcast excluded)."""
+        t = time.perf_counter()
+        if version < self.cfg.steps:
+            self.publish(version)
+        if version + self.cfg.max_staleness < self.cfg.steps:
+            self.ask(version + self.cfg.max_staleness)
+        return time.perf_counter() - t
+
+    def close(self) -> list[Shipment]:
+        """Tell the rollout ranks to stop; the steps asked for and not trained on are dropped (returned, and
+        logged): a resume samples them anew."""
+        for r in self.ranks:
+            self._send(r, STOP)
+        for r in self.ranks:
+            while self.asked[r]:
+                self._receive(r)
+        dropped = self.buffer.discard()
+        if dropped:
+            steps = sorted({s.step for s in dropped})
+            print(f"async: stopped with steps {steps} sampled ahead (versions {sorted({s.oldest for s in dropped})}); "
+                  "they are dropped, and a resume samples them again", flush=True)
+        self.weights.wait()
+        for work, _ in self.sends:
+            work.wait()
+        return dropped
+
+
+class AsyncGRPOTrainer(GRPOTrainer):
+    """The learner (rank 0): GRPO's step on rows shipped by the rollout ranks."""
+
+    def __init__(self, cfg: GRPOConfig, links: Links, policy: Policy | None = None):
+        super().__init__(cfg, policy=policy)
+        if self.openings is not None:
+            raise ValueError(f"reward {cfg.reward!r} forces openings on each group, which the rollout ranks do not do: "
+                             "use it with async_rollouts=False")
+        if self.collector.env_state() is not None:
+            raise ValueError(f"{cfg.env} keeps state across episodes (a curriculum), which would advance on the rollout ranks "
+                             "and miss the learner's checkpoints: use it with async_rollouts=False")
+        self.pipeline = Pipeline(cfg, links, self.policy.model, self.step_prompts)
+        self.async_metrics: dict[str, float] = {}
+
+    def collect_step(self) -> tuple[Batch, np.ndarray, dict[str, list[float]], list, float]:
+        if not self.pipeline.started:
+            self.pipeline.start(self.step)
+        batch, self.async_metrics = self.pipeline.take(self.step)
+        rewards, comps, samples = self.score(batch)
+        return batch, rewards, comps, samples, 0.0
+
+    def logprobs_trusted(self, rows: list[Row]) -> bool:
+        """Only rows of the learner's current weights have its log-probs."""
+        return super().logprobs_trusted(rows) and all(r.version == self.step for r in rows)
+
+    def sync_weights(self) -> float:
+        """The learner's own engine (evaluation), then the rollout ranks' weights (`time/weight_sync_s`)."""
+        return super().sync_weights() + self.pipeline.advance(self.step + 1)
+
+    def train_step(self) -> dict[str, float]:
+        metrics = super().train_step()
+        metrics.update(self.async_metrics)
+        return metrics
+
+    def train(self) -> dict[str, float]:
+        try:
+            return super().train()
+        finally:
+            self.pipeline.close()
+
+
+class RolloutWorker:
+    """A rollout rank: serves the learner's requests with the weights it holds."""
+
+    def __init__(self, cfg: GRPOConfig, links: Links):
+        self.cfg, self.links = cfg, links
+        self.index, n = links.rank - 1, links.size - 1
+        self.policy = Policy.from_pretrained(cfg.model, device=links.device, dtype=cfg.dtype, seed=cfg.seed)
+        self.engine = make_engine(cfg.engine, self.policy, cfg.seed * n + self.index, cfg.vllm_tensor_parallel_size)
+        self.collector = Collector(cfg.env, self.engine, cfg.env_kwargs, cfg.num_generations, cfg.temperature, cfg.top_p)
+        self.collector.before_round = self.take_new_weights
+        self.weights = WeightSync(self.policy.model, links.weights)
+        self.queued: deque[tuple[int, int, int, list[int]]] = deque()
+        self.mailbox: queue.Queue[tuple[int, int, int, list[int]]] = queue.Queue()
+        self.listener = threading.Thread(target=self.listen, name="async-messages", daemon=True)
+        self.version, self.loading_s, self.first = -1, 0.0, True
+
+    def listen(self) -> None:
+        """A thread that receives the learner's messages as they come (a gloo receive cannot be polled), up to STOP."""
+        while True:
+            buf = torch.zeros(message_width(self.cfg), dtype=torch.int64)
+            dist.recv(buf, 0, group=self.links.messages)
+            kind, a, b, n, *seeds = buf.tolist()
+            self.mailbox.put((kind, a, b, seeds[:n]))
+            if kind == STOP:
+                return
+
+    def message(self, block: bool) -> tuple[int, int, int, list[int]] | None:
+        try:
+            return self.mailbox.get(block=block)
+        except queue.Empty:
+            return None
+
+    def serve(self) -> None:
+        """Until the learner says stop. A stop signal is the learner's to act on: here it is only noted."""
+        self.listener.start()
+        with interrupt.stop_on_signal():
+            while True:
+                kind, a, b, seeds = self.queued.popleft() if self.queued else self.message(block=True)
+                if kind == STOP:
+                    self.listener.join()
+                    return
+                if kind == WEIGHTS:
+                    self.load(a)
+                else:
+                    self.ship(a, b, seeds)
+
+    def load(self, version: int) -> None:
+        t = time.perf_counter()
+        self.weights.receive()
+        self.engine.sync_weights()
+        self.version = self.collector.policy_version = version
+        self.loading_s += time.perf_counter() - t
+
+    def take_new_weights(self) -> None:
+        """Between generation rounds: load every version published meanwhile, keep other messages for later."""
+        while (msg := self.message(block=False)) is not None:
+            if msg[0] == WEIGHTS:
+                self.load(msg[1])
+            else:
+                self.queued.append(msg)
+
+    def ship(self, step: int, min_version: int, seeds: list[int]) -> None:
+        t = time.perf_counter()
+        while self.version < min_version:  # WEIGHTS min_version was sent before this request: it is on its way
+            msg = self.message(block=True)
+            if msg[0] == WEIGHTS:
+                self.load(msg[1])
+            else:
+                self.queued.append(msg)
+        if self.first and step > 0:  # a resumed run: a sampling stream of its own, not step 0's again
+            self.engine.seed(int(np.random.SeedSequence([self.cfg.seed, self.index, step]).generate_state(1)[0]))
+        self.first = False
+        wait_s, self.loading_s = time.perf_counter() - t, 0.0
+        batch = self.collector.collect(seeds)
+        shipment = Shipment(step, self.links.rank, batch, min_version, wait_s + self.loading_s)
+        dist.send_object_list([shipment], dst=0, group=self.links.shipments)
+
+
+def train_async(cfg: GRPOConfig, policy: Policy | None = None) -> tuple[AsyncGRPOTrainer | RolloutWorker, dict[str, float]]:
+    """One stage on every rank: the learner's trainer on rank 0 (its last metrics), a rollout worker elsewhere ({})."""
+    links = connect(cfg)
+    with solo():
+        if links.rank == 0:
+            role: AsyncGRPOTrainer | RolloutWorker = AsyncGRPOTrainer(cfg, links, policy)
+            last = role.train()
+        else:
+            role, last = RolloutWorker(cfg, links), {}
+            role.serve()
+        dist.barrier(group=links.shipments)
+    return role, last

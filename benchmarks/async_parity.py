@@ -1,0 +1,124 @@
+"""Does asynchronous GRPO learn as well as the synchronous trainer? (issue 37's learning parity)
+
+From each seed's demo `checkpoint-0` (the weights `examples/demo.py` starts GRPO from, after its warm start),
+the demo's GRPO run twice: synchronously (one process) and asynchronously (torchrun, 2 processes: a learner
+and a rollout rank, `max_staleness` 1, the correction `--correction`). Each run is scored on the demo's
+held-out problems as the demo scores them (greedy, and sampled at T = 1, 4 each), before and after; the
+summary gives, per arm, the mean ± sd over seeds of the gain in sampled accuracy.
+
+    python benchmarks/demo_seeds.py --seeds 0-2 --out runs/demo_seeds                  # the starts, if none exist
+    python benchmarks/async_parity.py --starts runs/demo_seeds/demo --seeds 0-2 --out runs/async_parity
+
+A run whose `result.json` exists is read, not rerun. What it does not show: speed (the arms share this
+machine's cores), or anything beyond the demo's task and the tiny policy.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+
+HERE = Path(__file__).resolve()
+ARMS = ("sync", "async")
+
+
+def parse_seeds(text: str) -> list[int]:
+    """`0,1,2` or `0-2`."""
+    out: list[int] = []
+    for part in filter(None, text.split(",")):
+        lo, _, hi = part.partition("-")
+        out += list(range(int(lo), int(hi or lo) + 1))
+    return out
+
+
+def held_out(engine, cfg, seed: int, problems: int) -> dict[str, float]:
+    """The demo's held-out numbers (`examples/demo.py`'s `held_out`, without LongCoT): same seeds, same sampling seed."""
+    from thinkgym.agents.evaluate import evaluate
+
+    engine.seed(10_000 + seed)
+    greedy = evaluate(engine, cfg.env, range(problems), n=1, temperature=0.0, env_kwargs=cfg.env_kwargs)
+    sampled = evaluate(engine, cfg.env, range(problems), n=4, temperature=1.0, env_kwargs=cfg.env_kwargs, ks=(1, 4))
+    return {"greedy_accuracy": greedy["accuracy"], "sampled_accuracy": sampled["accuracy"], "pass@4": sampled["pass@4"]}
+
+
+def worker(arm: str, start: Path, seed: int, out: Path, problems: int, correction: str, steps: int) -> None:
+    """One arm of one seed: GRPO from `start` (a demo's checkpoint-0) with the demo's own settings."""
+    import torch
+
+    from thinkgym.agents import distributed, interrupt
+    from thinkgym.agents.learner.async_grpo import train_async
+    from thinkgym.agents.learner.checkpoint import load_trainer_state
+    from thinkgym.agents.learner.config import GRPOConfig
+    from thinkgym.agents.learner.trainer import GRPOTrainer
+
+    torch.set_num_threads(1)
+    demo = load_trainer_state(start)["config"]
+    cfg = GRPOConfig.from_dict({**demo, "model": str(start / "policy"), "sft_steps": 0, "output_dir": str(out), "eval_every": 0,
+                                "save_every": 0, "async_rollouts": arm == "async", "max_staleness": 1,
+                                "off_policy_correction": correction, **({"steps": steps} if steps else {})})
+    if arm == "sync":
+        trainer = GRPOTrainer(cfg)
+        before = held_out(trainer.engine, cfg, seed, problems)
+        trainer.train()
+    else:
+        trainer, _ = train_async(cfg)
+        before = None
+    if interrupt.requested() is not None:  # a stopped run is no arm's result
+        return
+    if distributed.world().is_main:
+        after = held_out(trainer.engine, cfg, seed, problems)
+        (out / "result.json").write_text(json.dumps({"arm": arm, "seed": seed, "start": str(start), "before": before, "after": after}))
+
+
+def run(arm: str, start: Path, seed: int, out: Path, problems: int, correction: str, steps: int) -> dict:
+    result = out / "result.json"
+    if not result.exists():
+        out.mkdir(parents=True, exist_ok=True)
+        launcher = ["-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2"] if arm == "async" else []
+        cmd = [sys.executable, *launcher, str(HERE), "--worker", arm, "--checkpoint0", str(start), "--seed", str(seed), "--out", str(out),
+               "--held-out", str(problems), "--correction", correction, "--steps", str(steps)]
+        with open(out / "log.txt", "w") as log:
+            subprocess.run(cmd, stdout=log, stderr=subprocess.STDOUT, check=True)
+    return json.loads(result.read_text())
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--starts", type=Path, help="a demo_seeds.py arm folder: sS/checkpoint-0 for each seed S")
+    ap.add_argument("--seeds", default="0-2", help="seeds, e.g. 0,1,2 or 0-2")
+    ap.add_argument("--out", type=Path, default=Path("runs/async_parity"), help="one folder per arm and seed")
+    ap.add_argument("--held-out", type=int, default=128, help="held-out problems (the demo's 128)")
+    ap.add_argument("--correction", default="tis", choices=("tis", "mis"), help="the asynchronous arm's off_policy_correction")
+    ap.add_argument("--steps", type=int, default=0, help="GRPO steps (0: the demo's 30)")
+    ap.add_argument("--worker", choices=ARMS, help=argparse.SUPPRESS)
+    ap.add_argument("--checkpoint0", type=Path, help=argparse.SUPPRESS)
+    ap.add_argument("--seed", type=int, help=argparse.SUPPRESS)
+    args = ap.parse_args()
+    if args.worker:
+        return worker(args.worker, args.checkpoint0, args.seed, args.out, args.held_out, args.correction, args.steps)
+    if args.starts is None:
+        sys.exit("--starts is required: a folder of demo runs (sS/checkpoint-0), e.g. from benchmarks/demo_seeds.py")
+    gains: dict[str, list[float]] = {arm: [] for arm in ARMS}
+    for seed in parse_seeds(args.seeds):
+        start = args.starts / f"s{seed}" / "checkpoint-0"
+        if not (start / "trainer_state.pt").exists():
+            sys.exit(f"{start} is not a checkpoint (no trainer_state.pt); run benchmarks/demo_seeds.py for seed {seed} first")
+        sync = run("sync", start, seed, args.out / "sync" / f"s{seed}", args.held_out, args.correction, args.steps)
+        asyn = run("async", start, seed, args.out / "async" / f"s{seed}", args.held_out, args.correction, args.steps)
+        before = sync["before"]["sampled_accuracy"]
+        for arm, r in (("sync", sync), ("async", asyn)):
+            gains[arm].append(r["after"]["sampled_accuracy"] - before)
+        print(f"seed {seed}: sampled accuracy {before:.3f} -> sync {sync['after']['sampled_accuracy']:.3f}, async "
+              f"{asyn['after']['sampled_accuracy']:.3f}; greedy {sync['before']['greedy_accuracy']:.3f} -> sync "
+              f"{sync['after']['greedy_accuracy']:.3f}, async {asyn['after']['greedy_accuracy']:.3f}", flush=True)
+    for arm, g in gains.items():
+        print(f"{arm:5s} gain in sampled accuracy over {len(g)} seeds: {np.mean(g):+.3f} ± {np.std(g, ddof=1) if len(g) > 1 else 0:.3f}")
+
+
+if __name__ == "__main__":
+    main()
