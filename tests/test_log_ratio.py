@@ -57,3 +57,28 @@ def test_first_iteration_log_ratio_is_logged_zero_when_equal_and_the_gap_otherwi
     shifted = one_step(tmp_path / "shifted", 0.05, trusted)
     assert shifted["engine_log_ratio/abs_mean"] == pytest.approx(0.05, abs=1e-5)
     assert shifted["engine_log_ratio/abs_max"] == pytest.approx(0.05, abs=1e-5)
+
+
+def forwards_in_one_step(tmp_path, **overrides) -> int:
+    """How many times the model runs forward in one GRPO step's update, with the engine's log-probs not trusted."""
+    cfg = GRPOConfig(env="DelethinkDemo-v0", model="tiny", output_dir=str(tmp_path), steps=1, prompts_per_step=2,
+                     num_generations=2, micro_batch_size=64, learning_rate=1e-3, eval_every=0, save_every=0, **overrides)
+    engine = ShiftedEngine(Policy.tiny(device="cpu"), seed=0)
+    engine.logprobs_are_trainers = False
+    trainer = GRPOTrainer(cfg, engine=engine)
+    batch, rewards = trainer.collect_step()[:2]
+    calls = []
+    hook = trainer.model.register_forward_hook(lambda *_: calls.append(1))
+    try:
+        metrics = trainer.optimize(batch.rows, trainer.advantages(batch, rewards))
+    finally:
+        hook.remove()
+    assert metrics["engine_log_ratio/abs_max"] < 1e-5
+    return len(calls)
+
+
+def test_one_update_takes_its_old_logprobs_from_the_training_forward(tmp_path):
+    """One iteration and one minibatch: no separate forward recomputes the old log-probs (one micro-batch,
+    one forward); a second iteration still needs them, from the weights before its first update."""
+    assert forwards_in_one_step(tmp_path / "one") == 1
+    assert forwards_in_one_step(tmp_path / "two", num_iterations=2) == 3

@@ -296,9 +296,13 @@ class GRPOTrainer(GRPORun):
         max_len = cfg.max_completion_length or int(distributed.all_reduce([longest], "max")[0])
         gap = [0.0, 0.0, 0.0]  # the first iteration's |log ratio| of learner to engine: sum, max, tokens
         trusted = self.logprobs_trusted(rows)
-        behaviour = [torch.tensor(r.old_logprobs) for r in rows] if trusted else None  # the engine's, before the openings'
+        # One update from these rows (no second iteration or minibatch, no forced openings): the old log-probs
+        # are the training forward's own, detached, and the engine correction comes from that forward too, so
+        # no separate forward recomputes them (TRL skips it likewise).
+        one_pass = not trusted and cfg.num_iterations == 1 and cfg.minibatches == 1 and self.openings is None
+        behaviour = [torch.tensor(r.old_logprobs) for r in rows] if trusted or one_pass else None  # the engine's
         t_old = time.perf_counter()
-        tis = None if trusted else self._engine_correction(rows, gap)
+        tis = None if trusted or one_pass else self._engine_correction(rows, gap)
         old_logprobs_s = time.perf_counter() - t_old
         self._opening_logprobs(rows)  # after the engine correction, which sets old log-probs to the policy's
         row_adv = np.array([adv[r.episode] for r in rows], dtype=float)  # a rollout's advantage on each of its rows
@@ -314,7 +318,7 @@ class GRPOTrainer(GRPORun):
                     continue
                 row_weight[mb] = self.loss.row_weights(stats)
                 self.opt.zero_grad(set_to_none=True)
-                local_loss = self._backward(rows, mb, row_adv, row_weight, tis, sums, behaviour, gap)
+                local_loss = self._backward(rows, mb, row_adv, row_weight, tis, sums, behaviour, gap, one_pass)
                 behaviour = None  # measured with the weights that sampled: before the first update only
                 step_loss = distributed.all_reduce([local_loss])[0]
                 grad_norm = torch.nn.utils.clip_grad_norm_(self.model.parameters(), cfg.max_grad_norm)
@@ -377,11 +381,13 @@ class GRPOTrainer(GRPORun):
 
     def _backward(self, rows: list[Row], mb: np.ndarray, row_adv: np.ndarray, row_weight: np.ndarray,
                   tis: list[torch.Tensor] | None, sums: dict[str, float], behaviour: list[torch.Tensor] | None,
-                  gap: list[float]) -> float:
+                  gap: list[float], one_pass: bool = False) -> float:
         """Forward and backward each micro-batch of the minibatch `mb` (indices into `rows`); return this
         rank's part of the step's loss. DDP all-reduces the accumulated gradients in the step's last backward;
         FSDP reduce-scatters each micro-batch's. A padding micro-batch adds a zero gradient. With the engine's
-        `behaviour` log-probs (before any update), their |log ratio| to the learner's is added to `gap`."""
+        `behaviour` log-probs (before any update), their |log ratio| to the learner's is added to `gap`; with
+        `one_pass`, the old log-probs are this forward's, detached, and each token is weighted by the
+        `off_policy_correction` of them against `behaviour`."""
         cfg = self.cfg
         micro = self._micro_batches(len(mb), backward=True)
         step_loss = 0.0
@@ -393,9 +399,14 @@ class GRPOTrainer(GRPORun):
                 logp, ent = completion_logprobs(self.train_model, rb, cfg.temperature, with_entropy=True,
                                                 entropy_grad=cfg.entropy_coef > 0)
                 a = torch.tensor(row_adv[idx] if len(idx) else [0.0], device=logp.device, dtype=logp.dtype)
-                per_tok, low, high = self.loss.surrogate(logp, rb.old_logprobs, a, rb.loss_mask, cfg.epsilon, cfg.epsilon_high)
+                old = logp.detach() if one_pass else rb.old_logprobs
+                per_tok, low, high = self.loss.surrogate(logp, old, a, rb.loss_mask, cfg.epsilon, cfg.epsilon_high)
                 if behaviour is not None and len(idx):
-                    add_log_ratio(gap, logp, pad_rows_like(behaviour, idx, logp), rb.loss_mask)
+                    engine = pad_rows_like(behaviour, idx, logp)
+                    add_log_ratio(gap, logp, engine, rb.loss_mask)
+                    if one_pass:
+                        per_tok = per_tok * importance_weights(old, engine, rb.loss_mask, cfg.off_policy_correction, cfg.tis_cap,
+                                                               cfg.mis_bound)
                 if tis is not None and len(idx):
                     per_tok = per_tok * pad_rows_like(tis, idx, logp)
                 if cfg.beta > 0:
