@@ -15,7 +15,6 @@ from pathlib import Path
 from typing import Sequence
 
 import matplotlib
-import pandas as pd
 from PIL import Image
 
 matplotlib.use("Agg")
@@ -45,7 +44,10 @@ def read_scalars(run_dir: str | Path) -> dict[str, list[tuple[int, float]]]:
 def ema(values: Sequence[float], smooth: float) -> list[float]:
     """The exponential moving average with TensorBoard's smoothing weight: s_t = smooth·s_{t-1} + (1 − smooth)·v_t,
     from s_0 = v_0 (0 leaves the values as they are)."""
-    return pd.Series(values, dtype=float).ewm(alpha=1.0 - smooth, adjust=False).mean().tolist()
+    out: list[float] = []
+    for v in values:
+        out.append(float(v) if not out else smooth * out[-1] + (1.0 - smooth) * float(v))
+    return out
 
 
 def matching(patterns: Sequence[str], tags: Sequence[str]) -> list[str]:
