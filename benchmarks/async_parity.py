@@ -88,7 +88,7 @@ def run(arm: str, start: Path, seed: int, out: Path, problems: int, correction: 
 
 
 def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter, allow_abbrev=False)
     ap.add_argument("--starts", type=Path, help="a demo_seeds.py arm folder: sS/checkpoint-0 for each seed S")
     ap.add_argument("--seeds", default="0-2", help="seeds, e.g. 0,1,2 or 0-2")
     ap.add_argument("--out", type=Path, default=Path("runs/async_parity"), help="one folder per arm and seed")
