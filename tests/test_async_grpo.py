@@ -207,7 +207,9 @@ def test_a_row_merging_several_steps_carries_its_oldest_version():
 
 def worker(out: Path, mode: str) -> None:
     torch.set_num_threads(1)
-    if mode == "two":  # max_staleness=0 (compared with one process), then a run stopped mid-pipeline and resumed
+    if mode == "one":  # the synchronous trainer, in a fresh process like the ranks: no earlier test's state in it
+        torch.save(one_process_weights(out / "one"), out / "one.pt")
+    elif mode == "two":  # max_staleness=0 (compared with one process), then a run stopped mid-pipeline and resumed
         trainer, _ = train_async(GRPOConfig(**BASE, async_rollouts=True, max_staleness=0, output_dir=str(out / "sync")))
         if isinstance(trainer, GRPOTrainer):
             torch.save({k: v.detach().clone() for k, v in trainer.model.state_dict().items()}, out / "async0.pt")
@@ -243,7 +245,9 @@ def two_ranks(tmp_path_factory) -> tuple[Path, str]:
 @pytest.mark.slow
 def test_staleness_zero_gives_the_one_process_weights(two_ranks, tmp_path):
     out, _ = two_ranks
-    mine, ref = torch.load(out / "async0.pt"), one_process_weights(tmp_path)
+    one = subprocess.run([sys.executable, __file__, str(tmp_path), "one"], capture_output=True, text=True, timeout=600)
+    assert one.returncode == 0, one.stderr[-4000:]
+    mine, ref = torch.load(out / "async0.pt"), torch.load(tmp_path / "one.pt")
     start = Policy.from_pretrained("tiny", seed=0).model.state_dict()
     moved = max(float((ref[k] - start[k]).abs().max()) for k in ref)
     diff = max(float((ref[k] - mine[k]).abs().max()) for k in ref)
