@@ -28,7 +28,25 @@ def test_real_shape_benchmark_runs_both_checkouts_and_compares_them(tmp_path):
         (line,) = side["lines"]
         assert line["step"] == 1 and line["step_s"] >= line["rollout_s"] + line["learner_s"] > 0
         assert 0 < line["learner_mfu"] < 1 and line["rollout_tok_s"] > 0 and line["chunks_mean"] == 1
+        assert 0 < line["rollout_frac_of_ceiling"] < 1  # the tiny policy's decode is launch-bound, far below bandwidth
         assert 0 <= line["log_ratio_mean"] < 1e-5  # fp32 on the CPU: the engine's log-probs are the learner's
     assert set(res["speedup"]) == {"step_s", "rollout_s", "learner_s"} and all(v > 0 for v in res["speedup"].values())
     assert "speed-up, baseline / current" in proc.stdout
     assert not list(out.glob("*/checkpoint-*"))  # checkpoints are off
+
+
+def test_the_rollout_ceiling_counts_one_weight_read_per_round_step_and_each_rows_own_context():
+    sys.path.insert(0, str(ROOT / "benchmarks" / "gpu"))
+    try:
+        from real_shape import rollout_ceiling_s
+    finally:
+        sys.path.pop(0)
+
+    class Cfg:  # 1 layer, 1 K/V head of width 4: 2 (K and V) x 4 x 2 bytes = 16 bytes per token of context
+        hidden_size, num_attention_heads, num_key_value_heads, num_hidden_layers = 8, 2, 1, 1
+
+    # two traces; round 0: completions 3 and 2 after prompts of 10; round 1 (trace 0 only): 1 token after a prompt of 5
+    rows = [[0, 10, 13], [1, 10, 12], [0, 5, 6]]
+    weight_reads = 3 + 1  # each round decodes as long as its longest completion
+    contexts = (10 + 11 + 12) + (10 + 11) + 5
+    assert rollout_ceiling_s(rows, n_params=100, cfg=Cfg, bandwidth=1.0) == weight_reads * 200 + contexts * 16

@@ -10,7 +10,8 @@ Each side runs `thinkgym train --env Delethink-v0 --loss-type delethink --num-ge
 on the same saved weights, in its own process with its checkout first on the path; the script
 wraps `GRPOTrainer.train_step` there (both checkouts have it) to record each step, and turns
 checkpoints off (they are no part of a step; the final one would write 25 GB). Per step it prints
-step, rollout and learner seconds, their tokens/s, the learner's MFU (6N per token plus causal
+step, rollout and learner seconds, their tokens/s, the rollout's fraction of its bandwidth ceiling
+(`rollout_ceiling_s`), the learner's MFU (6N per token plus causal
 attention, against the measured bf16 matmul rate, as bench.py's `train`), peak GPU memory, and the
 first iteration's |log ratio| of learner to engine where the checkout logs it. Then the ratio of the
 steady steps (all but the first, which captures CUDA graphs), baseline over this checkout.
@@ -55,11 +56,11 @@ def worker(spec_file: str) -> None:
 
     spec = json.loads(Path(spec_file).read_text())
     cuda = torch.cuda.is_available()
-    rows: list[list[int]] = []
+    rows: list[list[list[int]]] = []
     optimize, train_step = GRPOTrainer.optimize, GRPOTrainer.train_step
 
     def recording_optimize(self, step_rows, adv):
-        rows.append([len(r.input_ids) for r in step_rows])
+        rows.append([[r.episode, r.prompt_len, len(r.input_ids)] for r in step_rows])
         return optimize(self, step_rows, adv)
 
     def recording_step(self):
@@ -68,7 +69,7 @@ def worker(spec_file: str) -> None:
             torch.cuda.reset_peak_memory_stats()
         metrics = train_step(self)
         rec = {"side": spec["side"], "step": self.step + 1, **{k: metrics[k] for k in KEPT if k in metrics},
-               "row_tokens": [n for step_rows in rows for n in step_rows],
+               "rows": [r for step_rows in rows for r in step_rows],  # [episode, prompt tokens, row tokens], in rollout order
                "peak_allocated_GB": torch.cuda.max_memory_allocated() / 1e9 if cuda else None,
                "peak_reserved_GB": torch.cuda.max_memory_reserved() / 1e9 if cuda else None}
         with open(spec["steps_file"], "a") as f:
@@ -111,14 +112,36 @@ def run_side(side: str, checkout: Path, micro_batch: int, args: argparse.Namespa
     return result
 
 
-def per_step(rec: dict, n_params: int, cfg, matmul_flops: float) -> dict:
-    """One step's line: times, throughputs, the learner's MFU and memory."""
+def rollout_ceiling_s(rows: list[list[int]], n_params: int, cfg, bandwidth: float) -> float:
+    """The least time the step's decoding can take at the measured bandwidth: each decode step reads the
+    weights once (bf16) and every live row's K/V up to its own context.
+
+    Rows are Delethink chunks, [episode, prompt tokens, row tokens] in rollout order; the k-th chunks of all
+    traces decode together (the collector's rounds), so a round costs as many weight reads as its longest
+    completion, and the K/V read is summed per row over its own context lengths. Prefill (compute-bound),
+    sampling and the environments are not in it: it bounds the rollout's speed from above."""
+    head_dim = getattr(cfg, "head_dim", None) or cfg.hidden_size // cfg.num_attention_heads
+    kv_bytes = 2 * cfg.num_hidden_layers * cfg.num_key_value_heads * head_dim * 2
+    rounds: dict[int, list[tuple[int, int]]] = {}
+    seen: dict[int, int] = {}
+    for episode, prompt, total in rows:
+        k = seen[episode] = seen.get(episode, -1) + 1
+        rounds.setdefault(k, []).append((prompt, total - prompt))
+    weight_reads = sum(max(c for _, c in r) for r in rounds.values())
+    kv_reads = sum(c * p + c * (c - 1) // 2 for r in rounds.values() for p, c in r)  # contexts p .. p + c - 1
+    return (weight_reads * 2 * n_params + kv_reads * kv_bytes) / bandwidth
+
+
+def per_step(rec: dict, n_params: int, cfg, matmul_flops: float, bandwidth: float) -> dict:
+    """One step's line: times, throughputs, the rollout against its bandwidth ceiling, the learner's MFU and memory."""
     from bench import attention_flops_per_token  # beside this script
 
-    flops = sum(6 * n_params * T + attention_flops_per_token(cfg, T) * T for T in rec["row_tokens"])
+    flops = sum(6 * n_params * T + attention_flops_per_token(cfg, T) * T for _, _, T in rec["rows"])
+    ceiling = rollout_ceiling_s(rec["rows"], n_params, cfg, bandwidth)
     return {"side": rec["side"], "step": rec["step"], "step_s": rec["time/step_s"], "rollout_s": rec["time/rollout_s"],
             "learner_s": rec["time/train_s"], "old_logprobs_s": rec.get("time/old_logprobs_s", 0.0),
             "rollout_tok_s": rec["rollout_tokens_per_s"], "learner_tok_s": rec["train_tokens_per_s"],
+            "rollout_ceiling_s": ceiling, "rollout_frac_of_ceiling": ceiling / rec["time/rollout_s"],
             "learner_mfu": flops / rec["time/train_s"] / matmul_flops, "peak_allocated_GB": rec["peak_allocated_GB"],
             "log_ratio_mean": rec.get("engine_log_ratio/abs_mean"), "log_ratio_max": rec.get("engine_log_ratio/abs_max"),
             "chunks_mean": rec.get("delethink/chunks_mean"), "thinking_tokens_mean": rec.get("delethink/thinking_tokens_mean")}
@@ -169,22 +192,23 @@ def main() -> None:
     cfg, n_params = policy.model.config, matmul_params(policy.model)
     del policy
     free()
-    matmul_flops = ceilings(device, args.tiny)["matmul_flops"]
+    ceil = ceilings(device, args.tiny)
+    matmul_flops, bandwidth = ceil["matmul_flops"], ceil["bandwidth_Bps"]
     free()
     sides = ([] if args.baseline_only else [("current", CHECKOUT, args.micro_batch_size)]) + \
         ([("baseline", Path(args.baseline), args.baseline_micro_batch_size)] if args.baseline else [])
-    results = {"device": torch.cuda.get_device_name() if device == "cuda" else "cpu", "matmul_flops": matmul_flops,
+    results = {"device": torch.cuda.get_device_name() if device == "cuda" else "cpu", "matmul_flops": matmul_flops, "bandwidth_Bps": bandwidth,
                "settings": vars(args), "sides": []}
     for side, checkout, mb in sides:
         run = run_side(side, checkout, mb, args, out)
-        run["lines"] = [per_step(r, n_params, cfg, matmul_flops) for r in run.pop("steps")]
+        run["lines"] = [per_step(r, n_params, cfg, matmul_flops, bandwidth) for r in run.pop("steps")]
         for line in run["lines"]:
             print(json.dumps(line), flush=True)
         if run["returncode"]:
             print(f"{side} (micro-batch {mb}) failed{' (out of memory)' if run['oom'] else ''} after {len(run['lines'])} steps:\n"
                   f"{run['stderr_tail'][-1500:]}", flush=True)
         run["steady"] = {k: steady(run["lines"], k) for k in ("step_s", "rollout_s", "learner_s", "rollout_tok_s", "learner_tok_s",
-                                                             "learner_mfu", "peak_allocated_GB")}
+                                                             "rollout_frac_of_ceiling", "learner_mfu", "peak_allocated_GB")}
         results["sides"].append(run)
     if len(results["sides"]) == 2 and all(r["steady"]["step_s"] for r in results["sides"]):
         cur, base = (r["steady"] for r in results["sides"])
@@ -196,7 +220,7 @@ def main() -> None:
         s = r["steady"]
         print(f"{r['side']:>8} mb {r['micro_batch_size']}: " + ("no step finished" if s["step_s"] is None else
               f"step {s['step_s']:.1f} s (rollout {s['rollout_s']:.1f}, learner {s['learner_s']:.1f}), "
-              f"rollout {s['rollout_tok_s']:.0f} tok/s, learner {s['learner_tok_s']:.0f} tok/s, MFU {100 * s['learner_mfu']:.1f}%, "
+              f"rollout {s['rollout_tok_s']:.0f} tok/s ({100 * s['rollout_frac_of_ceiling']:.0f}% of its ceiling), learner {s['learner_tok_s']:.0f} tok/s, MFU {100 * s['learner_mfu']:.1f}%, "
               f"peak {s['peak_allocated_GB'] or float('nan'):.1f} GB") + (" [failed]" if r["returncode"] else ""))
     if "speedup" in results:
         print("speed-up, baseline / current (steady): " + ", ".join(f"{k} {v:.2f}x" for k, v in results["speedup"].items()))
