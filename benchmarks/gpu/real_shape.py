@@ -91,7 +91,7 @@ def run_side(side: str, checkout: Path, micro_batch: int, args: argparse.Namespa
     env_kwargs = {"max_chunks": args.max_chunks, **({"chunk_size": 64, "carryover": 32, "head": 8} if args.tiny else {})}
     argv = ["train", "--model", str(out / "model"), "--env", "Delethink-v0", "--env-kwargs", json.dumps(env_kwargs),
             "--loss-type", "delethink", "--num-generations", str(args.num_generations), "--prompts-per-step", str(args.prompts_per_step),
-            "--micro-batch-size", str(micro_batch), "--gradient-checkpointing", "true", "--steps", str(args.steps),
+            "--micro-batch-size", str(micro_batch), "--gradient-checkpointing", args.gradient_checkpointing, "--steps", str(args.steps),
             "--eval-every", "0", "--save-every", "0", "--learning-rate", "1e-6", "--seed", "0", "--output-dir", str(out / side)]
     steps_file = out / "steps.jsonl"
     before = steps_file.read_text().count("\n") if steps_file.exists() else 0
@@ -166,6 +166,8 @@ def main() -> None:
     ap.add_argument("--max-chunks", type=int, default=2, help="Delethink's I (the paper's is 5); rows are as long at any I, steps shorter")
     ap.add_argument("--num-generations", type=int, default=8, help="traces per prompt")
     ap.add_argument("--prompts-per-step", type=int, default=4, help="prompts per step")
+    ap.add_argument("--gradient-checkpointing", choices=("true", "false"), default="true",
+                    help="recompute activations in the backward (both sides); false trades memory for a third less learner work")
     ap.add_argument("--tiny", action="store_true", help="bench.py's tiny model, 64-token chunks, on the CPU: to check the script")
     args = ap.parse_args()
     for name in ("micro_batch_size", "baseline_micro_batch_size", "steps", "max_chunks", "num_generations", "prompts_per_step"):
