@@ -45,14 +45,16 @@ ap.add_argument("--n-terms", type=int, default=DEMO_DELETHINK["task_kwargs"]["n_
 ap.add_argument("--max-digit", type=int, default=9, help="largest digit of the running sums (1..9)")
 ap.add_argument("--head", type=int, default=DEMO_DELETHINK["head"],
                 help="tokens of the first chunk kept after every reset (the paper's keep_head)")
-ap.add_argument("--sft-steps", type=int, default=DEMO_RECIPE["sft_steps"], help="warm-start SFT steps (0: none, RL starts from --set model=PATH)")
+ap.add_argument("--sft-steps", type=int, default=DEMO_RECIPE["sft_steps"],
+                help="warm-start SFT steps (0: none, RL starts from --set model=PATH)")
 ap.add_argument("--sft-learning-rate", type=float, default=DEMO_RECIPE["sft_learning_rate"],
                 help="warm-start SFT peak learning rate (3e-3 left a quarter of seeds unable to copy digits; benchmarks/RESULTS.md)")
 ap.add_argument("--sft-seeds", type=int, default=DEMO_RECIPE["sft_seeds"],
                 help="warm-start demonstrations (400 overfitted: 72 epochs in 900 steps, and a third of seeds missed the gate)")
 ap.add_argument("--sft-gate", type=float, default=DEMO_RECIPE["sft_gate"],
                 help="greedy accuracy on 64 validation problems (not the held-out ones) the warm start must reach (0: no gate)")
-ap.add_argument("--sft-max-steps", type=int, default=DEMO_RECIPE["sft_max_steps"], help="most warm-start SFT steps in all while below the gate")
+ap.add_argument("--sft-max-steps", type=int, default=DEMO_RECIPE["sft_max_steps"],
+                help="most warm-start SFT steps in all while below the gate")
 ap.add_argument("--rl-steps", type=int, default=DEMO_RECIPE["steps"], help="GRPO steps of 8 prompts x 8 samples")
 ap.add_argument("--learning-rate", type=float, default=DEMO_RECIPE["learning_rate"],
                 help="GRPO learning rate (3e-5 lowered greedy accuracy by 0.03 on 2 of 12 GPU seeds, 1e-4 by more; "

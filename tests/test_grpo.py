@@ -160,7 +160,7 @@ def test_the_warm_start_gate_passes_only_when_every_format_does(tmp_path):
     assert report["passed"] is False and report["sft_steps"] == 3 and report["gate_accuracy"] == 0.5
     assert report["gate_accuracies"] == {"DelethinkDemo-v0": 0.9, "LongCoT-v0": 0.5}
     scalars = read_scalars(cfg.output_dir)
-    assert [v for _, v in scalars["sft/gate_accuracy"]] == [0.5] * 3 and [v for _, v in scalars["sft/gate_accuracy/LongCoT-v0"]] == [0.5] * 3
+    assert [v for _, v in scalars["sft/gate_accuracy"]] == [v for _, v in scalars["sft/gate_accuracy/LongCoT-v0"]] == [0.5] * 3
     assert [v for _, v in scalars["sft/gate_accuracy/DelethinkDemo-v0"]] == pytest.approx([0.9] * 3)
 
 
