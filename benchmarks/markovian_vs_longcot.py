@@ -1,8 +1,10 @@
 """The Markovian Thinker's two headline claims in miniature: Delethink-RL against LongCoT-RL.
 
-Per seed: the demo's warm start (`examples/demo.py`: the tiny policy, SFT on mixed Markovian / table
-demonstrations), saved once; then two GRPO arms from exactly those weights, with equal steps, prompts,
-group size, learning rate and loss:
+Per seed: the demo's warm start (`examples/demo.py`'s recipe, `DEMO_RECIPE`: the tiny policy, SFT on 2,000
+mixed Markovian / table demonstrations, gated at 0.8 greedy), here on both formats: each demonstration
+played through `DelethinkDemo-v0` (chunks) and through `LongCoT-v0` (one context of up to 192 tokens), and
+the gate met in each (`sft_extra_envs`), so that neither arm starts from a format it never saw. It is saved
+once; then two GRPO arms from exactly those weights, with equal steps, prompts, group size, learning rate and loss:
 - Delethink-RL in `DelethinkDemo-v0` (C = 64, m = 32, I = 5: at most 192 thinking tokens);
 - LongCoT-RL in `LongCoT-v0` with the same 192 thinking tokens in one context.
 
@@ -21,8 +23,8 @@ whose files exist is read, not rerun, so a sweep resumes and `--report-only` re-
 over seeds goes to OUT/summary.json and OUT/summary.md.
 
     python benchmarks/markovian_vs_longcot.py --seeds 0-2 --jobs 3 --threads 1 --device cpu
-    python benchmarks/markovian_vs_longcot.py --seeds 0 --rl-steps 2 --sft-steps 20 --held-out 4 \\
-        --scaling-problems 2 --scaling-terms 8,12 --scaling-chunks 5,8 --out /tmp/mvl    # a smoke run
+    python benchmarks/markovian_vs_longcot.py --seeds 0 --rl-steps 2 --sft-steps 20 --sft-max-steps 20 \\
+        --sft-seeds 50 --held-out 4 --scaling-problems 2 --scaling-terms 8,12 --scaling-chunks 5,8 --out /tmp/mvl  # a smoke run
 
 What it does not show: anything beyond a tiny policy on a synthetic running-sum task.
 """
@@ -30,6 +32,7 @@ What it does not show: anything beyond a tiny policy on a synthetic running-sum 
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 from pathlib import Path
 from typing import Any
@@ -41,7 +44,7 @@ from demo_seeds import parse_seeds, run_pool, seed_flags
 
 from thinkgym.agents.evaluate import evaluate
 from thinkgym.agents.learner.checkpoint import checkpoint_path
-from thinkgym.agents.learner.config import GRPOConfig
+from thinkgym.agents.learner.config import DEMO_RECIPE, GRPOConfig
 from thinkgym.agents.learner.trainer import GRPOTrainer
 from thinkgym.agents.plot import read_scalars
 from thinkgym.agents.policy import Policy
@@ -74,15 +77,18 @@ def markovian(tokenizer: Any):
     return lambda ep: float("|" in tokenizer.decode(ep.steps[0].action_ids).split("\n")[0])
 
 
+def trained_kwargs(arm: str, args: argparse.Namespace) -> dict[str, Any]:
+    """`arm`'s environment as trained and held out: the demo's sums and budget (I = 5 chunks, or 192 tokens)."""
+    return env_kwargs(arm, DEMO_DELETHINK["task_kwargs"]["n_terms"], args.restate, DEMO_DELETHINK["max_chunks"])
+
+
 def arm_config(args: argparse.Namespace, seed: int, arm: str, model: str, out: Path) -> GRPOConfig:
-    """The demo's GRPO settings (examples/demo.py), in `arm`'s environment; only the environment differs."""
-    return GRPOConfig(
-        env=ARMS[arm], env_kwargs=env_kwargs(arm, DEMO_DELETHINK["task_kwargs"]["n_terms"], args.restate, DEMO_DELETHINK["max_chunks"]),
-        model=model, output_dir=str(out), seed=seed, device=args.device, dtype=args.dtype,
-        sft_steps=args.sft_steps, sft_learning_rate=args.sft_lr, sft_seeds=400,
-        steps=args.rl_steps, prompts_per_step=8, num_generations=8, temperature=1.0,
-        learning_rate=args.learning_rate, loss_type="delethink", scale_rewards="none", epsilon_high=0.28,
-        micro_batch_size=64, eval_every=0, save_every=0, log_completions_every=10)
+    """The demo's recipe (`DEMO_RECIPE`), in `arm`'s environment; only the environment differs."""
+    return GRPOConfig(**{
+        **DEMO_RECIPE, "env": ARMS[arm], "env_kwargs": trained_kwargs(arm, args), "model": model, "output_dir": str(out),
+        "seed": seed, "device": args.device, "dtype": args.dtype, "sft_steps": args.sft_steps, "sft_learning_rate": args.sft_lr,
+        "sft_seeds": args.sft_seeds, "sft_gate": args.sft_gate, "sft_max_steps": max(args.sft_max_steps, args.sft_steps),
+        "steps": args.rl_steps, "learning_rate": args.learning_rate})
 
 
 def held_out(engine: Engine, args: argparse.Namespace, seed: int, who: str) -> dict[str, dict[str, float]]:
@@ -90,7 +96,7 @@ def held_out(engine: Engine, args: argparse.Namespace, seed: int, who: str) -> d
     out = {}
     fmt = {"markovian": markovian(engine.policy.tokenizer)}
     for arm, env_id in ARMS.items():
-        kw = env_kwargs(arm, DEMO_DELETHINK["task_kwargs"]["n_terms"], args.restate, DEMO_DELETHINK["max_chunks"])
+        kw = trained_kwargs(arm, args)
         engine.seed(10_000 + seed)
         for mode, n, temp in (("greedy", 1, 0.0), ("sampled", args.samples, 1.0)):
             out[f"{arm}_env_{mode}"] = evaluate(engine, env_id, range(args.held_out), n=n, temperature=temp, env_kwargs=kw,
@@ -123,12 +129,14 @@ def measured_compute(run_dir: Path, policy: Policy) -> dict[str, float]:
 
 
 def train_seed(args: argparse.Namespace, seed: int, root: Path) -> dict[str, Any]:
-    """The shared warm start, then both RL arms from it; everything scored on the held-out problems."""
+    """The shared warm start on both formats, then both RL arms from it; everything scored on the held-out problems."""
     warm = root / "warm_start"
-    trainer = GRPOTrainer(arm_config(args, seed, "delethink", "tiny", warm))
+    cfg = dataclasses.replace(arm_config(args, seed, "delethink", "tiny", warm),
+                              sft_extra_envs={ARMS["longcot"]: trained_kwargs("longcot", args)})  # LongCoT's rows and gate too
+    trainer = GRPOTrainer(cfg)
     trainer.warm_start()
     trainer.policy.save_pretrained(warm / "policy")
-    res: dict[str, Any] = {"warm_start": held_out(trainer.engine, args, seed, "warm start")}
+    res: dict[str, Any] = {"warm_start": held_out(trainer.engine, args, seed, "warm start"), "warm_start_gate": trainer.warm_start_report}
     for arm in ARMS:
         cfg = arm_config(args, seed, arm, str(warm / "policy"), root / arm)
         cfg.sft_steps = 0  # RL starts from the shared warm start as it is
@@ -193,6 +201,12 @@ def summarise(results: dict[int, dict], args: argparse.Namespace) -> tuple[dict[
             carried = mean_sd(cells["sampled_carried_state"]) if arm == "delethink" else "-"
             lines.append(f"| {name} | {ARMS[arm]} | {mean_sd(cells['greedy_accuracy'])} | {mean_sd(cells['sampled_accuracy'])} | "
                          f"{mean_sd(cells['sampled_markovian'])} | {carried} |")
+    gates = {s: r["train"].get("warm_start_gate") for s, r in sorted(results.items()) if "train" in r}
+    summary["warm_start_gate"] = gates
+    lines += ["", f"Warm start, per seed: greedy accuracy in each format on the gate's validation problems (gate {args.sft_gate}):", ""]
+    lines += [f"- s{s}: " + (", ".join(f"{k} {v:.3f}" for k, v in (g.get("gate_accuracies") or {}).items()) or "no gate")
+              + f"; {g['sft_steps']} SFT steps" + ("" if g["passed"] is None else f", {'passed' if g['passed'] else 'NOT passed'}")
+              for s, g in gates.items() if g]
     lines += ["", f"Training compute over {args.rl_steps} GRPO steps (measured from the sequences run; tiny policy, {args.device}):", "",
               "| arm | FLOPs / trained token (learner) | (rollouts) | (total) | attention share of learner FLOPs | "
               "learner tokens / trained token | trained tokens | wall s (RL) | of it rollouts | learner |", "|---|---|---|---|---|---|---|---|---|---|"]
@@ -252,10 +266,16 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter, allow_abbrev=False)
     seed_flags(ap)
     ap.add_argument("--restate", type=float, default=0.35, help="share of warm-start demonstrations that restate the state (the demo's)")
-    ap.add_argument("--sft-steps", type=int, default=900, help="warm-start SFT steps (the demo's)")
-    ap.add_argument("--sft-lr", type=float, default=1.5e-3, help="warm-start SFT peak learning rate (the demo's)")
-    ap.add_argument("--rl-steps", type=int, default=30, help="GRPO steps of 8 prompts x 8 samples, each arm (the demo's)")
-    ap.add_argument("--learning-rate", type=float, default=3e-5, help="GRPO learning rate, both arms (the demo's)")
+    ap.add_argument("--sft-steps", type=int, default=DEMO_RECIPE["sft_steps"], help="warm-start SFT steps of the first round (the demo's)")
+    ap.add_argument("--sft-lr", type=float, default=DEMO_RECIPE["sft_learning_rate"], help="warm-start SFT peak learning rate (the demo's)")
+    ap.add_argument("--sft-seeds", type=int, default=DEMO_RECIPE["sft_seeds"],
+                    help="warm-start demonstrations, each played in both formats (the demo's)")
+    ap.add_argument("--sft-gate", type=float, default=DEMO_RECIPE["sft_gate"],
+                    help="greedy accuracy on 64 validation problems the warm start must reach in each format (the demo's; 0: no gate)")
+    ap.add_argument("--sft-max-steps", type=int, default=DEMO_RECIPE["sft_max_steps"],
+                    help="most warm-start SFT steps in all while below the gate (the demo's; at most --sft-steps: one round and a verdict)")
+    ap.add_argument("--rl-steps", type=int, default=DEMO_RECIPE["steps"], help="GRPO steps of 8 prompts x 8 samples, each arm (the demo's)")
+    ap.add_argument("--learning-rate", type=float, default=DEMO_RECIPE["learning_rate"], help="GRPO learning rate, both arms (the demo's)")
     ap.add_argument("--held-out", type=int, default=128, help="held-out problems (seeds 0..N-1) for the table")
     ap.add_argument("--samples", type=int, default=4, help="sampled answers per held-out problem (T = 1)")
     ap.add_argument("--scaling-terms", type=int_list, default=[8, 12, 16, 24], help="sum lengths of the scaling evaluation")

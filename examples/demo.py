@@ -32,7 +32,7 @@ import time
 import torch
 
 from thinkgym.agents.evaluate import evaluate
-from thinkgym.agents.learner.config import GRPOConfig, parse_overrides
+from thinkgym.agents.learner.config import DEMO_RECIPE, GRPOConfig, parse_overrides
 from thinkgym.agents.learner.trainer import GRPOTrainer
 from thinkgym.agents.plot import plot_run
 from thinkgym.agents.run_dir import prepare_output_dir
@@ -45,16 +45,18 @@ ap.add_argument("--n-terms", type=int, default=DEMO_DELETHINK["task_kwargs"]["n_
 ap.add_argument("--max-digit", type=int, default=9, help="largest digit of the running sums (1..9)")
 ap.add_argument("--head", type=int, default=DEMO_DELETHINK["head"],
                 help="tokens of the first chunk kept after every reset (the paper's keep_head)")
-ap.add_argument("--sft-steps", type=int, default=900, help="warm-start SFT steps (0: none, RL starts from --set model=PATH)")
-ap.add_argument("--sft-learning-rate", type=float, default=1.5e-3,
+ap.add_argument("--sft-steps", type=int, default=DEMO_RECIPE["sft_steps"],
+                help="warm-start SFT steps (0: none, RL starts from --set model=PATH)")
+ap.add_argument("--sft-learning-rate", type=float, default=DEMO_RECIPE["sft_learning_rate"],
                 help="warm-start SFT peak learning rate (3e-3 left a quarter of seeds unable to copy digits; benchmarks/RESULTS.md)")
-ap.add_argument("--sft-seeds", type=int, default=2000,
+ap.add_argument("--sft-seeds", type=int, default=DEMO_RECIPE["sft_seeds"],
                 help="warm-start demonstrations (400 overfitted: 72 epochs in 900 steps, and a third of seeds missed the gate)")
-ap.add_argument("--sft-gate", type=float, default=0.8,
+ap.add_argument("--sft-gate", type=float, default=DEMO_RECIPE["sft_gate"],
                 help="greedy accuracy on 64 validation problems (not the held-out ones) the warm start must reach (0: no gate)")
-ap.add_argument("--sft-max-steps", type=int, default=1800, help="most warm-start SFT steps in all while below the gate")
-ap.add_argument("--rl-steps", type=int, default=30, help="GRPO steps of 8 prompts x 8 samples")
-ap.add_argument("--learning-rate", type=float, default=2e-5,
+ap.add_argument("--sft-max-steps", type=int, default=DEMO_RECIPE["sft_max_steps"],
+                help="most warm-start SFT steps in all while below the gate")
+ap.add_argument("--rl-steps", type=int, default=DEMO_RECIPE["steps"], help="GRPO steps of 8 prompts x 8 samples")
+ap.add_argument("--learning-rate", type=float, default=DEMO_RECIPE["learning_rate"],
                 help="GRPO learning rate (3e-5 lowered greedy accuracy by 0.03 on 2 of 12 GPU seeds, 1e-4 by more; "
                      "benchmarks/RESULTS.md)")
 ap.add_argument("--held-out", type=int, default=128, help="held-out problems (seeds 0..N-1) scored before and after RL")
@@ -71,14 +73,11 @@ except ValueError as exc:
 torch.set_num_threads(args.threads)
 
 TASK = {**DEMO_DELETHINK["task_kwargs"], "n_terms": args.n_terms, "max_digit": args.max_digit, "restate": args.restate}
-cfg = GRPOConfig(
-    env="DelethinkDemo-v0", env_kwargs={"task_kwargs": TASK, "head": args.head}, model="tiny", output_dir=args.out, seed=args.seed,
-    sft_steps=args.sft_steps, sft_learning_rate=args.sft_learning_rate, sft_seeds=args.sft_seeds, sft_gate=args.sft_gate,
-    sft_max_steps=max(args.sft_max_steps, args.sft_steps),
-    steps=args.rl_steps, prompts_per_step=8, num_generations=8, temperature=1.0,
-    learning_rate=args.learning_rate, loss_type="delethink", scale_rewards="none", epsilon_high=0.28,
-    micro_batch_size=64, eval_every=0, save_every=0, log_completions_every=10,
-)
+cfg = GRPOConfig(**{
+    **DEMO_RECIPE, "env": "DelethinkDemo-v0", "env_kwargs": {"task_kwargs": TASK, "head": args.head}, "model": "tiny",
+    "output_dir": args.out, "seed": args.seed, "sft_steps": args.sft_steps, "sft_learning_rate": args.sft_learning_rate,
+    "sft_seeds": args.sft_seeds, "sft_gate": args.sft_gate, "sft_max_steps": max(args.sft_max_steps, args.sft_steps),
+    "steps": args.rl_steps, "learning_rate": args.learning_rate})
 cfg = GRPOConfig.from_dict({**cfg.to_dict(), **parse_overrides(args.set)})
 HELD_OUT = range(args.held_out)
 ONE_CHUNK = {"max_thinking_tokens": DEMO_DELETHINK["chunk_size"], "task_kwargs": TASK}

@@ -44,7 +44,8 @@ def test_evaluate_reports_the_mean_of_each_per_episode_metric():
 @pytest.mark.slow
 def test_markovian_vs_longcot_runs_both_arms_and_the_scaling_evaluation(tmp_path):
     out, png = tmp_path / "mvl", tmp_path / "scaling.png"
-    args = ["--seeds", "0", "--sft-steps", "5", "--rl-steps", "1", "--held-out", "2", "--samples", "2", "--scaling-problems", "1",
+    args = ["--seeds", "0", "--sft-steps", "5", "--sft-max-steps", "5", "--sft-seeds", "20", "--rl-steps", "1",
+            "--held-out", "2", "--samples", "2", "--scaling-problems", "1",
             "--scaling-terms", "8,12", "--scaling-chunks", "5,6", "--out", str(out), "--plot", str(png)]
     proc = bench("markovian_vs_longcot.py", *args)
     assert proc.returncode == 0, proc.stderr[-3000:]
@@ -57,6 +58,9 @@ def test_markovian_vs_longcot_runs_both_arms_and_the_scaling_evaluation(tmp_path
         if key.startswith("delethink"):
             assert r["mean_chunks"] <= chunks
     train = json.loads((out / "s0" / "train.json").read_text())
+    # one warm start on both formats, its gate checked in each (5 steps: one round and a verdict)
+    gate = train["warm_start_gate"]
+    assert set(gate["gate_accuracies"]) == {"DelethinkDemo-v0", "LongCoT-v0"} and gate["sft_steps"] == 5 and gate["passed"] is False
     for arm in ("delethink", "longcot"):
         c = train[arm]["compute"]
         assert c["trained_tokens"] > 0 and c["flops_per_trained_token"] > c["learner_flops_per_trained_token"] > 0

@@ -112,13 +112,66 @@ def test_the_warm_start_gate_trains_on_in_rounds_until_it_passes_or_the_cap(tmp_
     cfg = small_cfg(tmp_path, sft_steps=2, sft_seeds=4, sft_gate=0.8, sft_gate_round=1, sft_max_steps=5, steps=1, eval_every=0)
     trainer = GRPOTrainer(cfg)
     measured = iter(accuracies)
-    trainer.gate_accuracy = lambda: next(measured)
+    trainer.gate_accuracy = lambda env_id, env_kwargs: next(measured)
     trainer.warm_start()
     report = json.loads((tmp_path / "run" / "warm_start.json").read_text())
-    assert report == trainer.warm_start_report == {"sft_steps": steps, "gate": 0.8, "gate_prompts": 64,
-                                                   "gate_accuracy": accuracies[steps - 2], "passed": passed}
+    last = accuracies[steps - 2]
+    assert report == trainer.warm_start_report == {"sft_steps": steps, "gate": 0.8, "gate_prompts": 64, "gate_accuracy": last,
+                                                   "gate_accuracies": {"DelethinkDemo-v0": last}, "passed": passed}
     assert [s for s, _ in read_scalars(cfg.output_dir)["sft/gate_accuracy"]] == list(range(2, steps + 1))
     assert max(s for s, _ in read_scalars(cfg.output_dir)["sft/loss"]) == steps - 1  # later rounds log after the first
+
+
+LONGCOT_192 = {"LongCoT-v0": {"max_thinking_tokens": 192, "task_kwargs": {"n_terms": 8}}}  # the demo's sums
+
+
+def test_the_warm_start_trains_on_the_demonstrations_of_every_format(tmp_path, monkeypatch):
+    """`sft_extra_envs` adds the same seeds' demonstrations in LongCoT-v0 to the Delethink chunks: one whole
+    trace per seed, longer than any chunk (a Delethink-only start never saw a context past one chunk)."""
+    from thinkgym.agents.learner import run
+
+    trained = []
+    monkeypatch.setattr(run, "train_sft", lambda policy, rows, **_: trained.append(rows))
+    alone = GRPOTrainer(small_cfg(tmp_path, sft_steps=1, sft_seeds=6))
+    alone.warm_start()
+    both = GRPOTrainer(small_cfg(tmp_path, sft_steps=1, sft_seeds=6, sft_extra_envs=LONGCOT_192))
+    both.warm_start()
+    chunks, mixed = trained
+    longcot = mixed[len(chunks):]
+    assert mixed[:len(chunks)] == chunks and len(longcot) == 6 and len(chunks) > 6  # a Delethink trace takes several chunks
+    assert min(len(r.input_ids) for r in longcot) > max(len(r.input_ids) for r in chunks)
+    # the same traces: a chunked and a whole copy of each seed's demonstration train on as many tokens
+    assert sum(sum(r.loss_mask) for r in longcot) == sum(sum(r.loss_mask) for r in chunks)
+
+
+def test_the_warm_start_gate_passes_only_when_every_format_does(tmp_path):
+    """The gate is the least accuracy over the formats: Delethink at 0.9 with LongCoT at 0.5 goes on to the
+    cap; each format's accuracy is logged and written beside the least."""
+    from thinkgym.agents.plot import read_scalars
+
+    cfg = small_cfg(tmp_path, sft_steps=1, sft_seeds=4, sft_gate=0.8, sft_gate_round=1, sft_max_steps=3, eval_every=0,
+                    sft_extra_envs=LONGCOT_192)
+    trainer = GRPOTrainer(cfg)
+    asked = []
+    trainer.gate_accuracy = lambda env_id, env_kwargs: asked.append((env_id, env_kwargs)) or {"DelethinkDemo-v0": 0.9}.get(env_id, 0.5)
+    trainer.warm_start()
+    assert asked == [("DelethinkDemo-v0", cfg.env_kwargs), *LONGCOT_192.items()] * 3
+    report = json.loads((tmp_path / "run" / "warm_start.json").read_text())
+    assert report["passed"] is False and report["sft_steps"] == 3 and report["gate_accuracy"] == 0.5
+    assert report["gate_accuracies"] == {"DelethinkDemo-v0": 0.9, "LongCoT-v0": 0.5}
+    scalars = read_scalars(cfg.output_dir)
+    assert [v for _, v in scalars["sft/gate_accuracy"]] == [v for _, v in scalars["sft/gate_accuracy/LongCoT-v0"]] == [0.5] * 3
+    assert [v for _, v in scalars["sft/gate_accuracy/DelethinkDemo-v0"]] == pytest.approx([0.9] * 3)
+
+
+@pytest.mark.parametrize("extra, needle", [
+    ({"Nope-v0": {}}, r"sft_extra_envs: env ids \['Nope-v0'\] are not registered; registered thinkgym ids: \['Delethink-v0'"),
+    ({"DelethinkDemo-v0": {}}, "sft_extra_envs must not name env='DelethinkDemo-v0'"),
+    ({"LongCoT-v0": 192}, r"sft_extra_envs must map each env id to a mapping.*\['LongCoT-v0'\]"),
+])
+def test_sft_extra_envs_refuses_what_it_cannot_train_on(tmp_path, extra, needle):
+    with pytest.raises(ValueError, match=needle):
+        small_cfg(tmp_path, sft_extra_envs=extra)
 
 
 def test_the_warm_start_gate_scores_its_own_validation_problems(tmp_path):
@@ -208,12 +261,13 @@ def test_every_flag_of_every_command_has_help(command):
         text = sub.format_help()
         docs = field_docs()
         assert len(docs) == len(fields(GRPOConfig))
-        for name in ("learning_rate", "scale_rewards", "loss_type"):
+        for name in ("learning_rate", "scale_rewards", "loss_type", "sft_extra_envs"):
             assert " ".join(docs[name].split()[:4]) in " ".join(text.split())
         assert "(default: 1e-06)" in " ".join(text.split())
 
 
 @pytest.mark.parametrize("args, needle", [(["--loss-type", "ppo9"], "valid names"), (["--env", "Nope-v0"], "not registered"),
+                                          (["--sft-extra-envs", '{"Nope-v0": {}}'], "not registered"),
                                           (["--engine", "tgi"], "engine='tgi' is unknown; valid names: ['hf', 'vllm']"),
                                           (["--scale-rewards", "std"], "valid: ['group', 'batch', 'none']"), (["--bogus", "1"], "unrecognized")])
 def test_cli_errors_name_the_valid_choices(tmp_path, capsys, args, needle):

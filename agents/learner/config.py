@@ -16,6 +16,10 @@ from functools import cache
 from numbers import Real
 from typing import Any, Callable, Mapping
 
+import gymnasium as gym
+
+import thinkgym
+
 from ..rollout.engine import ENGINES
 from ..trackers import parse_report_to
 
@@ -63,6 +67,13 @@ RANGES: dict[str, tuple[Callable[[Any], bool], str]] = {
     "sft_gate_learning_rate": _at_least(0, "0 is half of sft_learning_rate"),
     "sft_max_steps": _at_least(0, "0 is sft_steps"),
 }
+# The demo's recipe (examples/demo.py), one place for the scripts built on it (benchmarks/markovian_vs_longcot.py):
+# its warm start (2,000 demonstrations, 900 SFT steps, then gated rounds up to 1,800 until 0.8 greedy) and its GRPO.
+# Why each value: the demo's --help and benchmarks/RESULTS.md.
+DEMO_RECIPE: dict[str, Any] = {
+    "sft_steps": 900, "sft_learning_rate": 1.5e-3, "sft_seeds": 2000, "sft_gate": 0.8, "sft_max_steps": 1800,
+    "steps": 30, "prompts_per_step": 8, "num_generations": 8, "temperature": 1.0, "learning_rate": 2e-5, "loss_type": "delethink",
+    "scale_rewards": "none", "epsilon_high": 0.28, "micro_batch_size": 64, "eval_every": 0, "save_every": 0, "log_completions_every": 10}
 _EXPECTED = {"bool": "true or false", "int": "an integer", "float": "a number", "str": "a string", "dict": "a mapping",
              "list": "a list"}
 
@@ -240,6 +251,11 @@ class GRPOConfig:
     one rate tends to learn it at a lower one."""
     sft_max_steps: int = 0
     """Most SFT steps in all when gated (0: `sft_steps`, so one round and a verdict)."""
+    sft_extra_envs: dict[str, dict[str, Any]] = field(default_factory=dict)
+    """More formats for the warm start, env id -> its kwargs, e.g. `{"LongCoT-v0": {"max_thinking_tokens": 192}}`:
+    the same SFT seeds' demonstrations in each join the rows, and the gate checks each env's greedy accuracy
+    (it passes when every env does). A start trained on one format's rows can fail in another: Delethink's
+    chunks never show a context longer than one chunk."""
 
     # -- bookkeeping --------------------------------------------------------------------------
     output_dir: str = ""
@@ -301,6 +317,7 @@ class GRPOConfig:
         bad = sorted(k for k, v in self.reward_params.items() if not isinstance(v, Mapping))
         if bad:
             raise ValueError(f"reward_params must map each reward name to a mapping of its keyword arguments; {bad} are not")
+        self._check_sft_extra_envs()
         self._check_lora()
         parse_report_to(self.report_to)
         self._check_async()
@@ -313,6 +330,16 @@ class GRPOConfig:
                 continue
             if not ok(value) or (name != "max_grad_norm" and not math.isfinite(value)):
                 raise ValueError(f"{name} must be {accepted}; got {value!r}")
+
+    def _check_sft_extra_envs(self) -> None:
+        unknown = sorted(k for k in self.sft_extra_envs if k not in gym.registry)
+        if unknown:
+            raise ValueError(f"sft_extra_envs: env ids {unknown} are not registered; registered thinkgym ids: {thinkgym.ENV_IDS}")
+        if self.env in self.sft_extra_envs:
+            raise ValueError(f"sft_extra_envs must not name env={self.env!r}: the warm start always trains on and gates it")
+        bad = sorted(k for k, v in self.sft_extra_envs.items() if not isinstance(v, Mapping))
+        if bad:
+            raise ValueError(f"sft_extra_envs must map each env id to a mapping of its keyword arguments; {bad} do not")
 
     def _check_async(self) -> None:
         """What the asynchronous trainer does not do (yet): each of these changes a step's collection or its

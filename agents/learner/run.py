@@ -161,8 +161,8 @@ class GRPORun:
             raise RuntimeError("this trainer has already warm-started; a second SFT pass would move RL's starting point")
         cfg = self.cfg
         seeds = range(SFT_SEED_BASE, SFT_SEED_BASE + cfg.sft_seeds)
-        rows = demonstration_rows(cfg.env, seeds, self.policy.tokenizer, cfg.env_kwargs)
-        done, cap, accuracy = 0, cfg.sft_max_steps or cfg.sft_steps, None
+        rows = [row for env_id, kw in self.warm_start_envs.items() for row in demonstration_rows(env_id, seeds, self.policy.tokenizer, kw)]
+        done, cap, accuracy, accuracies = 0, cfg.sft_max_steps or cfg.sft_steps, None, None
         for rnd in itertools.count():  # one round without a gate; with one, rounds until it passes or the cap
             steps = cfg.sft_steps if rnd == 0 else min(cfg.sft_gate_round, cap - done)
             out = self.warm_start_dir if rnd == 0 else self.warm_start_dir / f"round-{rnd}"
@@ -178,19 +178,21 @@ class GRPORun:
             self.engine.sync_weights()
             if not cfg.sft_gate:
                 break
-            accuracy = self.gate_accuracy()
-            self.log({"sft/gate_accuracy": accuracy}, done)
+            accuracies = {env_id: self.gate_accuracy(env_id, kw) for env_id, kw in self.warm_start_envs.items()}
+            accuracy = min(accuracies.values())  # the gate passes when every format does
+            self.log({"sft/gate_accuracy": accuracy, **{f"sft/gate_accuracy/{k}": v for k, v in accuracies.items()}}, done)
             if accuracy >= cfg.sft_gate or done >= cap:
                 break
         self.set_reference(self.policy.model)
         passed = None if accuracy is None else accuracy >= cfg.sft_gate
         self.warm_start_report = {"sft_steps": done, "gate": cfg.sft_gate, "gate_prompts": cfg.sft_gate_prompts,
-                                  "gate_accuracy": accuracy, "passed": passed}
+                                  "gate_accuracy": accuracy, "gate_accuracies": accuracies, "passed": passed}
         if self.world.is_main:
             Path(cfg.output_dir).mkdir(parents=True, exist_ok=True)
             (Path(cfg.output_dir) / "warm_start.json").write_text(json.dumps(self.warm_start_report, indent=1))
             if passed is not None:
-                print(f"warm start {'passed' if passed else 'did NOT pass'} its gate: greedy accuracy {accuracy:.3f} on "
+                each = f" (the least of {', '.join(f'{k} {v:.3f}' for k, v in accuracies.items())})" if len(accuracies) > 1 else ""
+                print(f"warm start {'passed' if passed else 'did NOT pass'} its gate: greedy accuracy {accuracy:.3f}{each} on "
                       f"{cfg.sft_gate_prompts} validation problems {'>=' if passed else '<'} {cfg.sft_gate} after {done} SFT steps"
                       + ("" if passed else f" (the cap, sft_max_steps={cap})"), flush=True)
         self.warm_started = True
@@ -204,11 +206,15 @@ class GRPORun:
         else:
             self.ref_model.load_state_dict(source.state_dict())
 
-    def gate_accuracy(self: GRPOTrainer) -> float:
-        """Greedy accuracy on the warm-start gate's validation problems (their own seed range), shared among ranks."""
-        cfg = self.cfg
-        seeds = distributed.shard(range(SFT_GATE_SEED_BASE, SFT_GATE_SEED_BASE + cfg.sft_gate_prompts))
-        acc = evaluate(self.engine, cfg.env, seeds, n=1, temperature=0.0, env_kwargs=cfg.env_kwargs)["accuracy"] if seeds else 0.0
+    @property
+    def warm_start_envs(self: GRPOTrainer) -> dict[str, dict[str, Any]]:
+        """The formats the warm start trains on and gates: the run's env, then `sft_extra_envs`."""
+        return {self.cfg.env: self.cfg.env_kwargs, **self.cfg.sft_extra_envs}
+
+    def gate_accuracy(self: GRPOTrainer, env_id: str, env_kwargs: dict[str, Any]) -> float:
+        """Greedy accuracy in `env_id` on the warm-start gate's validation problems (their own seed range), shared among ranks."""
+        seeds = distributed.shard(range(SFT_GATE_SEED_BASE, SFT_GATE_SEED_BASE + self.cfg.sft_gate_prompts))
+        acc = evaluate(self.engine, env_id, seeds, n=1, temperature=0.0, env_kwargs=env_kwargs)["accuracy"] if seeds else 0.0
         return distributed.global_means({"acc": (acc * len(seeds), float(len(seeds)))})["acc"]
 
     def train(self: GRPOTrainer) -> dict[str, float]:
