@@ -1,8 +1,11 @@
 """Refill off vs on (`HFEngine(refill=...)`, `stream_rollouts`): decode steps, occupancy and tokens/s of
 the static decoder on a Delethink-like workload of uneven chunks, with more traces than the decoder holds.
 
-Each of `--traces` traces is 1-4 chunks of 16-160 tokens (budgets drawn per chunk, EOS ignored, so
-the work is fixed); a chunk's prompt is the trace's prompt plus the last chunk's final 8 tokens. Off, the
+Each of `--traces` traces is 1-4 chunks, shaped as Delethink's with C = 160 and a carryover of 8: a
+chunk's prompt is the trace's prompt (8-40 tokens) plus the last chunk's final 8 tokens, and it ends
+after a budget drawn from 16 to C (the first chunk) or C - 8 (the others), EOS ignored, so the work is
+fixed. Trace 0's first chunk is the longest context, as a Delethink chunk that runs its full C is: the
+refilling decoder is sized by the first chunks, and a chunk longer than that would wait. Off, the
 chunks run in rounds of `generate` (today's path: round k holds every trace's chunk k, in batches of at
 most `--batch` rows one after the other, a batch packing its live rows once half have finished). On, one
 decoder run holds `--batch` rows and a finished chunk's place is prefilled at once with a pending chunk.
@@ -29,6 +32,8 @@ from thinkgym.agents.policy import Policy
 from thinkgym.agents.rollout.engine import Completion, GenerationRequest, stream
 from thinkgym.agents.rollout.hf.engine import HFEngine
 from thinkgym.agents.rollout.hf.static_cache import StaticDecoder
+
+CHUNK, CARRY = 160, 8
 
 
 @contextmanager
@@ -57,8 +62,10 @@ def workload(traces: int, seed: int) -> tuple[dict[int, GenerationRequest], dict
     rng = random.Random(seed)
     first, budgets = {}, {}
     for k in range(traces):
-        budgets[k] = [rng.randint(16, 160) for _ in range(rng.randint(1, 4))]
+        budgets[k] = [rng.randint(16, CHUNK)] + [rng.randint(16, CHUNK - CARRY) for _ in range(rng.randint(0, 3))]
         prompt = [rng.randrange(3, 250) for _ in range(rng.randint(8, 40))]
+        if k == 0:
+            budgets[k][0], prompt = CHUNK, prompt + [7] * (40 - len(prompt))
         first[k] = GenerationRequest(prompt, budgets[k][0], temperature=0.0, ignore_eos=True)
     return first, budgets
 
@@ -73,7 +80,7 @@ def run(engine: HFEngine, traces: int, seed: int) -> tuple[dict[int, list[list[i
         n = len(got[key])
         if n == len(budgets[key]):
             return None
-        return GenerationRequest(first[key].prompt_ids + c.token_ids[-8:], budgets[key][n], temperature=0.0, ignore_eos=True)
+        return GenerationRequest(first[key].prompt_ids + c.token_ids[-CARRY:], budgets[key][n], temperature=0.0, ignore_eos=True)
 
     with counted_steps() as steps:
         t0 = time.perf_counter()
