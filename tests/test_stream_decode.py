@@ -157,3 +157,19 @@ def test_streamed_delethink_collection_is_valid(policy):
         logp, _ = completion_logprobs(policy.model, pad_rows(batch.rows, policy.tokenizer.pad_token_id, policy.device))
     for i, row in enumerate(batch.rows):
         assert row.old_logprobs == pytest.approx(logp[i, :len(row.old_logprobs)].tolist(), abs=1e-5)
+
+
+def test_stream_rollouts_reaches_the_engine_and_a_step_runs_on_streamed_chunks(tmp_path):
+    from thinkgym.agents.learner.config import GRPOConfig
+    from thinkgym.agents.learner.trainer import GRPOTrainer
+
+    cfg = GRPOConfig(env="DelethinkDemo-v0", model="tiny", num_generations=3, prompts_per_step=2, learning_rate=1e-3, steps=1,
+                     eval_every=0, save_every=0, log_completions_every=0, stream_rollouts=True, output_dir=str(tmp_path))
+    trainer = GRPOTrainer(cfg)
+    assert trainer.engine.refill and not GRPOTrainer(GRPOConfig(**{**vars(cfg), "stream_rollouts": False})).engine.refill
+    ran = []
+    real = trainer.engine._run_refill
+    trainer.engine._run_refill = lambda *a: ran.append(1) or real(*a)
+    metrics = trainer.train_step()
+    assert ran == [1]  # one decoder run took every chunk of the step
+    assert metrics["delethink/chunks_mean"] > 1 and metrics["engine_log_ratio/abs_mean"] < 1e-5  # the learner's log-probs

@@ -73,7 +73,10 @@ class Completion:
 
 
 class Engine(Protocol):
-    """What the collector, evaluation and the learner need from a rollout engine, and all they use."""
+    """What the collector, evaluation and the learner need from a rollout engine, and all they use.
+
+    An engine may also serve `stream(requests, follow_up)` natively (`HFEngine`); the module's `stream`
+    runs any other in rounds of `generate`."""
 
     policy: Policy
     """The policy it samples from: its tokenizer and EOS are the env's and the collector's."""
