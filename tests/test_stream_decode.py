@@ -44,6 +44,12 @@ def _assert_same(a: list[list[Completion]], b: list[list[Completion]]) -> None:
         assert x[0].logprobs == pytest.approx(y[0].logprobs, abs=1e-5)
 
 
+def _assert_same_chunks(a: dict[int, list[Completion]], b: dict[int, list[Completion]]) -> None:
+    assert a.keys() == b.keys()
+    for key in a:
+        _assert_same([[c] for c in a[key]], [[c] for c in b[key]])
+
+
 @pytest.mark.parametrize("limit", [dict(max_batch_size=3), "kv"])
 def test_refill_decodes_greedily_what_the_batches_do(policy, prefills, limit):
     """Rows end at different steps (budgets of 1-69 tokens, stop strings, EOS) and only 3 fit at once."""
@@ -60,6 +66,30 @@ def test_refill_decodes_greedily_what_the_batches_do(policy, prefills, limit):
     assert any(at > 0 for at in prefills)  # freed places were prefilled while the others decoded
     _assert_same(out, base)
     _assert_same(out, HFEngine(policy, static_cache=False).generate(reqs))
+
+
+def test_refill_with_the_buckets_of_cuda_graphs(policy, prefills, monkeypatch):
+    """As on a GPU, steps run on power-of-two row buckets and 64-slot buckets, so some places in a step are
+    idle (finished, or beyond `max_batch_size`) and read past their row's context; a second call reuses
+    the decoder that the first left with moving rows."""
+    monkeypatch.setattr(static_cache.StaticDecoder, "bucket_rows",
+                        lambda self, n: min(1 << (n - 1).bit_length(), self.cache.n_rows))
+    graphs_slots = static_cache.StaticDecoder.bucket_slots
+
+    def bucket_slots(self, n):
+        self.graphs = True
+        try:
+            return graphs_slots(self, n)
+        finally:
+            self.graphs = False
+
+    monkeypatch.setattr(static_cache.StaticDecoder, "bucket_slots", bucket_slots)
+    reqs = _with_stops(policy, _requests(seed=11, n=14))
+    base = HFEngine(policy, static_cache=True).generate(reqs)
+    engine = HFEngine(policy, static_cache=True, refill=True, max_batch_size=6)
+    _assert_same(engine.generate(reqs), base)
+    _assert_same(engine.generate(reqs[:5]), base[:5])  # fewer rows than the bucket: idle places from the start
+    _assert_same_chunks(_chunks(engine), _chunks(HFEngine(policy, static_cache=True)))
 
 
 def test_refill_sampled_logprobs_are_the_learners(policy):
@@ -97,8 +127,7 @@ def test_streamed_chunks_are_the_rounds_chunks(policy, prefills):
     streamed = _chunks(HFEngine(policy, static_cache=True, refill=True, max_batch_size=4))
     assert [len(v) for v in streamed.values()] == [1, 2, 3, 1, 2, 3, 1, 2]
     assert any(at > 0 for at in prefills)
-    for key in rounds:
-        _assert_same([[c] for c in streamed[key]], [[c] for c in rounds[key]])
+    _assert_same_chunks(streamed, rounds)
 
 
 def test_stream_runs_in_rounds_for_an_engine_without_its_own():

@@ -326,8 +326,9 @@ class HFEngine(TorchSampler):
         finished costs one discarded step, and its place is prefilled with a pending row right after."""
         dev = self.policy.device
         capacity = max(1, min(capacity, dec.cache.n_rows))
-        batch = dec.bucket_rows(min(len(pending), capacity))
-        free, later = list(range(batch)), []
+        batch = dec.bucket_rows(min(len(pending), capacity))  # with graphs, a bucket may hold more rows than it takes
+        dec.vacate(list(range(dec.cache.n_rows)))  # rows a last call left moving
+        free, later = list(range(min(batch, capacity))), []
         live: list[DecodeRow] = []
         where: list[int] = []  # each live row's place in the decoder
         steps: list[int] = []  # tokens each live row has sampled (its place in a forced prefix)
@@ -356,8 +357,7 @@ class HFEngine(TorchSampler):
                     live, where, steps, slot = ([xs[b] for b in keep] for xs in (live, where, steps, slot))
             if pending and not free and batch < capacity:  # follow-ups came after a step down: step up
                 grown = dec.bucket_rows(min(len(live) + len(pending), capacity))
-                free = list(range(batch, grown))
-                dec.vacate(free)
+                free = list(range(batch, min(grown, capacity)))
                 batch = grown
             if pending and free:
                 new = self._admit(dec, pending, free, later, refresh)
@@ -379,8 +379,8 @@ class HFEngine(TorchSampler):
                 dec.pack(to_device(where, dev))
                 where = list(range(len(live)))
                 batch = dec.bucket_rows(len(live))
-                free = list(range(len(live), batch))
-                dec.vacate(free)
+                dec.vacate(list(range(len(live), dec.cache.n_rows)))  # every place but a live row's is idle
+                free = list(range(len(live), min(batch, capacity)))
             sampled = HostTokens(tokens, logps)
 
     def _admit(self, dec: StaticDecoder, pending: deque[DecodeRow], free: list[int], later: list[DecodeRow],
