@@ -202,3 +202,14 @@ def test_stream_rollouts_reaches_the_engine_and_a_step_runs_on_streamed_chunks(t
     metrics = trainer.train_step()
     assert ran == [1]  # one decoder run took every chunk of the step
     assert metrics["delethink/chunks_mean"] > 1 and metrics["engine_log_ratio/abs_mean"] < 1e-5  # the learner's log-probs
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="CUDA graphs need a GPU")
+def test_refill_with_cuda_graphs_matches_eager_decoding():
+    policy = Policy.tiny(seed=0, device="cuda", dtype=torch.float32)
+    reqs = _requests(seed=5, n=40)
+    graphs = HFEngine(policy, cuda_graphs=True, refill=True, max_batch_size=12)
+    out = graphs.generate(reqs)
+    assert graphs._decoder._graphs and any(key[2] for key in graphs._decoder._graphs)  # per-row steps were captured
+    _assert_same(out, HFEngine(policy, cuda_graphs=False).generate(reqs))
+    _assert_same_chunks(_chunks(graphs), _chunks(HFEngine(policy, cuda_graphs=False)))

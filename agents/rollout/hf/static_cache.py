@@ -196,7 +196,8 @@ class StaticDecoder:
         return out
 
     def vacate(self, rows: list[int]) -> None:
-        """Idle rows `rows`: `step_rows` keeps them at slot 0, where they read and write only their own slot."""
+        """Idle rows `rows`: `step_rows` keeps them writing slot 0 of their own row, and their logits are
+        not read, until a prefill takes their place."""
         if rows:
             at = to_device(rows, self.advance.device)
             self.cache.row_slot[at] = 0
