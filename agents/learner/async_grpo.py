@@ -284,7 +284,8 @@ class RolloutWorker:
         self.cfg, self.links = cfg, links
         self.index, n = links.rank - 1, links.size - 1
         self.policy = Policy.from_pretrained(cfg.model, device=links.device, dtype=cfg.dtype, seed=cfg.seed)
-        self.engine = make_engine(cfg.engine, self.policy, cfg.seed * n + self.index, cfg.vllm_tensor_parallel_size)
+        self.engine = make_engine(cfg.engine, self.policy, cfg.seed * n + self.index, cfg.vllm_tensor_parallel_size,
+                                  stream=cfg.stream_rollouts)
         self.collector = Collector(cfg.env, self.engine, cfg.env_kwargs, cfg.num_generations, cfg.temperature, cfg.top_p)
         self.collector.before_round = self.take_new_weights
         self.weights = WeightSync(self.policy.model, links.weights)

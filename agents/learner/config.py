@@ -98,6 +98,12 @@ class GRPOConfig:
     vllm_tensor_parallel_size: int = 1
     """GPUs that the `vllm` engine shards its copy of the model over (vLLM's tensor parallelism), for
     models too big for one GPU's rollouts."""
+    stream_rollouts: bool = False
+    """The `hf` engine's refill (static cache): one decoder run per collection in which a finished row's
+    place takes a pending request, and a Delethink trace's next chunk starts as soon as its last one ends
+    instead of waiting for the round's longest chunk. Off by default: it draws the sampling noise over
+    other batches, so a seed's samples (and the demo's numbers) change; its speed-up is not yet measured
+    on a GPU. The asynchronous rollout rank keeps rounds (it loads new weights between them)."""
 
     # -- several GPUs and adapters (README, "Several GPUs") ------------------------------------
     parallelism: str = "ddp"

@@ -69,7 +69,7 @@ class GRPOTrainer(GRPORun):
         if cfg.use_peft:
             self.policy.model = lora.add_adapter(self.policy.model, cfg.lora_r, cfg.lora_alpha, cfg.lora_dropout, cfg.lora_target_modules)
         self.engine = engine or make_engine(cfg.engine, self.policy, distributed.rank_seed(cfg.seed), cfg.vllm_tensor_parallel_size,
-                                            lora_merge=cfg.lora_rollout == "merge")
+                                            lora_merge=cfg.lora_rollout == "merge", stream=cfg.stream_rollouts)
         if self.sharded:
             self.model = distributed.sharded_copy(self.policy.model, self.policy.dtype, cfg.gradient_checkpointing)
             self.train_model = self.model

@@ -1,9 +1,10 @@
 """The episode collector: runs groups of environments through an engine, token-exactly.
 
 G environments reset with the same seed see the same task (a GRPO group). Every live observation
-is sent to the engine with that env's own `max_new_tokens` and `stop`; finished episodes leave the
-batch. Each step keeps the exact prompt ids the env built and the exact ids the engine sampled,
-so the rows trained on are the rows generated.
+is sent to the engine with that env's own `max_new_tokens` and `stop`, through `engine.stream`: an
+env's next request follows its last completion (at once with a refilling engine, else in rounds);
+finished episodes leave the batch. Each step keeps the exact prompt ids the env built and the exact
+ids the engine sampled, so the rows trained on are the rows generated.
 """
 
 from __future__ import annotations
@@ -19,7 +20,7 @@ from thinkgym.envs import TokenAction
 from thinkgym.envs.registration import make_env
 
 from ..types import Batch, Episode, episode_rows
-from .engine import Engine, GenerationRequest
+from .engine import Completion, Engine, GenerationRequest, stream
 
 
 def thinking_budget(env: gym.Env, reset_info: dict[str, Any]) -> int:
@@ -91,35 +92,33 @@ class Collector:
             _, info = env.reset(seed=seed, options={"problem_seed": seed} if self.problem_seeds else None)
             episodes.append(Episode(k // G, seed, [], budget=thinking_budget(env, info)))
             infos.append(info)
-        env_time, gen_time = time.perf_counter() - t_env, 0.0
-        live = list(range(len(envs)))
-        while live:
-            reqs = []
-            for k in live:
-                first = not episodes[k].steps
-                prefix = list(prefixes[k % G]) if (prefixes is not None and first) else []
-                reqs.append(GenerationRequest(infos[k]["prompt_token_ids"], infos[k]["max_new_tokens"], infos[k]["stop"],
-                                              self.temperature, self.top_p, 1, prefix))
-            if self.before_round is not None:
-                self.before_round()
-            version = self.policy_version
+        env_time = time.perf_counter() - t_env
+
+        def request(k: int) -> GenerationRequest:
+            prefix = list(prefixes[k % G]) if (prefixes is not None and not episodes[k].steps) else []
+            return GenerationRequest(infos[k]["prompt_token_ids"], infos[k]["max_new_tokens"], infos[k]["stop"],
+                                     self.temperature, self.top_p, 1, prefix)
+
+        def follow_up(k: int, c: Completion) -> GenerationRequest | None:
+            """Env k's step with its completion: its next request, or None once its episode ends."""
+            nonlocal env_time
             t0 = time.perf_counter()
-            outs = self.engine.generate(reqs)
-            gen_time += time.perf_counter() - t0
-            t0 = time.perf_counter()
-            still = []
-            for k, req, out in zip(live, reqs, outs):
-                c = out[0]
-                episodes[k].steps.append(c.step(req.prompt_ids, self.eos_token_id, version))
-                _, reward, term, trunc, info = envs[k].step(TokenAction(c.text, c.token_ids, c.finish_reason == "eos"))
-                if term or trunc:
-                    ep = episodes[k]
-                    ep.reward, ep.info, ep.terminated, ep.truncated = float(reward), info, bool(term), bool(trunc)
-                else:
-                    infos[k] = info
-                    still.append(k)
+            # the version is the one the request was sampled with: weights change only in before_round, between rounds
+            episodes[k].steps.append(c.step(infos[k]["prompt_token_ids"], self.eos_token_id, self.policy_version))
+            _, reward, term, trunc, info = envs[k].step(TokenAction(c.text, c.token_ids, c.finish_reason == "eos"))
+            nxt = None
+            if term or trunc:
+                ep = episodes[k]
+                ep.reward, ep.info, ep.terminated, ep.truncated = float(reward), info, bool(term), bool(trunc)
+            else:
+                infos[k] = info
+                nxt = request(k)
             env_time += time.perf_counter() - t0
-            live = still
+            return nxt
+
+        t0, env_before = time.perf_counter(), env_time
+        stream(self.engine, {k: request(k) for k in range(len(envs))}, follow_up, self.before_round)
+        gen_time = time.perf_counter() - t0 - (env_time - env_before)
         rows = [r for i, ep in enumerate(episodes) for r in episode_rows(ep, i)]
         return Batch(episodes, rows, self._stats(episodes, gen_time, env_time))
 

@@ -4,11 +4,16 @@ Every engine (transformers `hf`, `vllm`, routed R2R) takes a batch of `Generatio
 returns, per request, `n` `Completion`s. Log-probabilities are those of the sampling distribution:
 log softmax(logits / temperature) at each sampled token, before top-p truncation, which is what
 the trainer recomputes for importance ratios (see README, "Log-probabilities").
+
+Multi-step episodes (Delethink's chunks) go through `stream`: each finished request may ask for the
+next request of its key. An engine may serve it natively (`HFEngine` with refill: a key's next chunk
+starts as soon as its last one ends); any other runs it in rounds of `generate`.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from collections.abc import Hashable, Mapping
 from typing import TYPE_CHECKING, Any, Callable, Literal, Protocol, Sequence
 
 from thinkgym.registry import Registry
@@ -68,7 +73,10 @@ class Completion:
 
 
 class Engine(Protocol):
-    """What the collector, evaluation and the learner need from a rollout engine, and all they use."""
+    """What the collector, evaluation and the learner need from a rollout engine, and all they use.
+
+    An engine may also serve `stream(requests, follow_up)` natively (`HFEngine`); the module's `stream`
+    runs any other in rounds of `generate`."""
 
     policy: Policy
     """The policy it samples from: its tokenizer and EOS are the env's and the collector's."""
@@ -93,26 +101,68 @@ class Engine(Protocol):
         """Free what the engine holds outside Python's reach (vLLM's engine core and process groups)."""
 
 
+FollowUp = Callable[[Hashable, Completion], "GenerationRequest | None"]
+"""`follow_up(key, completion)`: called as each request of `stream` finishes; returns that key's next
+request (a trace's next chunk), or None when the key is done."""
+
+
+def _one_sample(req: GenerationRequest) -> GenerationRequest:
+    if req.n != 1:
+        raise ValueError(f"stream takes requests of n=1 (one trace per key); got n={req.n}")
+    return req
+
+
+def stream_in_rounds(engine: Engine, requests: Mapping[Hashable, GenerationRequest], follow_up: FollowUp,
+                     before_round: Callable[[], None] | None = None) -> None:
+    """`stream` as rounds of `generate`: round k holds every live key's k-th request, so a key whose
+    request ended early waits for the round's longest. `before_round` runs before each round (the
+    asynchronous rollout rank loads new weights there)."""
+    live = {key: _one_sample(req) for key, req in requests.items()}
+    while live:
+        if before_round is not None:
+            before_round()
+        outs = engine.generate(list(live.values()))
+        following = {}
+        for key, out in zip(live, outs):
+            nxt = follow_up(key, out[0])
+            if nxt is not None:
+                following[key] = _one_sample(nxt)
+        live = following
+
+
+def stream(engine: Engine, requests: Mapping[Hashable, GenerationRequest], follow_up: FollowUp,
+           before_round: Callable[[], None] | None = None) -> None:
+    """Generate every request (`n=1` each) and the follow-ups `follow_up` asks for, as they finish: with
+    the engine's own `stream` where it has one and no `before_round` is given, else in rounds."""
+    native = getattr(engine, "stream", None)
+    if native is not None and before_round is None:
+        native(requests, follow_up)
+    else:
+        stream_in_rounds(engine, requests, follow_up, before_round)
+
+
 ENGINES: Registry[Callable[..., Engine]] = Registry("engine")
-"""Each engine's factory `fn(policy, seed, tensor_parallel_size, lora_merge) -> Engine`; it imports its
-engine when called, so that naming an engine loads neither transformers' decode loop nor vLLM."""
+"""Each engine's factory `fn(policy, seed, tensor_parallel_size, lora_merge, stream) -> Engine`; it imports
+its engine when called, so that naming an engine loads neither transformers' decode loop nor vLLM."""
 
 
 @ENGINES.register("hf")
-def _hf(policy: Policy, seed: int, tensor_parallel_size: int, lora_merge: bool) -> Engine:
+def _hf(policy: Policy, seed: int, tensor_parallel_size: int, lora_merge: bool, stream: bool) -> Engine:
     from .hf.engine import HFEngine
 
-    return HFEngine(policy, seed=seed, lora_merge=lora_merge)
+    return HFEngine(policy, seed=seed, lora_merge=lora_merge, refill=stream)
 
 
 @ENGINES.register("vllm")
-def _vllm(policy: Policy, seed: int, tensor_parallel_size: int, lora_merge: bool) -> Engine:
+def _vllm(policy: Policy, seed: int, tensor_parallel_size: int, lora_merge: bool, stream: bool) -> Engine:
     from .vllm import VLLMEngine
 
-    return VLLMEngine(policy, seed=seed, tensor_parallel_size=tensor_parallel_size)
+    return VLLMEngine(policy, seed=seed, tensor_parallel_size=tensor_parallel_size)  # streams in rounds
 
 
-def make_engine(name: str, policy: Policy, seed: int, tensor_parallel_size: int = 1, lora_merge: bool = False) -> Engine:
-    """A rollout engine by name; `tensor_parallel_size` shards vLLM's copy of the model over GPUs, and
-    `lora_merge` makes the hf engine decode a LoRA policy from merged weights (`HFEngine`)."""
-    return ENGINES.get(name)(policy, seed, tensor_parallel_size, lora_merge)
+def make_engine(name: str, policy: Policy, seed: int, tensor_parallel_size: int = 1, lora_merge: bool = False,
+                stream: bool = False) -> Engine:
+    """A rollout engine by name; `tensor_parallel_size` shards vLLM's copy of the model over GPUs,
+    `lora_merge` makes the hf engine decode a LoRA policy from merged weights, and `stream` makes it
+    refill the places of finished rows with pending requests (`HFEngine`'s `refill`)."""
+    return ENGINES.get(name)(policy, seed, tensor_parallel_size, lora_merge, stream)

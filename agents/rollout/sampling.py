@@ -52,7 +52,7 @@ compiled_race = compiled(race)  # one fused pass over the logits instead of abou
 
 def to_device(values: list[int], device: torch.device) -> torch.Tensor:
     """A host list as a device tensor, copied without waiting for the GPU's queued work (from pinned memory)."""
-    t = torch.tensor(values)
+    t = torch.tensor(values, dtype=torch.long)
     return t.pin_memory().to(device, non_blocking=True) if device.type == "cuda" else t
 
 

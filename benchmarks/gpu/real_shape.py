@@ -93,6 +93,8 @@ def run_side(side: str, checkout: Path, micro_batch: int, args: argparse.Namespa
             "--loss-type", "delethink", "--num-generations", str(args.num_generations), "--prompts-per-step", str(args.prompts_per_step),
             "--micro-batch-size", str(micro_batch), "--gradient-checkpointing", args.gradient_checkpointing, "--steps", str(args.steps),
             "--eval-every", "0", "--save-every", "0", "--learning-rate", "1e-6", "--seed", "0", "--output-dir", str(out / side)]
+    if side == "current" and args.stream_rollouts == "true":  # the baseline has no such flag
+        argv += ["--stream-rollouts", "true"]
     steps_file = out / "steps.jsonl"
     before = steps_file.read_text().count("\n") if steps_file.exists() else 0
     spec = out / f"{side}_spec.json"
@@ -168,6 +170,8 @@ def main() -> None:
     ap.add_argument("--prompts-per-step", type=int, default=4, help="prompts per step")
     ap.add_argument("--gradient-checkpointing", choices=("true", "false"), default="true",
                     help="recompute activations in the backward (both sides); false trades memory for a third less learner work")
+    ap.add_argument("--stream-rollouts", choices=("true", "false"), default="false",
+                    help="this checkout's rollouts refill finished rows' places and stream Delethink's chunks (GRPOConfig.stream_rollouts)")
     ap.add_argument("--tiny", action="store_true", help="bench.py's tiny model, 64-token chunks, on the CPU: to check the script")
     args = ap.parse_args()
     for name in ("micro_batch_size", "baseline_micro_batch_size", "steps", "max_chunks", "num_generations", "prompts_per_step"):

@@ -6,12 +6,18 @@ sampled token, forced response prefixes, and finished rows leaving the batch.
 
 Models whose attention is pluggable decode over a preallocated cache (`static_cache`), with each
 step replayed as a CUDA graph on a GPU; any other causal LM uses transformers' `DynamicCache`.
+
+By default the static path runs the rows in batches that fit the K/V budget, one after the other, and a
+finished row's place stays idle until half the batch has finished. With `refill`, one decoder run takes
+all the rows: a finished row's place is prefilled with a pending request (another row, or, through
+`stream`, the next chunk of a trace), and the batch steps down only when nothing is pending.
 """
 
 from __future__ import annotations
 
 import gc
-from collections.abc import Callable, Iterator
+from collections import deque
+from collections.abc import Callable, Hashable, Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any
@@ -21,7 +27,7 @@ from transformers import DynamicCache
 
 from ... import lora
 from ...policy import Policy, cache_kwargs
-from ..engine import Completion, GenerationRequest
+from ..engine import Completion, FollowUp, GenerationRequest, stream_in_rounds
 from ..sampling import STOP_WINDOW, TorchSampler, find_stop, force_prefixes, sample_tokens, to_device
 from .static_cache import ATTENTION, SLOT_BUCKET, SlotCache, StaticDecoder, supports_static
 
@@ -36,6 +42,7 @@ class DecodeRow:
     logps: list[float] = field(default_factory=list)
     finish: str | None = None
     eos_logp: float | None = None
+    key: Hashable = None  # the `stream` key it belongs to
 
     def add(self, token: int, logp: float, eos: int, tokenizer) -> bool:
         """Record a sampled token (an EOS ends the row, with its log-probability kept apart from `out`);
@@ -105,6 +112,10 @@ class HFEngine(TorchSampler):
     decodes Llama-family models with `FusedStep`, compiled when there are graphs. The cache and graphs
     are kept between calls, and read the weights in place after optimizer steps.
 
+    `refill` (static cache only; off by default, as it draws the sampling noise for other batches than
+    the default path, so a seed's samples change) decodes all rows in one run whose finished rows hand
+    their places to pending ones, and serves `stream` natively; otherwise `stream` runs in rounds.
+
     A LoRA policy (peft) is decoded as the learner runs it, adapter applied in each adapted layer, unless
     `lora_merge`: then the engine decodes a copy whose adapted weights have the adapter merged in
     (`lora.merged_copy`), with the fused kernels, and `sync_weights` re-merges them. Merging rounds the
@@ -120,7 +131,7 @@ class HFEngine(TorchSampler):
 
     def __init__(self, policy: Policy, max_batch_size: int = 256, seed: int | None = None,
                  static_cache: bool | None = None, cuda_graphs: bool | None = None, kv_cache_gb: float | None = None,
-                 fused: bool = True, lora_merge: bool = False):
+                 fused: bool = True, lora_merge: bool = False, refill: bool = False):
         self.policy = policy
         self.max_batch_size = max_batch_size
         super().__init__(policy.device, seed)
@@ -137,6 +148,7 @@ class HFEngine(TorchSampler):
             kv_cache_gb = torch.cuda.get_device_properties(policy.device).total_memory / 4e9 if cuda else 4.0
         self.kv_cache_bytes = int(kv_cache_gb * 1e9)
         self.fused = fused
+        self.refill = refill and self.static_cache
         self._decoder: StaticDecoder | None = None
 
     @property
@@ -169,16 +181,46 @@ class HFEngine(TorchSampler):
         training = model.training
         model.eval()  # no dropout, and no gradient checkpointing (which would drop the KV cache)
         try:
-            if rows and self.static_cache:
+            if rows and self.refill:
+                self._run_refill(rows)
+            elif rows and self.static_cache:
                 self._run_all_static(rows)
             else:
                 for i in range(0, len(rows), self.max_batch_size):
                     self._run_dynamic(rows[i:i + self.max_batch_size])
         finally:
             model.train(training)
-        tok = self.policy.tokenizer
-        return per_request(requests, rows, lambda r: Completion(r.out, tok.decode(r.out, skip_special_tokens=False), r.logps,
-                                                                 r.finish, r.eos_logp))
+        return per_request(requests, rows, self._completion)
+
+    def _completion(self, row: DecodeRow) -> Completion:
+        return Completion(row.out, self.policy.tokenizer.decode(row.out, skip_special_tokens=False), row.logps, row.finish,
+                          row.eos_logp)
+
+    @torch.no_grad()
+    def stream(self, requests: Mapping[Hashable, GenerationRequest], follow_up: FollowUp) -> None:
+        """`engine.stream`: with `refill`, each key's follow-up joins the running batch as soon as its
+        request finishes; otherwise in rounds of `generate`."""
+        if not self.refill:
+            return stream_in_rounds(self, requests, follow_up)
+        rows = [row for key, req in requests.items() for row in self._stream_rows(key, req)]
+
+        def next_rows(row: DecodeRow) -> list[DecodeRow]:
+            nxt = follow_up(row.key, self._completion(row))
+            return [] if nxt is None else self._stream_rows(row.key, nxt)
+
+        model = self.model
+        training = model.training
+        model.eval()
+        try:
+            self._run_refill(rows, next_rows)
+        finally:
+            model.train(training)
+
+    def _stream_rows(self, key: Hashable, req: GenerationRequest) -> list[DecodeRow]:
+        if req.n != 1:
+            raise ValueError(f"stream takes requests of n=1 (one trace per key); got n={req.n}")
+        self.policy.check_prompt(len(req.prompt_ids), req.max_new_tokens)
+        return [DecodeRow(list(req.prompt_ids), req, key=key)]
 
     def _sample(self, rows: list[DecodeRow], live: list[int], logits: torch.Tensor, temp: torch.Tensor,
                 top_p: torch.Tensor, step: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -255,6 +297,123 @@ class HFEngine(TorchSampler):
                     batch = dec.bucket_rows(len(live))
             sampled = HostTokens(tokens, logps)
             step += 1
+
+    def _sample_rows(self, rows: list[DecodeRow], logits: torch.Tensor, temp: torch.Tensor, top_p: torch.Tensor,
+                     steps: list[int]) -> tuple[torch.Tensor, torch.Tensor]:
+        """`_sample` for rows at their own steps (`steps[b]` tokens sampled so far)."""
+        truncate = any(r.req.top_p < 1 for r in rows)
+        tokens, logps = sample_tokens(logits, temp, top_p, self.generator, truncate)
+        force_prefixes((r.req.prefix_ids[s:] for r, s in zip(rows, steps)), 0, tokens, logps, logits, temp)
+        return tokens, logps
+
+    def _run_refill(self, rows: list[DecodeRow], next_rows: Callable[[DecodeRow], list[DecodeRow]] | None = None) -> None:
+        """Decode `rows`, and the rows `next_rows(row)` adds as each finishes, in one static decoder run per
+        cache length: the run is sized for the pending rows' longest; a later row too long for it waits
+        for the next run."""
+        pending = deque(rows)
+        with self.static_attention():
+            while pending:
+                slots = max(len(r.prompt) + r.req.max_new_tokens for r in pending)
+                fit = self.kv_cache_bytes // (slots * SlotCache.bytes_per_slot(self.model))
+                dec = self.static_decoder(max(1, min(self.max_batch_size, len(pending), fit)), slots)
+                pending = deque(self._refill(dec, min(self.max_batch_size, fit), pending, next_rows))
+
+    def _refill(self, dec: StaticDecoder, capacity: int, pending: deque[DecodeRow],
+                next_rows: Callable[[DecodeRow], list[DecodeRow]] | None) -> list[DecodeRow]:
+        """The refill loop over at most `capacity` of `dec`'s rows; returns the rows that need more slots than it has.
+
+        As in `_run_static`, step t runs before the host reads step t-1's tokens: a row that has just
+        finished costs one discarded step, and its place is prefilled with a pending row right after."""
+        dev = self.policy.device
+        capacity = max(1, min(capacity, dec.cache.n_rows))
+        batch = dec.bucket_rows(min(len(pending), capacity))  # with graphs, a bucket may hold more rows than it takes
+        dec.vacate(list(range(dec.cache.n_rows)))  # rows a last call left moving
+        free, later = list(range(min(batch, capacity))), []
+        live: list[DecodeRow] = []
+        where: list[int] = []  # each live row's place in the decoder
+        steps: list[int] = []  # tokens each live row has sampled (its place in a forced prefix)
+        slot: list[int] = []   # the slot each live row writes next
+        tokens = logps = temp = top_p = None
+        sampled, refresh = None, True
+        while True:
+            if live:
+                at = to_device(where, dev)
+                dec.ids[at, 0] = tokens
+                logits = dec.step_rows(batch, max(slot) + 1)[at]
+                slot = [s + 1 for s in slot]
+                tokens, logps = self._sample_rows(live, logits, temp, top_p, steps)
+                steps = [s + 1 for s in steps]
+                keep = self._record(live, list(range(len(live))), sampled)
+                if len(keep) < len(live):
+                    kept = set(keep)
+                    gone = [b for b in range(len(live)) if b not in kept]
+                    dec.vacate([where[b] for b in gone])
+                    free += [where[b] for b in gone]
+                    if next_rows is not None:
+                        for b in gone:
+                            pending.extend(next_rows(live[b]))
+                    sel = to_device(keep, dev)
+                    tokens, logps, temp, top_p = tokens[sel], logps[sel], temp[sel], top_p[sel]
+                    live, where, steps, slot = ([xs[b] for b in keep] for xs in (live, where, steps, slot))
+            if pending and not free and batch < capacity:  # follow-ups came after a step down: step up
+                grown = dec.bucket_rows(min(len(live) + len(pending), capacity))
+                free = list(range(batch, min(grown, capacity)))
+                batch = grown
+            if pending and free:
+                new = self._admit(dec, pending, free, later, refresh)
+                refresh = False
+                if new is not None:
+                    rows, places, widths, logits = new
+                    t_new = torch.tensor([r.req.temperature for r in rows], device=dev, dtype=torch.float)
+                    p_new = torch.tensor([r.req.top_p for r in rows], device=dev, dtype=torch.float)
+                    k_new, l_new = self._sample_rows(rows, logits, t_new, p_new, [0] * len(rows))
+                    if live:
+                        tokens, logps = torch.cat([tokens, k_new]), torch.cat([logps, l_new])
+                        temp, top_p = torch.cat([temp, t_new]), torch.cat([top_p, p_new])
+                    else:
+                        tokens, logps, temp, top_p = k_new, l_new, t_new, p_new
+                    live, where, steps, slot = live + rows, where + places, steps + [1] * len(rows), slot + widths
+            if not live:
+                return later
+            if not pending and dec.bucket_rows(len(live)) < batch:  # nothing to refill with: pack and step down
+                dec.pack(to_device(where, dev))
+                where = list(range(len(live)))
+                batch = dec.bucket_rows(len(live))
+                dec.vacate(list(range(len(live), dec.cache.n_rows)))  # every place but a live row's is idle
+                free = list(range(len(live), min(batch, capacity)))
+            sampled = HostTokens(tokens, logps)
+
+    def _admit(self, dec: StaticDecoder, pending: deque[DecodeRow], free: list[int], later: list[DecodeRow],
+               refresh: bool) -> tuple[list[DecodeRow], list[int], list[int], torch.Tensor] | None:
+        """Prefill pending rows into free places (taken from `free`), each run of adjacent places as one
+        left-padded batch; rows longer than the cache go to `later`. Returns the rows, their places, the
+        slot each writes next and their last-position logits, or None if none was admitted."""
+        take: list[tuple[int, DecodeRow]] = []
+        free.sort()
+        while pending and len(take) < len(free):
+            r = pending.popleft()
+            if len(r.prompt) + r.req.max_new_tokens > dec.cache.n_slots:
+                later.append(r)
+            else:
+                take.append((free[len(take)], r))
+        del free[:len(take)]
+        if not take:
+            return None
+        runs: list[list[tuple[int, DecodeRow]]] = []
+        for place, r in take:  # a run is adjacent places whose rows, padded to its widest prompt, fit the slots
+            run = runs[-1] if runs else []
+            if run and place == run[-1][0] + 1 and max(len(x.prompt) for _, x in run + [(place, r)]) + \
+                    max(x.req.max_new_tokens for _, x in run + [(place, r)]) <= dec.cache.n_slots:
+                run.append((place, r))
+            else:
+                runs.append([(place, r)])
+        widths, logits = [], []
+        for run in runs:
+            ids, mask, _, _ = left_pad([r for _, r in run], self.policy.tokenizer.pad_token_id, self.policy.device)
+            logits.append(dec.prefill(ids, mask, at=run[0][0], refresh=refresh))
+            refresh = False
+            widths += [ids.shape[1]] * len(run)
+        return [r for _, r in take], [p for p, _ in take], widths, torch.cat(logits)
 
     def _run_dynamic(self, rows: list[DecodeRow]) -> None:
         model = self.model

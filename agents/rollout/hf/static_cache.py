@@ -5,7 +5,9 @@ costs more than running them (`../shared/specs/performance_anchors.md` §1.3: pl
 30–45x below a CUDA-graph loop). A CUDA graph needs fixed shapes and addresses, so:
 
 - the K/V cache is preallocated once (`SlotCache`): row r, slot s holds the token at column s of
-  the left-padded batch, and every row writes its next token to the same slot;
+  the left-padded batch, and every row writes its next token to the same slot; or, for the engine's
+  refill (`step_rows`), each row writes at its own slot `row_slot[r]`, so a row prefilled into a
+  freed place starts at slot 0 while the others go on;
 - attention is `slot_attention`, registered with transformers' `AttentionInterface`. It reads only
   the first `mask.shape[-1]` slots, so one graph per (rows, slots) bucket serves a range of
   lengths, and it lets SDPA handle grouped-query heads instead of copying K/V per query head, as
@@ -28,6 +30,7 @@ import torch.nn.functional as F
 from transformers import AttentionInterface, PreTrainedModel
 
 from ...policy import cache_kwargs
+from ..sampling import to_device
 from .fused_step import FusedStep, supports_fused
 
 ATTENTION = "thinkgym_slots"
@@ -62,8 +65,9 @@ def supports_static(model: PreTrainedModel) -> bool:
 class SlotCache:
     """K/V for `rows x slots`, allocated once; a forward writes slots `write` of rows `rows`.
 
-    It implements the one cache method the model calls, `update`, so its tensors keep their
-    addresses for CUDA graphs."""
+    `write` is the slots every row writes, or None: then row r writes slot `row_slot[r]` (one token per
+    row, a decode step). It implements the one cache method the model calls, `update`, so its tensors
+    keep their addresses for CUDA graphs."""
 
     def __init__(self, model: PreTrainedModel, rows: int, slots: int):
         cfg = model.config.get_text_config()
@@ -75,7 +79,8 @@ class SlotCache:
         self.n_rows, self.n_slots = rows, slots
         self.rows = slice(0, rows)
         self.step_slot = torch.zeros(1, dtype=torch.long, device=p.device)  # a fixed address for CUDA graphs
-        self.write = self.step_slot
+        self.row_slot = torch.zeros(rows, dtype=torch.long, device=p.device)  # each row's own write slot, likewise
+        self.write: torch.Tensor | None = self.step_slot
 
     @staticmethod
     def bytes_per_slot(model: PreTrainedModel) -> int:
@@ -85,8 +90,13 @@ class SlotCache:
 
     def update(self, key: torch.Tensor, value: torch.Tensor, layer_idx: int, *args, **kwargs) -> tuple[torch.Tensor, torch.Tensor]:
         k, v = self.k[layer_idx][self.rows], self.v[layer_idx][self.rows]
-        k.index_copy_(2, self.write, key)
-        v.index_copy_(2, self.write, value)
+        if self.write is None:
+            at = self.row_slot[self.rows].view(-1, 1, 1, 1).expand_as(key)
+            k.scatter_(2, at, key)
+            v.scatter_(2, at, value)
+        else:
+            k.index_copy_(2, self.write, key)
+            v.index_copy_(2, self.write, value)
         return k, v
 
     def get_seq_length(self, layer_idx: int = 0) -> int:
@@ -111,7 +121,8 @@ class StaticDecoder:
         self.pos = torch.zeros((rows, 1), dtype=torch.long, device=dev)
         self.dtype = self.cache.k[0].dtype
         self.bias = torch.zeros((rows, slots), dtype=self.dtype, device=dev)  # 0 where a row may attend, else -max
-        self._graphs: dict[tuple[int, int], tuple[torch.cuda.CUDAGraph, torch.Tensor]] = {}
+        self.advance = torch.zeros(rows, dtype=torch.long, device=dev)  # 1 for rows that `step_rows` moves on, 0 for idle ones
+        self._graphs: dict[tuple[int, int, bool], tuple[torch.cuda.CUDAGraph, torch.Tensor]] = {}
         self._pool = torch.cuda.graph_pool_handle() if graphs else None
 
     def fits(self, rows: int, slots: int) -> bool:
@@ -130,17 +141,22 @@ class StaticDecoder:
         return min(-(-n // step) * step, self.cache.n_slots)
 
     @torch.no_grad()
-    def prefill(self, ids: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-        """Left-padded prompts [B, W] with their 0/1 mask -> last-position logits [B, V].
+    def prefill(self, ids: torch.Tensor, mask: torch.Tensor, at: int = 0, refresh: bool = True) -> torch.Tensor:
+        """Left-padded prompts [B, W] with their 0/1 mask, into rows `at`.. -> last-position logits [B, V].
 
         It runs in chunks of rows and of query positions, so that no mask or score tensor holds
-        more than PREFILL_MASK_ELEMS entries per head, however long the prompts."""
+        more than PREFILL_MASK_ELEMS entries per head, however long the prompts. `refresh` recopies the
+        fused step's packed weights: the first prefill of an engine call does, as the weights may have
+        changed since the last."""
         B, W = ids.shape
-        if self.fused is not None:
-            self.fused.refresh()  # every call begins here, and the weights may have changed since the last
-        self.bias[:B].fill_(torch.finfo(self.dtype).min)
-        self.bias[:B, :W].masked_fill_(mask.bool(), 0.0)
-        self.pos[:B, 0] = mask.sum(-1)
+        if self.fused is not None and refresh:
+            self.fused.refresh()
+        end = at + B
+        self.bias[at:end].fill_(torch.finfo(self.dtype).min)
+        self.bias[at:end, :W].masked_fill_(mask.bool(), 0.0)
+        self.pos[at:end, 0] = mask.sum(-1)
+        self.cache.row_slot[at:end] = W
+        self.advance[at:end] = 1
         pos = (mask.cumsum(-1) - 1).clamp(min=0)
         dtype, dev = self.dtype, ids.device
         rows = max(1, min(B, PREFILL_MASK_ELEMS // (W * W)))
@@ -148,7 +164,7 @@ class StaticDecoder:
         keys = torch.arange(W, device=dev)
         out = []
         for a in range(0, B, rows):
-            self.cache.rows = slice(a, min(B, a + rows))
+            self.cache.rows = slice(at + a, at + min(B, a + rows))
             for q in range(0, W, span):
                 e = min(W, q + span)
                 qpos = keys[q:e, None]
@@ -165,7 +181,30 @@ class StaticDecoder:
         """One decode step of the first `rows` rows, whose tokens are in `ids`, writing `slot`."""
         self.cache.step_slot.fill_(slot)
         self.bias[:, slot] = 0.0
-        key = (rows, self.bucket_slots(slot + 1))
+        out = self._run((rows, self.bucket_slots(slot + 1), False))
+        self.pos[:rows] += 1
+        return out
+
+    @torch.no_grad()
+    def step_rows(self, rows: int, slots: int) -> torch.Tensor:
+        """One decode step of the first `rows` rows, whose tokens are in `ids`, each writing its own slot
+        `cache.row_slot[r]` (all below `slots`), then moving on by `advance[r]`."""
+        self.bias[:rows].scatter_(1, self.cache.row_slot[:rows, None], 0.0)
+        out = self._run((rows, self.bucket_slots(slots), True))
+        self.pos[:rows, 0] += self.advance[:rows]
+        self.cache.row_slot[:rows] += self.advance[:rows]
+        return out
+
+    def vacate(self, rows: list[int]) -> None:
+        """Idle rows `rows`: `step_rows` keeps them writing slot 0 of their own row, and their logits are
+        not read, until a prefill takes their place."""
+        if rows:
+            at = to_device(rows, self.advance.device)
+            self.cache.row_slot[at] = 0
+            self.advance[at] = 0
+
+    def _run(self, key: tuple[int, int, bool]) -> torch.Tensor:
+        """A decode step of shape `key` (rows, slots, per-row write slots): a graph's replay, its capture, or eager."""
         if key in self._graphs:
             graph, logits = self._graphs[key]
             graph.replay()
@@ -174,17 +213,17 @@ class StaticDecoder:
             out = self._capture(key)
         else:
             out = self._forward(*key)
-        self.pos[:rows] += 1
         return out
 
     def pack(self, src: torch.Tensor) -> None:
         self.cache.pack(src)
         n = len(src)
-        self.bias[:n] = self.bias.index_select(0, src)
-        self.pos[:n] = self.pos.index_select(0, src)
+        for t in (self.bias, self.pos, self.advance, self.cache.row_slot):
+            t[:n] = t.index_select(0, src)
 
-    def _forward(self, rows: int, slots: int) -> torch.Tensor:
+    def _forward(self, rows: int, slots: int, per_row: bool) -> torch.Tensor:
         self.cache.rows = slice(0, rows)
+        self.cache.write = None if per_row else self.cache.step_slot
         return self._forward_chunk(self.ids[:rows], self.pos[:rows], self.bias[:rows, None, None, :slots])
 
     def _forward_chunk(self, ids: torch.Tensor, pos: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
@@ -194,7 +233,7 @@ class StaticDecoder:
         return self.model(input_ids=ids, position_ids=pos, attention_mask=mask, **cache_kwargs(self.model, self.cache),
                           use_cache=True, logits_to_keep=1).logits[:, -1]
 
-    def _capture(self, key: tuple[int, int]) -> torch.Tensor:
+    def _capture(self, key: tuple[int, int, bool]) -> torch.Tensor:
         """Run this step eagerly on a side stream (which also warms up), then record it as a graph."""
         side = torch.cuda.Stream()
         side.wait_stream(torch.cuda.current_stream())
