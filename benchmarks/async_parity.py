@@ -46,7 +46,7 @@ def held_out(engine, cfg, seed: int, problems: int) -> dict[str, float]:
     return {"greedy_accuracy": greedy["accuracy"], "sampled_accuracy": sampled["accuracy"], "pass@4": sampled["pass@4"]}
 
 
-def worker(arm: str, start: Path, seed: int, out: Path, problems: int, correction: str, steps: int) -> None:
+def worker(arm: str, start: Path, seed: int, out: Path, problems: int, correction: str, steps: int, lr: float) -> None:
     """One arm of one seed: GRPO from `start` (a demo's checkpoint-0) with the demo's own settings."""
     import torch
 
@@ -60,7 +60,8 @@ def worker(arm: str, start: Path, seed: int, out: Path, problems: int, correctio
     demo = load_trainer_state(start)["config"]
     cfg = GRPOConfig.from_dict({**demo, "model": str(start / "policy"), "sft_steps": 0, "output_dir": str(out), "eval_every": 0,
                                 "save_every": 0, "async_rollouts": arm == "async", "max_staleness": 1,
-                                "off_policy_correction": correction, **({"steps": steps} if steps else {})})
+                                "off_policy_correction": correction, **({"steps": steps} if steps else {}),
+                                **({"learning_rate": lr} if lr else {})})
     if arm == "sync":
         trainer = GRPOTrainer(cfg)
         before = held_out(trainer.engine, cfg, seed, problems)
@@ -75,13 +76,13 @@ def worker(arm: str, start: Path, seed: int, out: Path, problems: int, correctio
         (out / "result.json").write_text(json.dumps({"arm": arm, "seed": seed, "start": str(start), "before": before, "after": after}))
 
 
-def run(arm: str, start: Path, seed: int, out: Path, problems: int, correction: str, steps: int) -> dict:
+def run(arm: str, start: Path, seed: int, out: Path, problems: int, correction: str, steps: int, lr: float) -> dict:
     result = out / "result.json"
     if not result.exists():
         out.mkdir(parents=True, exist_ok=True)
         launcher = ["-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2"] if arm == "async" else []
         cmd = [sys.executable, *launcher, str(HERE), "--worker", arm, "--checkpoint0", str(start), "--seed", str(seed), "--out", str(out),
-               "--held-out", str(problems), "--correction", correction, "--steps", str(steps)]
+               "--held-out", str(problems), "--correction", correction, "--steps", str(steps), "--learning-rate", str(lr)]
         with open(out / "log.txt", "w") as log:
             subprocess.run(cmd, stdout=log, stderr=subprocess.STDOUT, check=True)
     return json.loads(result.read_text())
@@ -95,12 +96,16 @@ def main() -> None:
     ap.add_argument("--held-out", type=int, default=128, help="held-out problems (the demo's 128)")
     ap.add_argument("--correction", default="tis", choices=("tis", "mis"), help="the asynchronous arm's off_policy_correction")
     ap.add_argument("--steps", type=int, default=0, help="GRPO steps (0: the demo's 30)")
+    ap.add_argument("--learning-rate", type=float, default=0.0,
+                    help="GRPO learning rate, both arms (0: the one saved in each start's config, that demo's own)")
     ap.add_argument("--worker", choices=ARMS, help=argparse.SUPPRESS)
     ap.add_argument("--checkpoint0", type=Path, help=argparse.SUPPRESS)
     ap.add_argument("--seed", type=int, help=argparse.SUPPRESS)
     args = ap.parse_args()
     if args.worker:
-        return worker(args.worker, args.checkpoint0, args.seed, args.out, args.held_out, args.correction, args.steps)
+        return worker(args.worker, args.checkpoint0, args.seed, args.out, args.held_out, args.correction, args.steps, args.learning_rate)
+    if args.learning_rate < 0:
+        ap.error(f"--learning-rate must be >= 0 (0: each start's own); got {args.learning_rate}")
     if args.starts is None:
         sys.exit("--starts is required: a folder of demo runs (sS/checkpoint-0), e.g. from benchmarks/demo_seeds.py")
     gains: dict[str, list[float]] = {arm: [] for arm in ARMS}
@@ -108,8 +113,9 @@ def main() -> None:
         start = args.starts / f"s{seed}" / "checkpoint-0"
         if not (start / "trainer_state.pt").exists():
             sys.exit(f"{start} is not a checkpoint (no trainer_state.pt); run benchmarks/demo_seeds.py for seed {seed} first")
-        sync = run("sync", start, seed, args.out / "sync" / f"s{seed}", args.held_out, args.correction, args.steps)
-        asyn = run("async", start, seed, args.out / "async" / f"s{seed}", args.held_out, args.correction, args.steps)
+        common = (args.held_out, args.correction, args.steps, args.learning_rate)
+        sync = run("sync", start, seed, args.out / "sync" / f"s{seed}", *common)
+        asyn = run("async", start, seed, args.out / "async" / f"s{seed}", *common)
         before = sync["before"]["sampled_accuracy"]
         for arm, r in (("sync", sync), ("async", asyn)):
             gains[arm].append(r["after"]["sampled_accuracy"] - before)
