@@ -50,3 +50,21 @@ def test_the_rollout_ceiling_counts_one_weight_read_per_round_step_and_each_rows
     weight_reads = 3 + 1  # each round decodes as long as its longest completion
     contexts = (10 + 11 + 12) + (10 + 11) + 5
     assert rollout_ceiling_s(rows, n_params=100, cfg=Cfg, bandwidth=1.0) == weight_reads * 200 + contexts * 16
+
+
+def test_the_streamed_ceiling_counts_the_longest_traces_decode_steps_not_each_rounds_longest():
+    sys.path.insert(0, str(ROOT / "benchmarks" / "gpu"))
+    try:
+        from real_shape import rollout_ceiling_s
+    finally:
+        sys.path.pop(0)
+
+    class Cfg:  # 16 bytes of K/V per token of context, as above
+        hidden_size, num_attention_heads, num_key_value_heads, num_hidden_layers = 8, 2, 1, 1
+
+    # trace 0 completes 3 then 1 tokens, trace 1 completes 2 then 4: rounds wait 3 + 4 = 7 steps; streamed,
+    # trace 1's second chunk starts when its first ends, so the longest trace (2 + 4 = 6) bounds the steps
+    rows = [[0, 10, 13], [1, 10, 12], [0, 5, 6], [1, 5, 9]]
+    contexts = (10 + 11 + 12) + (10 + 11) + 5 + (5 + 6 + 7 + 8)
+    assert rollout_ceiling_s(rows, n_params=100, cfg=Cfg, bandwidth=1.0) == 7 * 200 + contexts * 16
+    assert rollout_ceiling_s(rows, n_params=100, cfg=Cfg, bandwidth=1.0, streamed=True) == 6 * 200 + contexts * 16

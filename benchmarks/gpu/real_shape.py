@@ -114,14 +114,17 @@ def run_side(side: str, checkout: Path, micro_batch: int, args: argparse.Namespa
     return result
 
 
-def rollout_ceiling_s(rows: list[list[int]], n_params: int, cfg, bandwidth: float) -> float:
+def rollout_ceiling_s(rows: list[list[int]], n_params: int, cfg, bandwidth: float, streamed: bool = False) -> float:
     """The least time the step's decoding can take at the measured bandwidth: each decode step reads the
     weights once (bf16) and every live row's K/V up to its own context.
 
-    Rows are Delethink chunks, [episode, prompt tokens, row tokens] in rollout order; the k-th chunks of all
-    traces decode together (the collector's rounds), so a round costs as many weight reads as its longest
-    completion, and the K/V read is summed per row over its own context lengths. Prefill (compute-bound),
-    sampling and the environments are not in it: it bounds the rollout's speed from above."""
+    Rows are Delethink chunks, [episode, prompt tokens, row tokens] in rollout order. In rounds (the
+    collector's default) the k-th chunks of all traces decode together, so a round costs as many weight
+    reads as its longest completion. Streamed (`--stream-rollouts`), a trace's next chunk starts when its
+    last one ends, so the decode steps are at least the longest trace's completion tokens (every trace
+    decoding at once: a lower bound, so a tighter ceiling than the rounds'). The K/V read is summed per
+    row over its own context lengths. Prefill (compute-bound), sampling and the environments are not in
+    it: it bounds the rollout's speed from above."""
     head_dim = getattr(cfg, "head_dim", None) or cfg.hidden_size // cfg.num_attention_heads
     kv_bytes = 2 * cfg.num_hidden_layers * cfg.num_key_value_heads * head_dim * 2
     rounds: dict[int, list[tuple[int, int]]] = {}
@@ -129,17 +132,23 @@ def rollout_ceiling_s(rows: list[list[int]], n_params: int, cfg, bandwidth: floa
     for episode, prompt, total in rows:
         k = seen[episode] = seen.get(episode, -1) + 1
         rounds.setdefault(k, []).append((prompt, total - prompt))
-    weight_reads = sum(max(c for _, c in r) for r in rounds.values())
+    if streamed:
+        per_trace: dict[int, int] = {}
+        for episode, prompt, total in rows:
+            per_trace[episode] = per_trace.get(episode, 0) + total - prompt
+        weight_reads = max(per_trace.values())
+    else:
+        weight_reads = sum(max(c for _, c in r) for r in rounds.values())
     kv_reads = sum(c * p + c * (c - 1) // 2 for r in rounds.values() for p, c in r)  # contexts p .. p + c - 1
     return (weight_reads * 2 * n_params + kv_reads * kv_bytes) / bandwidth
 
 
-def per_step(rec: dict, n_params: int, cfg, matmul_flops: float, bandwidth: float) -> dict:
+def per_step(rec: dict, n_params: int, cfg, matmul_flops: float, bandwidth: float, streamed: bool = False) -> dict:
     """One step's line: times, throughputs, the rollout against its bandwidth ceiling, the learner's MFU and memory."""
     from bench import attention_flops_per_token  # beside this script
 
     flops = sum(6 * n_params * T + attention_flops_per_token(cfg, T) * T for _, _, T in rec["rows"])
-    ceiling = rollout_ceiling_s(rec["rows"], n_params, cfg, bandwidth)
+    ceiling = rollout_ceiling_s(rec["rows"], n_params, cfg, bandwidth, streamed)
     return {"side": rec["side"], "step": rec["step"], "step_s": rec["time/step_s"], "rollout_s": rec["time/rollout_s"],
             "learner_s": rec["time/train_s"], "old_logprobs_s": rec.get("time/old_logprobs_s", 0.0),
             "rollout_tok_s": rec["rollout_tokens_per_s"], "learner_tok_s": rec["train_tokens_per_s"],
@@ -207,7 +216,9 @@ def main() -> None:
                "settings": vars(args), "sides": []}
     for side, checkout, mb in sides:
         run = run_side(side, checkout, mb, args, out)
-        run["lines"] = [per_step(r, n_params, cfg, matmul_flops, bandwidth) for r in run.pop("steps")]
+        streamed = side == "current" and args.stream_rollouts == "true"
+        run["streamed"] = streamed
+        run["lines"] = [per_step(r, n_params, cfg, matmul_flops, bandwidth, streamed) for r in run.pop("steps")]
         for line in run["lines"]:
             print(json.dumps(line), flush=True)
         if run["returncode"]:
@@ -224,7 +235,7 @@ def main() -> None:
           if not args.tiny else "\ntiny, on the CPU")
     for r in results["sides"]:
         s = r["steady"]
-        print(f"{r['side']:>8} mb {r['micro_batch_size']}: " + ("no step finished" if s["step_s"] is None else
+        print(f"{r['side']:>8}{' streamed' if r.get('streamed') else ''} mb {r['micro_batch_size']}: " + ("no step finished" if s["step_s"] is None else
               f"step {s['step_s']:.1f} s (rollout {s['rollout_s']:.1f}, learner {s['learner_s']:.1f}), "
               f"rollout {s['rollout_tok_s']:.0f} tok/s ({100 * s['rollout_frac_of_ceiling']:.0f}% of its ceiling), learner {s['learner_tok_s']:.0f} tok/s, MFU {100 * s['learner_mfu']:.1f}%, "
               f"peak {s['peak_allocated_GB'] or float('nan'):.1f} GB") + (" [failed]" if r["returncode"] else ""))
