@@ -242,7 +242,9 @@ class StaticDecoder:
         torch.cuda.current_stream().wait_stream(side)
         graph = torch.cuda.CUDAGraph()
         try:
-            with torch.cuda.graph(graph, pool=self._pool):
+            # "thread_local": the asynchronous trainer's rollout thread captures while the learner's thread keeps
+            # allocating and launching; the default "global" mode would make those calls fail during the capture
+            with torch.cuda.graph(graph, pool=self._pool, capture_error_mode="thread_local"):
                 logits = self._forward(*key)  # recorded, not run: it rewrites the K/V just written
         except RuntimeError as e:
             warnings.warn(f"CUDA graph capture failed ({e}); decoding without graphs", stacklevel=2)
