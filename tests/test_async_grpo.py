@@ -1,5 +1,5 @@
 """Asynchronous GRPO (`async_rollouts`): the staleness buffer, the off-policy corrections, policy versions on
-rows (a Delethink chunk's own), and, under torchrun with gloo: with max_staleness=0 the asynchronous trainer
+rows (a Delethink chunk's own), and, in one process with a rollout thread as under torchrun with gloo: with max_staleness=0 the asynchronous trainer
 gives the one-process synchronous trainer's weights; with max_staleness=1 no step trains on a row more than one
 version old; a run stopped mid-pipeline drops what it sampled ahead, says so, and its resume samples it again.
 
@@ -167,11 +167,6 @@ def test_config_refuses_what_async_does_not_do(bad, message):
         GRPOConfig(**bad)
 
 
-def test_async_needs_several_processes(tmp_path):
-    with pytest.raises(ValueError, match="at least 2 processes"):
-        train_async(GRPOConfig(**BASE, async_rollouts=True, output_dir=str(tmp_path)))
-
-
 @pytest.mark.parametrize("setting, message", [
     (dict(env="SATCurriculum-v0", reward=""), "SATCurriculum-v0 keeps state across episodes"),
     (dict(reward="adaptthink", num_generations=2), "forces openings on each group"),
@@ -201,6 +196,87 @@ def test_a_row_merging_several_steps_carries_its_oldest_version():
     second = Step([5, 6, 7, 9], [8], [-0.2], "stop", version=5)  # extends the first: one row, the env's token 9 masked
     (row,) = episode_rows(Episode(0, 0, [first, second]), 0)
     assert row.input_ids == [5, 6, 7, 9, 8] and row.loss_mask == [1, 0, 1] and row.version == 4
+
+
+# -- in one process: a rollout thread beside the learner ------------------------------------------
+
+def recording_versions(monkeypatch) -> list[tuple[int, list[int]]]:
+    """(step trained, the versions of its rows) for every step the asynchronous learner optimizes."""
+    seen: list[tuple[int, list[int]]] = []
+    optimize = AsyncGRPOTrainer.optimize
+
+    def recording(self, rows, adv):
+        seen.append((self.step, [r.version for r in rows]))
+        return optimize(self, rows, adv)
+
+    monkeypatch.setattr(AsyncGRPOTrainer, "optimize", recording)
+    return seen
+
+
+def test_one_process_at_staleness_zero_gives_the_synchronous_weights(tmp_path):
+    trainer, _ = train_async(GRPOConfig(**BASE, async_rollouts=True, max_staleness=0, output_dir=str(tmp_path / "async")))
+    assert trainer.pipeline.channel.thread.ident is not None and not trainer.pipeline.channel.thread.is_alive()
+    ref = one_process_weights(tmp_path / "one")
+    mine = trainer.model.state_dict()
+    start = Policy.from_pretrained("tiny", seed=0).model.state_dict()
+    moved = max(float((ref[k] - start[k]).abs().max()) for k in ref)
+    diff = max(float((ref[k] - mine[k]).abs().max()) for k in ref)
+    assert moved > 1e-3 and diff < 1e-6, f"3 steps moved the weights by up to {moved}; async and sync differ by up to {diff}"
+    logged = read_scalars(str(tmp_path / "async"))
+    assert [v for _, v in logged["async/staleness_max"]] == [0.0, 0.0, 0.0]
+    assert "time/old_logprobs_s" not in logged  # every row was the learner's own: nothing to correct
+    assert all(v > 0 for _, v in logged["time/weight_sync_s"][:2])  # steps 1 and 2 hand a version over; the last has no taker
+    assert all(v > 0 for _, v in logged["time/rollout_s"]) and len(logged["async/learner_wait_s"]) == 3
+
+
+def test_one_process_at_staleness_one_never_serves_an_older_row(monkeypatch, tmp_path):
+    seen = recording_versions(monkeypatch)
+    train_async(GRPOConfig(**dict(BASE, steps=5), async_rollouts=True, max_staleness=1, off_policy_correction="mis", mis_bound=0.5,
+                           output_dir=str(tmp_path)))
+    assert [step for step, _ in seen] == [0, 1, 2, 3, 4]
+    assert all(0 <= step - v <= 1 for step, versions in seen for v in versions), seen
+    assert all(step - min(versions) == 1 for step, versions in seen[1:]), seen  # each later step began with the weights before
+    logged = read_scalars(str(tmp_path))
+    assert [v for _, v in logged["async/staleness_max"]] == [0.0, 1.0, 1.0, 1.0, 1.0]
+    assert all(v == 0 for _, v in logged["async/rows_dropped"])
+    assert [s for s, _ in logged["time/old_logprobs_s"]] == [2, 3, 4, 5]  # stale rows: recomputed and corrected
+
+
+def test_one_process_stopped_drops_what_it_sampled_ahead_and_its_resume_samples_it_again(monkeypatch, capsys, tmp_path):
+    cut = GRPOConfig(**dict(BASE, steps=5, save_every=1, reward="distinct_chars + sigterm_at"), async_rollouts=True,
+                     max_staleness=1, output_dir=str(tmp_path))
+    monkeypatch.setitem(STOP_AT_CALL, "calls", 0)
+    monkeypatch.setitem(STOP_AT_CALL, "at", 3 * BASE["prompts_per_step"] * BASE["num_generations"])  # during the third step
+    trainer, _ = train_async(cut)
+    assert trainer.step == 3 and "stopped with steps [3, 4] sampled ahead" in capsys.readouterr().out
+    assert not trainer.pipeline.channel.thread.is_alive()
+    monkeypatch.setitem(STOP_AT_CALL, "at", None)
+    seen = recording_versions(monkeypatch)
+    train_async(GRPOConfig(**{**cut.to_dict(), "resume": True}))
+    assert (tmp_path / "checkpoint-3").is_dir() and (tmp_path / "checkpoint-5").is_dir()
+    assert seen[0] == (3, [3] * len(seen[0][1]))  # step 3 sampled again, by the weights it resumed from
+    logged = read_scalars(str(tmp_path))
+    assert [s for s, _ in logged["async/staleness_max"]] == [1, 2, 3, 4, 5]  # every step trained once
+    assert [v for _, v in logged["async/staleness_max"]][3] == 0.0
+
+
+def test_a_failure_in_the_rollout_thread_reaches_the_learner(monkeypatch, tmp_path):
+    def broken(self, seeds, prefixes=None):
+        raise ValueError("the environment broke")
+
+    monkeypatch.setattr(Collector, "collect", broken)
+    with pytest.raises(RuntimeError, match="the rollout thread failed with ValueError: the environment broke") as info:
+        train_async(GRPOConfig(**BASE, async_rollouts=True, output_dir=str(tmp_path)))
+    assert "in broken" in str(info.value)  # the thread's own traceback
+    assert isinstance(info.value.__cause__, ValueError)
+
+
+def test_cli_trains_asynchronously_in_one_process(capsys, tmp_path):
+    main(["train", "--async-rollouts", "true", "--steps", "1", "--prompts-per-step", "2", "--num-generations", "2",
+          "--eval-every", "0", "--output-dir", str(tmp_path)])
+    reports = [json.loads(line) for line in capsys.readouterr().out.splitlines() if line.startswith("{")]
+    assert [r["output_dir"] for r in reports] == [str(tmp_path)]
+    assert "async/staleness_max" in read_scalars(str(tmp_path))
 
 
 # -- under torchrun --------------------------------------------------------------------------------
