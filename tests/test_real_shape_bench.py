@@ -35,6 +35,23 @@ def test_real_shape_benchmark_runs_both_checkouts_and_compares_them(tmp_path):
     assert not list(out.glob("*/checkpoint-*"))  # checkpoints are off
 
 
+@pytest.mark.slow
+def test_real_shape_benchmark_compares_one_process_async_with_the_same_checkouts_sync(tmp_path):
+    out = tmp_path / "rs"
+    proc = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "gpu" / "real_shape.py"), "--tiny", "--steps", "2", "--max-chunks", "1",
+                           "--async-rollouts", "true", "--out", str(out), "--baseline", str(ROOT), "--baseline-micro-batch-size", "4"],
+                          capture_output=True, text=True, timeout=400, env={**os.environ, "OMP_NUM_THREADS": "1"})
+    assert proc.returncode == 0, proc.stderr[-4000:]
+    res = json.loads((out / "results.json").read_text())
+    assert [(s["side"], s["async"], s["returncode"]) for s in res["sides"]] == [("current", True, 0), ("baseline", False, 0)]
+    current, baseline = (side["lines"] for side in res["sides"])
+    assert [line["staleness_max"] for line in current] == [0.0, 1.0]  # the second step's rows were sampled a version behind
+    assert all(line["step_s"] >= line["learner_wait_s"] + line["learner_s"] and line["weight_sync_s"] > 0 for line in current)
+    assert all(line["learner_wait_s"] == line["rollout_s"] and line["staleness_max"] is None for line in baseline)
+    assert set(res["speedup"]) == {"step_s", "rollout_s", "learner_s", "learner_wait_s"}
+    assert "current async (max staleness 1) mb 4" in proc.stdout and "speed-up, baseline / current" in proc.stdout
+
+
 def test_the_rollout_ceiling_counts_one_weight_read_per_round_step_and_each_rows_own_context():
     sys.path.insert(0, str(ROOT / "benchmarks" / "gpu"))
     try:

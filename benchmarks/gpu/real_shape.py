@@ -26,6 +26,15 @@ I = 5, not a measurement. Rows are as long at any I (8K), so memory is that of t
 baseline runs at micro-batch 1, since 505741b runs out of memory at 2. The paper's full shape is
 `--max-chunks 5 --steps 3`, about 3 minutes a step for the baseline: run each side in its own call
 (`--baseline-only` for the second) and compare their DIR/results.json.
+
+`--async-rollouts true` runs this checkout's side asynchronously in one process (issue 37): a rollout thread
+samples up to `--max-staleness` steps ahead on its own CUDA stream while the learner trains. `--baseline .
+--baseline-micro-batch-size 4` then runs the same checkout synchronously after it, and the printed speed-up is
+the synchronous step over the asynchronous one. In a step's line, `rollout_s` is the sampler's own time for the
+step's rows (for the asynchronous side: the rollout thread's, spent beside the learner's earlier steps, so
+step_s need not cover it) and `learner_wait_s` is what the learner waited for those rows (the synchronous
+side waits its whole rollout: there it equals `rollout_s`); `learner_s` is the learner's optimisation,
+`weight_sync_s` the weight hand-over, `staleness_max` the oldest row's lag in versions.
 """
 
 from __future__ import annotations
@@ -43,7 +52,7 @@ HERE = Path(__file__).resolve().parent
 CHECKOUT = HERE.parents[1]
 KEPT = ("time/step_s", "time/rollout_s", "time/train_s", "time/old_logprobs_s", "rollout_tokens_per_s", "train_tokens_per_s",
         "generated_tokens", "engine_log_ratio/abs_mean", "engine_log_ratio/abs_max", "delethink/chunks_mean",
-        "delethink/thinking_tokens_mean")
+        "delethink/thinking_tokens_mean", "time/weight_sync_s", "async/learner_wait_s", "async/staleness_max")
 
 
 def worker(spec_file: str) -> None:
@@ -57,7 +66,11 @@ def worker(spec_file: str) -> None:
     spec = json.loads(Path(spec_file).read_text())
     cuda = torch.cuda.is_available()
     rows: list[list[list[int]]] = []
-    optimize, train_step = GRPOTrainer.optimize, GRPOTrainer.train_step
+    # the asynchronous learner adds its metrics (the wait for rows) around GRPOTrainer's step: record its step
+    stepper = GRPOTrainer
+    if spec.get("async"):
+        from thinkgym.agents.learner.async_grpo import AsyncGRPOTrainer as stepper
+    optimize, train_step = GRPOTrainer.optimize, stepper.train_step
 
     def recording_optimize(self, step_rows, adv):
         rows.append([[r.episode, r.prompt_len, len(r.input_ids)] for r in step_rows])
@@ -74,11 +87,12 @@ def worker(spec_file: str) -> None:
                "peak_reserved_GB": torch.cuda.max_memory_reserved() / 1e9 if cuda else None}
         with open(spec["steps_file"], "a") as f:
             f.write(json.dumps(rec) + "\n")
-        print(f"{spec['side']} step {rec['step']}: {rec['time/step_s']:.1f} s (rollout {rec['time/rollout_s']:.1f}, learner "
+        wait = f", learner waited {rec['async/learner_wait_s']:.1f}" if "async/learner_wait_s" in rec else ""
+        print(f"{spec['side']} step {rec['step']}: {rec['time/step_s']:.1f} s (rollout {rec['time/rollout_s']:.1f}{wait}, learner "
               f"{rec['time/train_s']:.1f}), peak {rec['peak_allocated_GB'] or float('nan'):.1f} GB", flush=True)
         return metrics
 
-    GRPOTrainer.optimize, GRPOTrainer.train_step = recording_optimize, recording_step
+    GRPOTrainer.optimize, stepper.train_step = recording_optimize, recording_step
     GRPOTrainer.save = lambda self: None
     # transformers loads a tokenizer saved beside a Qwen2 config as Qwen2's: the word tokenizer comes from its own folder
     load = Policy.from_pretrained.__func__
@@ -95,10 +109,14 @@ def run_side(side: str, checkout: Path, micro_batch: int, args: argparse.Namespa
             "--eval-every", "0", "--save-every", "0", "--learning-rate", "1e-6", "--seed", "0", "--output-dir", str(out / side)]
     if side == "current" and args.stream_rollouts == "true":  # the baseline has no such flag
         argv += ["--stream-rollouts", "true"]
+    asynchronous = side == "current" and args.async_rollouts == "true"
+    if asynchronous:
+        argv += ["--async-rollouts", "true", "--max-staleness", str(args.max_staleness)]
     steps_file = out / "steps.jsonl"
     before = steps_file.read_text().count("\n") if steps_file.exists() else 0
     spec = out / f"{side}_spec.json"
-    spec.write_text(json.dumps({"side": side, "argv": argv, "steps_file": str(steps_file), "tokenizer": str(out / "tokenizer")}))
+    spec.write_text(json.dumps({"side": side, "argv": argv, "steps_file": str(steps_file), "tokenizer": str(out / "tokenizer"),
+                                "async": asynchronous}))
     path = Path(tempfile.mkdtemp(prefix=f"thinkgym-{side}-"))
     (path / "thinkgym").symlink_to(checkout.resolve())  # `import thinkgym` is this checkout in the side's process
     env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(path), os.environ.get("PYTHONPATH", "")]),
@@ -150,7 +168,9 @@ def per_step(rec: dict, n_params: int, cfg, matmul_flops: float, bandwidth: floa
     flops = sum(6 * n_params * T + attention_flops_per_token(cfg, T) * T for _, _, T in rec["rows"])
     ceiling = rollout_ceiling_s(rec["rows"], n_params, cfg, bandwidth, streamed)
     return {"side": rec["side"], "step": rec["step"], "step_s": rec["time/step_s"], "rollout_s": rec["time/rollout_s"],
-            "learner_s": rec["time/train_s"], "old_logprobs_s": rec.get("time/old_logprobs_s", 0.0),
+            "learner_wait_s": rec.get("async/learner_wait_s", rec["time/rollout_s"]), "learner_s": rec["time/train_s"],
+            "weight_sync_s": rec.get("time/weight_sync_s"), "staleness_max": rec.get("async/staleness_max"),
+            "old_logprobs_s": rec.get("time/old_logprobs_s", 0.0),
             "rollout_tok_s": rec["rollout_tokens_per_s"], "learner_tok_s": rec["train_tokens_per_s"],
             "rollout_ceiling_s": ceiling, "rollout_frac_of_ceiling": ceiling / rec["time/rollout_s"],
             "learner_mfu": flops / rec["time/train_s"] / matmul_flops, "peak_allocated_GB": rec["peak_allocated_GB"],
@@ -159,8 +179,9 @@ def per_step(rec: dict, n_params: int, cfg, matmul_flops: float, bandwidth: floa
 
 
 def steady(lines: list[dict], key: str) -> float | None:
-    """The median over the steps after the first (the first alone if there is one)."""
-    values = [r[key] for r in (lines[1:] or lines)]
+    """The median over the steps after the first (the first alone if there is one); None where not measured
+    (peak GPU memory on the CPU)."""
+    values = [r[key] for r in (lines[1:] or lines) if r[key] is not None]
     return statistics.median(values) if values else None
 
 
@@ -181,11 +202,17 @@ def main() -> None:
                     help="recompute activations in the backward (both sides); false trades memory for a third less learner work")
     ap.add_argument("--stream-rollouts", choices=("true", "false"), default="false",
                     help="this checkout's rollouts refill finished rows' places and stream Delethink's chunks (GRPOConfig.stream_rollouts)")
+    ap.add_argument("--async-rollouts", choices=("true", "false"), default="false",
+                    help="this checkout's side trains asynchronously in one process, a rollout thread beside the learner "
+                         "(GRPOConfig.async_rollouts); with `--baseline .` the baseline is its synchronous run")
+    ap.add_argument("--max-staleness", type=int, default=1, help="with --async-rollouts true: steps the rollout thread may sample ahead")
     ap.add_argument("--tiny", action="store_true", help="bench.py's tiny model, 64-token chunks, on the CPU: to check the script")
     args = ap.parse_args()
     for name in ("micro_batch_size", "baseline_micro_batch_size", "steps", "max_chunks", "num_generations", "prompts_per_step"):
         if getattr(args, name) < 1:
             ap.error(f"--{name.replace('_', '-')} must be >= 1; got {getattr(args, name)}")
+    if args.max_staleness < 0:
+        ap.error(f"--max-staleness must be >= 0; got {args.max_staleness}")
     if args.baseline_only and not args.baseline:
         ap.error("--baseline-only needs --baseline PATH")
     if args.baseline and not (Path(args.baseline) / "agents" / "cli.py").exists():
@@ -217,26 +244,29 @@ def main() -> None:
     for side, checkout, mb in sides:
         run = run_side(side, checkout, mb, args, out)
         streamed = side == "current" and args.stream_rollouts == "true"
-        run["streamed"] = streamed
+        run["streamed"], run["async"] = streamed, side == "current" and args.async_rollouts == "true"
         run["lines"] = [per_step(r, n_params, cfg, matmul_flops, bandwidth, streamed) for r in run.pop("steps")]
         for line in run["lines"]:
             print(json.dumps(line), flush=True)
         if run["returncode"]:
             print(f"{side} (micro-batch {mb}) failed{' (out of memory)' if run['oom'] else ''} after {len(run['lines'])} steps:\n"
                   f"{run['stderr_tail'][-1500:]}", flush=True)
-        run["steady"] = {k: steady(run["lines"], k) for k in ("step_s", "rollout_s", "learner_s", "rollout_tok_s", "learner_tok_s",
+        run["steady"] = {k: steady(run["lines"], k) for k in ("step_s", "rollout_s", "learner_wait_s", "learner_s", "rollout_tok_s", "learner_tok_s",
                                                              "rollout_frac_of_ceiling", "learner_mfu", "peak_allocated_GB")}
         results["sides"].append(run)
     if len(results["sides"]) == 2 and all(r["steady"]["step_s"] for r in results["sides"]):
         cur, base = (r["steady"] for r in results["sides"])
         results["speedup"] = {k: base[k] / cur[k] for k in ("step_s", "rollout_s", "learner_s")}
+        if results["sides"][0]["async"] and cur["learner_wait_s"]:  # how much less the learner waits for rows
+            results["speedup"]["learner_wait_s"] = base["learner_wait_s"] / cur["learner_wait_s"]
     (out / "results.json").write_text(json.dumps(results, indent=1))
     print(f"\n{results['device']}, {args.prompts_per_step} prompts x {args.num_generations} traces, C=8K m=4K I={args.max_chunks}"
           if not args.tiny else "\ntiny, on the CPU")
     for r in results["sides"]:
         s = r["steady"]
-        print(f"{r['side']:>8}{' streamed' if r.get('streamed') else ''} mb {r['micro_batch_size']}: " + ("no step finished" if s["step_s"] is None else
-              f"step {s['step_s']:.1f} s (rollout {s['rollout_s']:.1f}, learner {s['learner_s']:.1f}), "
+        mode = (" streamed" if r.get("streamed") else "") + (f" async (max staleness {args.max_staleness})" if r.get("async") else "")
+        print(f"{r['side']:>8}{mode} mb {r['micro_batch_size']}: " + ("no step finished" if s["step_s"] is None else
+              f"step {s['step_s']:.1f} s (rollout {s['rollout_s']:.1f}, learner waited {s['learner_wait_s']:.1f}, learner {s['learner_s']:.1f}), "
               f"rollout {s['rollout_tok_s']:.0f} tok/s ({100 * s['rollout_frac_of_ceiling']:.0f}% of its ceiling), learner {s['learner_tok_s']:.0f} tok/s, MFU {100 * s['learner_mfu']:.1f}%, "
               f"peak {s['peak_allocated_GB'] or float('nan'):.1f} GB") + (" [failed]" if r["returncode"] else ""))
     if "speedup" in results:
