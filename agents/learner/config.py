@@ -206,12 +206,14 @@ class GRPOConfig:
 
     # -- asynchronous rollouts (README, "Asynchronous rollouts") --------------------------------
     async_rollouts: bool = False
-    """Under torchrun, rank 0 learns while the other ranks roll out with the weights they hold, which it
-    broadcasts after every optimizer step; every row carries its policy version (`agents/learner/async_grpo.py`).
-    Off: every rank collects, then every rank learns (data parallelism)."""
+    """The learner trains while rollouts sample ahead with the weights they hold, which it hands over after
+    every optimizer step; every row carries its policy version (`agents/learner/async_grpo.py`). In one process:
+    a rollout thread with its own copy of the weights on the same device (on a GPU, its own CUDA stream, so that
+    decode overlaps the learner). Under torchrun: rank 0 learns and the other ranks roll out. Off: collect, then
+    learn (under torchrun every rank does both: data parallelism)."""
     max_staleness: int = 1
     """With `async_rollouts`: the most optimizer steps a row's policy version may lag the learner's; rollout
-    ranks wait for newer weights rather than exceed it. 0 is synchronous (the same updates as one process)."""
+    workers wait for newer weights rather than exceed it. 0 is synchronous (the same updates as one process)."""
 
     # -- optimisation -------------------------------------------------------------------------
     steps: int = 50
