@@ -170,6 +170,7 @@ def test_config_refuses_what_async_does_not_do(bad, message):
 @pytest.mark.parametrize("setting, message", [
     (dict(env="SATCurriculum-v0", reward=""), "SATCurriculum-v0 keeps state across episodes"),
     (dict(reward="adaptthink", num_generations=2), "forces openings on each group"),
+    (dict(engine="vllm"), r"in one process runs a rollout thread on engine='hf', not engine='vllm'"),
 ])
 def test_the_learner_refuses_what_rollout_ranks_cannot_follow(setting, message, tmp_path):
     with pytest.raises(ValueError, match=message):  # before it touches its links to the rollout ranks

@@ -132,6 +132,9 @@ class AsyncGRPOTrainer(GRPOTrainer):
     process (`links=None`)."""
 
     def __init__(self, cfg: GRPOConfig, links: Links | None = None, policy: Policy | None = None):
+        if links is None and cfg.engine != "hf":  # a second vLLM engine in one process would contend for its memory
+            raise ValueError(f"async_rollouts=True in one process runs a rollout thread on engine='hf', not engine={cfg.engine!r}: "
+                             "use engine='hf', or torchrun with rollout ranks")
         super().__init__(cfg, policy=policy)
         if self.openings is not None:
             raise ValueError(f"reward {cfg.reward!r} forces openings on each group, which the rollout ranks do not do: "
