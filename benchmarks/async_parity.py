@@ -1,8 +1,9 @@
 """Does asynchronous GRPO learn as well as the synchronous trainer? (issue 37's learning parity)
 
 From each seed's demo `checkpoint-0` (the weights `examples/demo.py` starts GRPO from, after its warm start),
-the demo's GRPO run twice: synchronously (one process) and asynchronously (torchrun, 2 processes: a learner
-and a rollout rank, `max_staleness` 1, the correction `--correction`). Each run is scored on the demo's
+the demo's GRPO run in each of `--arms`: `sync` (one process), `async` (torchrun, 2 processes: a learner
+and a rollout rank) and `thread` (one process: a rollout thread beside the learner), the asynchronous arms at
+`max_staleness` 1 with the correction `--correction`. Each run is scored on the demo's
 held-out problems as the demo scores them (greedy, and sampled at T = 1, 4 each), before and after; the
 summary gives, per arm, the mean ± sd over seeds of the gain in sampled accuracy.
 
@@ -24,7 +25,7 @@ from pathlib import Path
 import numpy as np
 
 HERE = Path(__file__).resolve()
-ARMS = ("sync", "async")
+ARMS = ("sync", "async", "thread")
 
 
 def parse_seeds(text: str) -> list[int]:
@@ -59,7 +60,7 @@ def worker(arm: str, start: Path, seed: int, out: Path, problems: int, correctio
     torch.set_num_threads(1)
     demo = load_trainer_state(start)["config"]
     cfg = GRPOConfig.from_dict({**demo, "model": str(start / "policy"), "sft_steps": 0, "output_dir": str(out), "eval_every": 0,
-                                "save_every": 0, "async_rollouts": arm == "async", "max_staleness": 1,
+                                "save_every": 0, "async_rollouts": arm != "sync", "max_staleness": 1,
                                 "off_policy_correction": correction, **({"steps": steps} if steps else {}),
                                 **({"learning_rate": lr} if lr else {})})
     if arm == "sync":
@@ -98,6 +99,7 @@ def main() -> None:
     ap.add_argument("--steps", type=int, default=0, help="GRPO steps (0: the demo's 30)")
     ap.add_argument("--learning-rate", type=float, default=0.0,
                     help="GRPO learning rate, both arms (0: the one saved in each start's config, that demo's own)")
+    ap.add_argument("--arms", default="sync,async", help=f"comma-separated arms, from {', '.join(ARMS)}; sync is the reference")
     ap.add_argument("--worker", choices=ARMS, help=argparse.SUPPRESS)
     ap.add_argument("--checkpoint0", type=Path, help=argparse.SUPPRESS)
     ap.add_argument("--seed", type=int, help=argparse.SUPPRESS)
@@ -108,20 +110,23 @@ def main() -> None:
         ap.error(f"--learning-rate must be >= 0 (0: each start's own); got {args.learning_rate}")
     if args.starts is None:
         sys.exit("--starts is required: a folder of demo runs (sS/checkpoint-0), e.g. from benchmarks/demo_seeds.py")
-    gains: dict[str, list[float]] = {arm: [] for arm in ARMS}
+    arms = args.arms.split(",")
+    if "sync" not in arms or any(a not in ARMS for a in arms):
+        ap.error(f"--arms must list sync and any of {', '.join(ARMS[1:])}, comma-separated; got {args.arms!r}")
+    gains: dict[str, list[float]] = {arm: [] for arm in arms}
     for seed in parse_seeds(args.seeds):
         start = args.starts / f"s{seed}" / "checkpoint-0"
         if not (start / "trainer_state.pt").exists():
             sys.exit(f"{start} is not a checkpoint (no trainer_state.pt); run benchmarks/demo_seeds.py for seed {seed} first")
         common = (args.held_out, args.correction, args.steps, args.learning_rate)
-        sync = run("sync", start, seed, args.out / "sync" / f"s{seed}", *common)
-        asyn = run("async", start, seed, args.out / "async" / f"s{seed}", *common)
-        before = sync["before"]["sampled_accuracy"]
-        for arm, r in (("sync", sync), ("async", asyn)):
-            gains[arm].append(r["after"]["sampled_accuracy"] - before)
-        print(f"seed {seed}: sampled accuracy {before:.3f} -> sync {sync['after']['sampled_accuracy']:.3f}, async "
-              f"{asyn['after']['sampled_accuracy']:.3f}; greedy {sync['before']['greedy_accuracy']:.3f} -> sync "
-              f"{sync['after']['greedy_accuracy']:.3f}, async {asyn['after']['greedy_accuracy']:.3f}", flush=True)
+        results = {arm: run(arm, start, seed, args.out / arm / f"s{seed}", *common) for arm in arms}
+        before = results["sync"]["before"]
+        for arm, r in results.items():
+            gains[arm].append(r["after"]["sampled_accuracy"] - before["sampled_accuracy"])
+        print(f"seed {seed}: sampled accuracy {before['sampled_accuracy']:.3f} -> "
+              + ", ".join(f"{arm} {r['after']['sampled_accuracy']:.3f}" for arm, r in results.items())
+              + f"; greedy {before['greedy_accuracy']:.3f} -> "
+              + ", ".join(f"{arm} {r['after']['greedy_accuracy']:.3f}" for arm, r in results.items()), flush=True)
     for arm, g in gains.items():
         print(f"{arm:5s} gain in sampled accuracy over {len(g)} seeds: {np.mean(g):+.3f} ± {np.std(g, ddof=1) if len(g) > 1 else 0:.3f}")
 
