@@ -368,3 +368,14 @@ def test_staleness_bound_holds_over_two_rollout_ranks(tmp_path):
 
 if __name__ == "__main__":
     worker(Path(sys.argv[1]), sys.argv[2])
+
+
+@pytest.mark.parametrize("arms, bad", [("async,thread", "must list sync"), ("sync,threads", "'sync,threads'")])
+def test_the_parity_benchmark_refuses_arms_it_cannot_compare(tmp_path, arms, bad):
+    """benchmarks/async_parity.py measures every arm's gain against sync's start: an arm list without sync, or
+    with a name it does not run, is refused before any run starts."""
+    script = Path(__file__).resolve().parents[1] / "benchmarks" / "async_parity.py"
+    proc = subprocess.run([sys.executable, str(script), "--starts", str(tmp_path), "--out", str(tmp_path / "out"), "--arms", arms],
+                          capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 2 and bad in proc.stderr and "thread" in proc.stderr
+    assert not (tmp_path / "out").exists()
