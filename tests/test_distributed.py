@@ -287,8 +287,12 @@ GPU_BENCHMARKS = Path(__file__).resolve().parents[1] / "benchmarks" / "gpu"
 
 def run_script(name: str, *args: str, nproc: int = 1) -> None:
     launcher = ["-m", "torch.distributed.run", "--standalone", "--nproc-per-node", str(nproc)] if nproc > 1 else []
-    proc = subprocess.run([sys.executable, *launcher, str(GPU_BENCHMARKS / name), "--tiny", *args], capture_output=True, text=True,
-                          timeout=300)
+    cmd = [sys.executable, *launcher, str(GPU_BENCHMARKS / name), "--tiny", *args]
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
+    if nproc > 1 and proc.returncode and "terminate called without an active exception" in proc.stderr:
+        # gloo's teardown has aborted both ranks at exit, after their work, about 2 runs in 10 on a loaded
+        # 2-core machine (cause not pinned; large.py frees its trainer first): one rerun, which must pass
+        proc = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr[-4000:]
 
 
