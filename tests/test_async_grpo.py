@@ -214,19 +214,24 @@ def recording_versions(monkeypatch) -> list[tuple[int, list[int]]]:
     return seen
 
 
-def test_one_process_at_staleness_zero_gives_the_synchronous_weights(tmp_path):
-    trainer, _ = train_async(GRPOConfig(**BASE, async_rollouts=True, max_staleness=0, output_dir=str(tmp_path / "async")))
-    assert trainer.pipeline.channel.thread.ident is not None and not trainer.pipeline.channel.thread.is_alive()
-    ref = one_process_weights(tmp_path / "one")
-    mine = trainer.model.state_dict()
+def assert_the_synchronous_run(mine: dict, ref: dict, run_dir: Path) -> dict:
+    """A 3-step asynchronous run at staleness 0: the synchronous run's weights (`ref`) to 1e-6, after updates that
+    moved them; every row its learner's own, and a version handed over after steps 1 and 2. Returns its scalars."""
     start = Policy.from_pretrained("tiny", seed=0).model.state_dict()
     moved = max(float((ref[k] - start[k]).abs().max()) for k in ref)
     diff = max(float((ref[k] - mine[k]).abs().max()) for k in ref)
     assert moved > 1e-3 and diff < 1e-6, f"3 steps moved the weights by up to {moved}; async and sync differ by up to {diff}"
-    logged = read_scalars(str(tmp_path / "async"))
+    logged = read_scalars(str(run_dir))
     assert [v for _, v in logged["async/staleness_max"]] == [0.0, 0.0, 0.0]
     assert "time/old_logprobs_s" not in logged  # every row was the learner's own: nothing to correct
     assert all(v > 0 for _, v in logged["time/weight_sync_s"][:2])  # steps 1 and 2 hand a version over; the last has no taker
+    return logged
+
+
+def test_one_process_at_staleness_zero_gives_the_synchronous_weights(tmp_path):
+    trainer, _ = train_async(GRPOConfig(**BASE, async_rollouts=True, max_staleness=0, output_dir=str(tmp_path / "async")))
+    assert trainer.pipeline.channel.thread.ident is not None and not trainer.pipeline.channel.thread.is_alive()
+    logged = assert_the_synchronous_run(trainer.model.state_dict(), one_process_weights(tmp_path / "one"), tmp_path / "async")
     assert all(v > 0 for _, v in logged["time/rollout_s"]) and len(logged["async/learner_wait_s"]) == 3
 
 
@@ -324,15 +329,7 @@ def test_staleness_zero_gives_the_one_process_weights(two_ranks, tmp_path):
     out, _ = two_ranks
     one = subprocess.run([sys.executable, __file__, str(tmp_path), "one"], capture_output=True, text=True, timeout=600)
     assert one.returncode == 0, one.stderr[-4000:]
-    mine, ref = torch.load(out / "async0.pt"), torch.load(tmp_path / "one.pt")
-    start = Policy.from_pretrained("tiny", seed=0).model.state_dict()
-    moved = max(float((ref[k] - start[k]).abs().max()) for k in ref)
-    diff = max(float((ref[k] - mine[k]).abs().max()) for k in ref)
-    assert moved > 1e-3 and diff < 1e-6, f"3 steps moved the weights by up to {moved}; async and sync differ by up to {diff}"
-    logged = read_scalars(str(out / "sync"))
-    assert [v for _, v in logged["async/staleness_max"]] == [0.0, 0.0, 0.0]
-    assert "time/old_logprobs_s" not in logged  # every row was the learner's own: nothing to correct
-    assert all(v > 0 for _, v in logged["time/weight_sync_s"][:2])  # steps 1 and 2 broadcast a version; the last has no taker
+    assert_the_synchronous_run(torch.load(out / "async0.pt"), torch.load(tmp_path / "one.pt"), out / "sync")
 
 
 @pytest.mark.slow
