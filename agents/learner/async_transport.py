@@ -234,7 +234,8 @@ class ThreadChannel:
     """The learner's transport to a rollout thread of its own process (one process, no torchrun): messages and
     shipments through queues, weights as snapshots that the thread copies into its own model.
 
-    On a GPU the thread works on a CUDA stream of its own, so its decode runs beside the learner's kernels. A
+    On a GPU the thread works on a CUDA stream of its own, of the highest priority, so its decode runs beside the
+    learner's kernels and its blocks are scheduled before theirs (a graph replayed there takes its priority). A
     snapshot is taken on the learner's stream; the event recorded after it is what the thread's stream waits
     for before copying, and the thread marks the snapshot as used by its stream (`record_stream`), so that its
     memory is not reused until the copy is done."""
@@ -258,7 +259,9 @@ class ThreadChannel:
         """The thread: a rollout worker on its own stream, until STOP; a failure is shipped to the learner."""
         try:
             cuda = self.device is not None and self.device.startswith("cuda")
-            with torch.cuda.stream(torch.cuda.Stream(self.device)) if cuda else nullcontext():
+            # the highest priority: the learner's large kernels would otherwise hold every SM while each of the
+            # decode step's few hundred small ones waits its turn (a lower number is a higher priority)
+            with torch.cuda.stream(torch.cuda.Stream(self.device, priority=-100)) if cuda else nullcontext():
                 self.run_worker(lambda model: ThreadEnd(model, self.mailbox, self.shipments))
         except BaseException as e:  # noqa: BLE001 — whatever ends the thread must reach the learner, not hang it
             self.shipments.put(ThreadFailure(e, traceback.format_exc()))
