@@ -48,6 +48,9 @@ def test_real_shape_benchmark_compares_one_process_async_with_the_same_checkouts
     assert [line["staleness_max"] for line in current] == [0.0, 1.0]  # the second step's rows were sampled a version behind
     assert all(line["step_s"] >= line["learner_wait_s"] + line["learner_s"] and line["weight_sync_s"] > 0 for line in current)
     assert all(line["learner_wait_s"] == line["rollout_s"] and line["staleness_max"] is None for line in baseline)
+    # every decode step is timed; the synchronous learner never optimises while its engine decodes
+    assert all(line["decode_steps_learning"] == 0 and line["decode_steps_alone"] > 0 for line in baseline)
+    assert all(line["decode_steps_learning"] + line["decode_steps_alone"] > 0 for line in current)
     assert set(res["speedup"]) == {"step_s", "rollout_s", "learner_s", "learner_wait_s"}
     assert "current async (max staleness 1) mb 4" in proc.stdout and "speed-up, baseline / current" in proc.stdout
 
@@ -85,3 +88,20 @@ def test_the_streamed_ceiling_counts_the_longest_traces_decode_steps_not_each_ro
     contexts = (10 + 11 + 12) + (10 + 11) + 5 + (5 + 6 + 7 + 8)
     assert rollout_ceiling_s(rows, n_params=100, cfg=Cfg, bandwidth=1.0) == 7 * 200 + contexts * 16
     assert rollout_ceiling_s(rows, n_params=100, cfg=Cfg, bandwidth=1.0, streamed=True) == 6 * 200 + contexts * 16
+
+
+def test_the_decode_split_counts_each_step_where_its_middle_falls_and_leaves_out_long_gaps():
+    sys.path.insert(0, str(ROOT / "benchmarks" / "gpu"))
+    try:
+        from real_shape import decode_split
+    finally:
+        sys.path.pop(0)
+
+    # reads at 0, .1, .2 (alone), then 5.0 (a 4.8 s gap: a prefill, left out), then .3 s steps from 5.0 to 6.2
+    # while the learner optimises over [5.0, 6.0): steps centred at 5.15, 5.45, 5.75 are beside it, 6.05 is not
+    marks = [0.0, 0.1, 0.2, 5.0, 5.3, 5.6, 5.9, 6.2]
+    split = decode_split(marks, busy=[(5.0, 6.0)])
+    assert split["decode_steps_learning"] == 3 and split["decode_steps_alone"] == 3
+    assert split["decode_step_ms_learning"] == pytest.approx(300.0)
+    assert split["decode_step_ms_alone"] == pytest.approx((100 + 100 + 300) / 3)
+    assert decode_split([1.0], busy=[])["decode_step_ms_alone"] is None  # no step measured

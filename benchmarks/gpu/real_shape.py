@@ -35,6 +35,9 @@ step's rows (for the asynchronous side: the rollout thread's, spent beside the l
 step_s need not cover it) and `learner_wait_s` is what the learner waited for those rows (the synchronous
 side waits its whole rollout: there it equals `rollout_s`); `learner_s` is the learner's optimisation,
 `weight_sync_s` the weight hand-over, `staleness_max` the oldest row's lag in versions.
+`decode_step_ms_learning` / `decode_step_ms_alone` are the mean decode step while the learner optimised and
+while it did not (`decode_split`): whether the thread's decode progresses beside the learner, and whether
+alone it is as fast as the synchronous side's.
 """
 
 from __future__ import annotations
@@ -46,10 +49,12 @@ import statistics
 import subprocess
 import sys
 import tempfile
+import time
 from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
 CHECKOUT = HERE.parents[1]
+DECODE_SPLIT = ("decode_step_ms_learning", "decode_step_ms_alone", "decode_steps_learning", "decode_steps_alone")
 KEPT = ("time/step_s", "time/rollout_s", "time/train_s", "time/old_logprobs_s", "rollout_tokens_per_s", "train_tokens_per_s",
         "generated_tokens", "engine_log_ratio/abs_mean", "engine_log_ratio/abs_max", "delethink/chunks_mean",
         "delethink/thinking_tokens_mean", "time/weight_sync_s", "async/learner_wait_s", "async/staleness_max")
@@ -62,10 +67,22 @@ def worker(spec_file: str) -> None:
     from thinkgym.agents import cli
     from thinkgym.agents.learner.trainer import GRPOTrainer
     from thinkgym.agents.policy import Policy
+    try:
+        from thinkgym.agents.rollout.hf.engine import HFEngine
+    except ImportError:  # a checkout of another layout: its decode steps are not timed
+        HFEngine = None
 
     spec = json.loads(Path(spec_file).read_text())
     cuda = torch.cuda.is_available()
     rows: list[list[list[int]]] = []
+    marks: list[float] = []  # when the host read each decode step's tokens (it waits for that step alone)
+    busy: list[tuple[float, float]] = []  # the learner's optimisations
+    engine_record = getattr(HFEngine, "_record", None)  # the decode loops' once-a-step read (absent in other checkouts: no split)
+    if engine_record is not None:
+        def timed_record(self, *a, **kw):
+            marks.append(time.perf_counter())
+            return engine_record(self, *a, **kw)
+        HFEngine._record = timed_record
     # the asynchronous learner adds its metrics (the wait for rows) around GRPOTrainer's step: record its step
     stepper = GRPOTrainer
     if spec.get("async"):
@@ -74,14 +91,21 @@ def worker(spec_file: str) -> None:
 
     def recording_optimize(self, step_rows, adv):
         rows.append([[r.episode, r.prompt_len, len(r.input_ids)] for r in step_rows])
-        return optimize(self, step_rows, adv)
+        t = time.perf_counter()
+        try:
+            return optimize(self, step_rows, adv)
+        finally:
+            busy.append((t, time.perf_counter()))
 
     def recording_step(self):
         rows.clear()
         if cuda:
             torch.cuda.reset_peak_memory_stats()
         metrics = train_step(self)
-        rec = {"side": spec["side"], "step": self.step + 1, **{k: metrics[k] for k in KEPT if k in metrics},
+        split = decode_split(marks, busy) if engine_record is not None else {}
+        marks.clear()
+        busy.clear()
+        rec = {"side": spec["side"], "step": self.step + 1, **{k: metrics[k] for k in KEPT if k in metrics}, **split,
                "rows": [r for step_rows in rows for r in step_rows],  # [episode, prompt tokens, row tokens], in rollout order
                "peak_allocated_GB": torch.cuda.max_memory_allocated() / 1e9 if cuda else None,
                "peak_reserved_GB": torch.cuda.max_memory_reserved() / 1e9 if cuda else None}
@@ -132,6 +156,23 @@ def run_side(side: str, checkout: Path, micro_batch: int, args: argparse.Namespa
     return result
 
 
+def decode_split(marks: list[float], busy: list[tuple[float, float]], max_gap_s: float = 1.0) -> dict:
+    """The mean decode step (ms) while the learner optimises and while it does not, from the times the host
+    read each step's tokens (`marks`, in order) and the learner's optimisations (`busy`). The time between two
+    reads is a step's, counted where its middle falls; a gap over `max_gap_s` is no step (a prefill, the
+    environments, a wait for weights) and is left out. Whether the thread's decode progresses beside the
+    learner, and how fast it is alone against the synchronous side's, is what this shows."""
+    spent = {"learning": [0.0, 0], "alone": [0.0, 0]}
+    for a, b in zip(marks, marks[1:]):
+        if b - a <= max_gap_s:
+            mid = (a + b) / 2
+            side = spent["learning" if any(s <= mid < e for s, e in busy) else "alone"]
+            side[0] += b - a
+            side[1] += 1
+    return {f"decode_step_ms_{k}": 1e3 * t / n if n else None for k, (t, n) in spent.items()} | \
+        {f"decode_steps_{k}": n for k, (_, n) in spent.items()}
+
+
 def rollout_ceiling_s(rows: list[list[int]], n_params: int, cfg, bandwidth: float, streamed: bool = False) -> float:
     """The least time the step's decoding can take at the measured bandwidth: each decode step reads the
     weights once (bf16) and every live row's K/V up to its own context.
@@ -175,7 +216,8 @@ def per_step(rec: dict, n_params: int, cfg, matmul_flops: float, bandwidth: floa
             "rollout_ceiling_s": ceiling, "rollout_frac_of_ceiling": ceiling / rec["time/rollout_s"],
             "learner_mfu": flops / rec["time/train_s"] / matmul_flops, "peak_allocated_GB": rec["peak_allocated_GB"],
             "log_ratio_mean": rec.get("engine_log_ratio/abs_mean"), "log_ratio_max": rec.get("engine_log_ratio/abs_max"),
-            "chunks_mean": rec.get("delethink/chunks_mean"), "thinking_tokens_mean": rec.get("delethink/thinking_tokens_mean")}
+            "chunks_mean": rec.get("delethink/chunks_mean"), "thinking_tokens_mean": rec.get("delethink/thinking_tokens_mean"),
+            **{k: rec.get(k) for k in DECODE_SPLIT}}
 
 
 def steady(lines: list[dict], key: str) -> float | None:
@@ -183,6 +225,13 @@ def steady(lines: list[dict], key: str) -> float | None:
     (peak GPU memory on the CPU)."""
     values = [r[key] for r in (lines[1:] or lines) if r[key] is not None]
     return statistics.median(values) if values else None
+
+
+def decode_line(s: dict) -> str:
+    """The summary's mean decode step beside the learner and alone, where measured."""
+    parts = [f"{s[f'decode_step_ms_{k}']:.2f} ms {label}" for k, label in (("learning", "beside the learner"), ("alone", "alone"))
+             if s.get(f"decode_step_ms_{k}") is not None]
+    return f"; decode step {', '.join(parts)}" if parts else ""
 
 
 def main() -> None:
@@ -252,7 +301,8 @@ def main() -> None:
             print(f"{side} (micro-batch {mb}) failed{' (out of memory)' if run['oom'] else ''} after {len(run['lines'])} steps:\n"
                   f"{run['stderr_tail'][-1500:]}", flush=True)
         run["steady"] = {k: steady(run["lines"], k) for k in ("step_s", "rollout_s", "learner_wait_s", "learner_s", "rollout_tok_s", "learner_tok_s",
-                                                             "rollout_frac_of_ceiling", "learner_mfu", "peak_allocated_GB")}
+                                                             "rollout_frac_of_ceiling", "learner_mfu", "peak_allocated_GB",
+                                                             "decode_step_ms_learning", "decode_step_ms_alone")}
         results["sides"].append(run)
     if len(results["sides"]) == 2 and all(r["steady"]["step_s"] for r in results["sides"]):
         cur, base = (r["steady"] for r in results["sides"])
@@ -268,7 +318,7 @@ def main() -> None:
         print(f"{r['side']:>8}{mode} mb {r['micro_batch_size']}: " + ("no step finished" if s["step_s"] is None else
               f"step {s['step_s']:.1f} s (rollout {s['rollout_s']:.1f}, learner waited {s['learner_wait_s']:.1f}, learner {s['learner_s']:.1f}), "
               f"rollout {s['rollout_tok_s']:.0f} tok/s ({100 * s['rollout_frac_of_ceiling']:.0f}% of its ceiling), learner {s['learner_tok_s']:.0f} tok/s, MFU {100 * s['learner_mfu']:.1f}%, "
-              f"peak {s['peak_allocated_GB'] or float('nan'):.1f} GB") + (" [failed]" if r["returncode"] else ""))
+              f"peak {s['peak_allocated_GB'] or float('nan'):.1f} GB") + decode_line(s) + (" [failed]" if r["returncode"] else ""))
     if "speedup" in results:
         print("speed-up, baseline / current (steady): " + ", ".join(f"{k} {v:.2f}x" for k, v in results["speedup"].items()))
 
