@@ -97,7 +97,9 @@ class CompletionHead(torch.nn.Module):
     the completion positions' hidden states are picked first and go through the output layer, the
     log-softmax and the entropy in chunks of `logits_per_chunk // V` tokens, each under
     `torch.utils.checkpoint`, so that backward recomputes one chunk's logits at a time: the peak is
-    one chunk's, as in fused linear cross-entropy kernels."""
+    one chunk's, as in fused linear cross-entropy kernels. It is torch rather than Liger Kernel's fused
+    losses because those fuse the loss itself (a few GRPO variants), where every loss of `losses.py`
+    takes per-token log-probs, and because the CPU must run the same path as the GPU."""
 
     def __init__(self, pos: torch.Tensor, targets: torch.Tensor, temperature: float, with_entropy: bool, entropy_grad: bool,
                  logits_per_chunk: int):
