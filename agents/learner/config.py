@@ -209,8 +209,10 @@ class GRPOConfig:
     """The learner trains while rollouts sample ahead with the weights they hold, which it hands over after
     every optimizer step; every row carries its policy version (`agents/learner/async_grpo.py`). In one process:
     a rollout thread with its own copy of the weights on the same device (on a GPU, its own CUDA stream, so that
-    decode can overlap the learner; on one H100 it measured 0.92x the synchronous step, RESULTS.md). Under torchrun: rank 0 learns and the other ranks roll out. Off: collect, then
-    learn (under torchrun every rank does both: data parallelism)."""
+    decode can overlap the learner; on one H100 it measured 0.92x the synchronous step with a default-priority
+    stream, and the highest-priority one it now uses is not measured yet, RESULTS.md). Under torchrun: rank 0
+    learns and the other ranks roll out. Off: collect, then learn (under torchrun every rank does both: data
+    parallelism)."""
     max_staleness: int = 1
     """With `async_rollouts`: the most optimizer steps a row's policy version may lag the learner's; rollout
     workers wait for newer weights rather than exceed it. 0 is synchronous (the same updates as one process)."""
